@@ -1,0 +1,1 @@
+"""arpo: recover the prompt behind an image."""

@@ -1,0 +1,20 @@
+"""Shared test setup: offline, CPU, quiet, and every test gets its own arpo home."""
+
+import os
+
+# Must be set before langgraph or huggingface libraries are imported anywhere in the test session.
+os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def arpo_home(tmp_path, monkeypatch):
+    """Keep databases, images and caches of each test inside its own temporary folder."""
+    home = tmp_path / "arpo-home"
+    monkeypatch.setenv("ARPO_HOME", str(home))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return home
