@@ -1,0 +1,112 @@
+"""Greedy prompt selection (Algorithm 8 of the ARPO thesis), kept inside the T2I token budget.
+
+Each round scores every remaining candidate appended to the prompt built so far, in one batched call
+of ``score_prompts``; the best one is taken out of the pool and kept only if it does not lower the best
+score seen. Candidates that would push the prompt past what the T2I text encoder reads are never
+scored: they are reported as over budget, so the history shows why they were left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from arpo.graphs.prompt_text import clean_phrase, join_prompt, phrase_key, prompt_phrases
+
+ScorePrompts = Callable[[list[str]], list[float]]
+"""Scores prompts against the reference image in one batch (CLIP text–image cosine similarity)."""
+FitsBudget = Callable[[str], bool]
+"""Whether the T2I model's tokenizer would read a prompt without truncating it."""
+
+
+@dataclass
+class CandidateVerdict:
+    """What selection decided about one proposed phrase."""
+
+    phrase: str
+    score: float | None = None
+    selected: bool = False
+    reason: str = "not scored"
+
+
+@dataclass
+class SelectionOutcome:
+    """Result of one greedy selection over one iteration's candidates."""
+
+    prompt: str
+    """The prompt with the selected phrases appended."""
+    selected: list[str]
+    verdicts: list[CandidateVerdict]
+    start_score: float
+    """Score of the unchanged prompt (s_max before the first round)."""
+    best_score: float
+    scoring_calls: int
+    """Batched scoring calls made (one per round, plus one for the starting prompt)."""
+    over_budget: list[str] = field(default_factory=list)
+
+
+def greedy_select(
+    prompt: str,
+    candidates: list[str],
+    score_prompts: ScorePrompts,
+    fits_budget: FitsBudget = lambda _prompt: True,
+) -> SelectionOutcome:
+    """Choose the subset of ``candidates`` that raises the prompt's score, as in Algorithm 8."""
+    verdicts, pool = _screen(prompt, candidates)
+    start_score = score_prompts([prompt])[0]
+    best_score, scoring_calls = start_score, 1
+    chosen: list[str] = []
+    while pool:
+        pool = _drop_over_budget(prompt, chosen, pool, fits_budget)
+        if not pool:
+            break
+        trial_scores = score_prompts([join_prompt(prompt, chosen + [v.phrase]) for v in pool])
+        scoring_calls += 1
+        top = max(range(len(pool)), key=trial_scores.__getitem__)
+        verdict = pool.pop(top)
+        verdict.score = trial_scores[top]
+        if verdict.score >= best_score:
+            verdict.selected, verdict.reason = True, "selected"
+            chosen.append(verdict.phrase)
+        else:
+            verdict.reason = "no gain"
+        best_score = max(best_score, verdict.score)
+    return SelectionOutcome(
+        prompt=join_prompt(prompt, chosen),
+        selected=chosen,
+        verdicts=verdicts,
+        start_score=start_score,
+        best_score=best_score,
+        scoring_calls=scoring_calls,
+        over_budget=[v.phrase for v in verdicts if v.reason == "over budget"],
+    )
+
+
+def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateVerdict], list[CandidateVerdict]]:
+    """Clean the candidates; repeats and phrases the prompt already has never reach scoring."""
+    seen = {phrase_key(p) for p in prompt_phrases(prompt)}
+    verdicts: list[CandidateVerdict] = []
+    pool: list[CandidateVerdict] = []
+    for raw in candidates:
+        phrase = clean_phrase(raw)
+        verdict = CandidateVerdict(phrase=phrase or raw)
+        verdicts.append(verdict)
+        key = phrase_key(phrase)
+        if not key or key in seen:
+            verdict.reason = "duplicate"
+            continue
+        seen.add(key)
+        pool.append(verdict)
+    return verdicts, pool
+
+
+def _drop_over_budget(
+    prompt: str, chosen: list[str], pool: list[CandidateVerdict], fits_budget: FitsBudget
+) -> list[CandidateVerdict]:
+    fitting = []
+    for verdict in pool:
+        if fits_budget(join_prompt(prompt, chosen + [verdict.phrase])):
+            fitting.append(verdict)
+        else:
+            verdict.reason = "over budget"
+    return fitting

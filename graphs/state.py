@@ -1,0 +1,68 @@
+"""The ARPO loop's graph state.
+
+State holds plain, msgpack-serializable values only (ids, content hashes, strings, numbers), so every
+checkpoint can be restored on resume. Pixels and tensors live in the image store and in the run's
+context; the state names them by sha256.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+
+class ArpoInput(TypedDict, total=False):
+    """What a caller hands the graph to start a run."""
+
+    run_id: str
+    """History id of this run; also the checkpoint thread id."""
+    reference_sha256: str
+    """Content hash of the reference image in the image store."""
+    max_steps: int
+    """Proposal rounds allowed before the loop stops (the thesis uses 10)."""
+    seed: int
+    """Noise seed for every generation, so iterations differ only by their prompt."""
+    initial_prompt: str
+    """Optional starting prompt; when empty the captioner writes P0."""
+
+
+class ArpoState(ArpoInput, total=False):
+    """Working state of one run, updated node by node."""
+
+    prompt: str
+    """The current prompt P_t."""
+    iteration: int
+    """Index t of the current iteration (0 is the initial prompt)."""
+    reference_content: str
+    """Content description of the reference (enhanced framework), made once per run."""
+    reference_style: str
+    """Style description of the reference (enhanced framework), made once per run."""
+    generated_sha256: str
+    """Image generated from the current prompt."""
+    clip_t: float
+    """CLIP similarity between the reference image and the current prompt as the T2I model sees it."""
+    clip_i: float
+    """CLIP similarity between the reference image and the image regenerated from the current prompt."""
+    differences: str
+    """What the comparer found between the reference and the current image."""
+    candidates: list[str]
+    """Phrases proposed in the current iteration."""
+    tried: list[str]
+    """Every phrase proposed so far in this run; never proposed again."""
+    best_prompt: str
+    """Prompt whose regenerated image scored the highest CLIP-I so far."""
+    best_clip_i: float
+    """That prompt's CLIP-I."""
+    best_iteration: int
+    """Iteration at which the best prompt was generated."""
+    stopped_because: str
+    """Why the loop ended; set by the node that decides to stop."""
+
+
+class ArpoOutput(TypedDict, total=False):
+    """What a finished run returns."""
+
+    run_id: str
+    best_prompt: str
+    best_clip_i: float
+    prompt: str
+    stopped_because: str
