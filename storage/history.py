@@ -1,0 +1,413 @@
+"""The history: a small repository API over the database and the image store.
+
+Each method opens its own short transaction and commits before returning, so a run interrupted at
+any point keeps everything written up to then, and other processes see it at once.
+"""
+
+import enum
+import json
+import secrets
+from collections.abc import Iterable
+from datetime import date, datetime, timezone
+from pathlib import Path, PurePath
+from typing import Any
+
+from PIL import Image
+from pydantic import BaseModel
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from arpo.errors import InvalidInputError
+from arpo.storage.database import create_database_engine
+from arpo.storage.image_store import ImageStore, StoredImageRef
+from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root
+from arpo.storage.models import (
+    IMAGE_ROLES,
+    RUN_ID_LENGTH,
+    RUN_STATUSES,
+    BrainCall,
+    Candidate,
+    Iteration,
+    Run,
+    StoredImage,
+    utc_now,
+)
+from arpo.storage.records import (
+    BrainCallLike,
+    CandidateRecord,
+    IterationRecord,
+    RunDetail,
+    RunStatus,
+    RunSummary,
+)
+from arpo.storage.secrets_guard import secret_looking_keys
+
+FAILURE_STATUSES = ("failed", "interrupted")
+
+
+class History:
+    """Runs, iterations, candidates, images and brain calls, stored for browsing and resuming."""
+
+    def __init__(self, engine: Engine, image_store: ImageStore) -> None:
+        self.engine = engine
+        self.image_store = image_store
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, database_url: str | None = None, image_root: Path | None = None) -> "History":
+        """Open the history at a database URL and image folder (arpo's defaults when not given)."""
+        engine = create_database_engine(database_url or default_database_url())
+        return cls(engine, ImageStore(Path(image_root) if image_root else default_image_root()))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where LangGraph checkpoints of this history's runs are kept (see `checkpoint_path_for`)."""
+        return checkpoint_path_for(self.engine.url)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+    def __enter__(self) -> "History":
+        return self
+
+    def __exit__(self, *_exc_info: object) -> None:
+        self.close()
+
+    # Images
+
+    def store_image(
+        self, image: Image.Image, role: str, metadata: dict[str, Any] | None = None
+    ) -> StoredImageRef:
+        """Store an image file and its row; storing the same pixels again keeps the first row as is."""
+        _require_choice(role, IMAGE_ROLES, "image role")
+        stored = self.image_store.put(image)
+        try:
+            with self._sessions.begin() as session:
+                if session.get(StoredImage, stored.sha256) is None:
+                    session.add(
+                        StoredImage(
+                            sha256=stored.sha256,
+                            relative_path=self.image_store.relative_path_for(stored.sha256),
+                            width=stored.width,
+                            height=stored.height,
+                            format="PNG",
+                            role=role,
+                            image_metadata=_plain_json(metadata) if metadata else None,
+                        )
+                    )
+        except IntegrityError:
+            # Another process stored the same image between our check and our insert: same content,
+            # so its row serves us equally well.
+            pass
+        return stored
+
+    def open_image(self, sha256: str) -> Image.Image:
+        """Load a stored image by its hash."""
+        return self.image_store.open(sha256)
+
+    # Writing runs
+
+    def create_run(
+        self,
+        reference_sha256: str,
+        reference_name: str,
+        config: dict[str, Any],
+        kind: str = "invert",
+    ) -> str:
+        """Start a run against a stored reference image and return its new 12-hex-digit id.
+
+        Raises ValueError when the configuration holds anything that looks like a credential.
+        """
+        stored_config = _plain_json(config)
+        leaked = secret_looking_keys(stored_config)
+        if leaked:
+            raise ValueError(
+                "refusing to store a run configuration holding credentials under: " + ", ".join(leaked)
+            )
+        with self._sessions.begin() as session:
+            if session.get(StoredImage, reference_sha256) is None:
+                raise ValueError(f"reference image {reference_sha256} is not stored; store it first")
+            run_id = _unused_run_id(session)
+            session.add(
+                Run(
+                    id=run_id,
+                    status="running",
+                    kind=kind,
+                    reference_sha256=reference_sha256,
+                    reference_name=reference_name,
+                    config=stored_config,
+                )
+            )
+        return run_id
+
+    def record_iteration(self, run_id: str, record: IterationRecord) -> None:
+        """Write one iteration and its candidates, replacing any earlier write of the same index."""
+        with self._sessions.begin() as session:
+            run = _exact_run(session, run_id)
+            if session.get(StoredImage, record.generated_sha256) is None:
+                raise ValueError(
+                    f"generated image {record.generated_sha256} is not stored; store it first"
+                )
+            earlier = session.scalar(
+                select(Iteration).where(Iteration.run_id == run_id, Iteration.index == record.index)
+            )
+            if earlier is not None:
+                # A resumed run may redo the node that wrote this iteration; the redo wins.
+                session.delete(earlier)
+                session.flush()
+            session.add(_iteration_row(run_id, record))
+            run.updated_at = utc_now()
+
+    def record_brain_calls(
+        self, run_id: str, iteration_index: int | None, calls: Iterable[BrainCallLike]
+    ) -> None:
+        """Store brain calls made for a run (and iteration). Each call is kept, retries included,
+        because each one was really made and cost tokens."""
+        with self._sessions.begin() as session:
+            _exact_run(session, run_id)
+            session.add_all(_brain_call_row(run_id, iteration_index, call) for call in calls)
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        best_prompt: str | None,
+        best_clip_i: float | None,
+        last_prompt: str | None,
+        stopped_because: str | None,
+    ) -> None:
+        """Mark a run finished with its best and last prompts and why the loop stopped."""
+        with self._sessions.begin() as session:
+            run = _exact_run(session, run_id)
+            run.status = "finished"
+            run.best_prompt = best_prompt
+            run.best_clip_i = float(best_clip_i) if best_clip_i is not None else None
+            run.last_prompt = last_prompt
+            run.stopped_because = stopped_because
+            run.error = None
+
+    def fail_run(self, run_id: str, error: str, status: str = "failed") -> None:
+        """Mark a run failed (or interrupted) with the one-line reason."""
+        _require_choice(status, FAILURE_STATUSES, "failure status")
+        with self._sessions.begin() as session:
+            run = _exact_run(session, run_id)
+            run.status = status
+            run.error = error
+
+    def set_status(self, run_id: str, status: RunStatus) -> None:
+        """Change a run's status, e.g. back to "running" when it is resumed."""
+        _require_choice(status, RUN_STATUSES, "run status")
+        with self._sessions.begin() as session:
+            _exact_run(session, run_id).status = status
+
+    # Reading runs
+
+    def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        """The most recent runs, newest first."""
+        if limit < 1:
+            raise InvalidInputError(f"the number of runs to list must be at least 1, not {limit}")
+        iteration_count = func.count(Iteration.id)
+        query = (
+            select(Run, iteration_count)
+            .outerjoin(Iteration, Iteration.run_id == Run.id)
+            .group_by(Run.id)
+            .order_by(Run.created_at.desc(), Run.id.desc())
+            .limit(limit)
+        )
+        with self._sessions() as session:
+            return [_summary(run, count) for run, count in session.execute(query).all()]
+
+    def get_run(self, run_id: str) -> RunDetail:
+        """A run with all its iterations and brain-call totals; accepts a unique id prefix."""
+        with self._sessions() as session:
+            run = _run_by_id_or_prefix(session, run_id)
+            iterations = _iteration_records(session, run.id)
+            calls, prompt_tokens, completion_tokens = session.execute(
+                select(
+                    func.count(BrainCall.id),
+                    func.coalesce(func.sum(BrainCall.prompt_tokens), 0),
+                    func.coalesce(func.sum(BrainCall.completion_tokens), 0),
+                ).where(BrainCall.run_id == run.id)
+            ).one()
+            summary = _summary(run, len(iterations))
+            return RunDetail(
+                **summary.model_dump(),
+                config=run.config or {},
+                reference_sha256=run.reference_sha256,
+                last_prompt=run.last_prompt,
+                error=run.error,
+                iterations_detail=iterations,
+                brain_calls=calls,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+
+    def iterations(self, run_id: str) -> list[IterationRecord]:
+        """A run's iterations in order; accepts a unique id prefix."""
+        with self._sessions() as session:
+            return _iteration_records(session, _run_by_id_or_prefix(session, run_id).id)
+
+
+def _require_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+
+def _unused_run_id(session: Session) -> str:
+    # 48 random bits: a clash is very unlikely, but checking costs one primary-key lookup.
+    while True:
+        candidate = secrets.token_hex(RUN_ID_LENGTH // 2)
+        if session.get(Run, candidate) is None:
+            return candidate
+
+
+def _exact_run(session: Session, run_id: str) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise InvalidInputError(f"no run with id {run_id}")
+    return run
+
+
+def _run_by_id_or_prefix(session: Session, run_id: str) -> Run:
+    wanted = run_id.strip().lower()
+    if not wanted:
+        raise InvalidInputError("no run id given")
+    run = session.get(Run, wanted)
+    if run is not None:
+        return run
+    matches = session.scalars(
+        select(Run).where(Run.id.startswith(wanted, autoescape=True)).limit(2)
+    ).all()
+    if not matches:
+        raise InvalidInputError(f"no run with id {run_id}")
+    if len(matches) > 1:
+        raise InvalidInputError(f"run id prefix {run_id} matches more than one run; give more of it")
+    return matches[0]
+
+
+def _iteration_row(run_id: str, record: IterationRecord) -> Iteration:
+    return Iteration(
+        run_id=run_id,
+        index=record.index,
+        prompt=record.prompt,
+        seen_prompt=record.seen_prompt,
+        token_count=record.token_count,
+        token_budget=record.token_budget,
+        generated_sha256=record.generated_sha256,
+        clip_t=record.clip_t,
+        clip_i=record.clip_i,
+        differences=record.differences,
+        note=record.note,
+        wall_seconds=record.wall_seconds,
+        candidates=[
+            Candidate(
+                position=position,
+                phrase=candidate.phrase,
+                score=candidate.score,
+                selected=candidate.selected,
+                reason=candidate.reason,
+            )
+            for position, candidate in enumerate(record.candidates)
+        ],
+    )
+
+
+def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
+    rows = session.scalars(
+        select(Iteration)
+        .where(Iteration.run_id == run_id)
+        .order_by(Iteration.index)
+        .options(selectinload(Iteration.candidates))
+    ).all()
+    return [
+        IterationRecord(
+            index=row.index,
+            prompt=row.prompt,
+            seen_prompt=row.seen_prompt,
+            token_count=row.token_count,
+            token_budget=row.token_budget,
+            generated_sha256=row.generated_sha256,
+            clip_t=row.clip_t,
+            clip_i=row.clip_i,
+            differences=row.differences,
+            note=row.note,
+            wall_seconds=row.wall_seconds,
+            candidates=[
+                CandidateRecord(
+                    phrase=candidate.phrase,
+                    score=candidate.score,
+                    selected=candidate.selected,
+                    reason=candidate.reason,
+                )
+                for candidate in row.candidates
+            ],
+        )
+        for row in rows
+    ]
+
+
+def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallLike) -> BrainCall:
+    return BrainCall(
+        run_id=run_id,
+        iteration_index=iteration_index,
+        role=call.role,
+        provider=call.provider,
+        model=call.model,
+        started_at=_as_datetime(call.started_at),
+        latency_s=float(call.latency_s or 0.0),
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        attempts=call.attempts,
+        ok=bool(call.ok),
+        error=call.error,
+    )
+
+
+def _as_datetime(moment: Any) -> datetime:
+    """A brain call's start time, whether given as a datetime or as seconds since the epoch."""
+    if moment is None:
+        return utc_now()
+    if isinstance(moment, datetime):
+        return moment
+    return datetime.fromtimestamp(float(moment), tz=timezone.utc)
+
+
+def _summary(run: Run, iteration_count: int) -> RunSummary:
+    return RunSummary(
+        id=run.id,
+        created_at=run.created_at,
+        status=run.status,
+        kind=run.kind,
+        reference_name=run.reference_name,
+        best_prompt=run.best_prompt,
+        best_clip_i=run.best_clip_i,
+        iterations=iteration_count,
+        stopped_because=run.stopped_because,
+    )
+
+
+def _plain_json(value: dict[str, Any]) -> dict[str, Any]:
+    """A copy made only of JSON types, so what is stored is exactly what is read back."""
+    try:
+        return json.loads(json.dumps(value, default=_json_value_of))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot store this value as JSON: {exc}") from None
+
+
+def _json_value_of(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=str)
+    if hasattr(value, "item") and callable(value.item):
+        # numpy and torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON")

@@ -1,0 +1,95 @@
+"""Content-addressed image files: each image is a PNG named by the SHA-256 of its own bytes."""
+
+import hashlib
+import io
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from arpo.errors import InvalidInputError
+
+# A fixed level keeps the bytes (and so the name) of an image the same from one call to the next.
+PNG_COMPRESS_LEVEL = 6
+_SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class StoredImageRef:
+    """Where one stored image lives and how big it is."""
+
+    sha256: str
+    path: Path
+    width: int
+    height: int
+
+
+class ImageStore:
+    """PNG files under `root`, at `root/<first two hex digits>/<sha256>.png`.
+
+    Writing the same pixels twice yields the same file; files are written to a temporary name and
+    moved into place, so a reader never sees half an image.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def put(self, image: Image.Image) -> StoredImageRef:
+        """Store an image (as RGB) and return its reference; storing it again changes nothing."""
+        png_bytes = encode_png(image)
+        sha256 = hashlib.sha256(png_bytes).hexdigest()
+        target = self.path_for(sha256)
+        if not target.exists():
+            _write_atomically(target, png_bytes)
+        return StoredImageRef(sha256=sha256, path=target, width=image.width, height=image.height)
+
+    def path_for(self, sha256: str) -> Path:
+        """The file path an image with this hash has (whether or not it is stored yet)."""
+        if not _SHA256_PATTERN.fullmatch(sha256):
+            raise InvalidInputError(f"{sha256!r} is not an image hash (64 lowercase hex digits)")
+        return self.root / sha256[:2] / f"{sha256}.png"
+
+    def relative_path_for(self, sha256: str) -> str:
+        """The file path of an image relative to the store root, with forward slashes."""
+        return self.path_for(sha256).relative_to(self.root).as_posix()
+
+    def contains(self, sha256: str) -> bool:
+        """Whether the file for this hash is present."""
+        return self.path_for(sha256).is_file()
+
+    def open(self, sha256: str) -> Image.Image:
+        """Load a stored image fully into memory, as RGB."""
+        path = self.path_for(sha256)
+        if not path.is_file():
+            raise InvalidInputError(f"image {sha256} is missing from the image store ({path})")
+        with Image.open(path) as stored:
+            return stored.convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of the image's RGB pixels alone: no ICC profile, EXIF or text chunks carried over."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    # A fresh image has an empty `info`, so nothing but the pixels decides the bytes.
+    bare = Image.frombytes("RGB", rgb.size, rgb.tobytes())
+    buffer = io.BytesIO()
+    bare.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def _write_atomically(target: Path, content: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary_name = tempfile.mkstemp(dir=target.parent, prefix=".incoming-", suffix=".png")
+    try:
+        # mkstemp makes owner-only files; stored images are meant to be readable like any other file.
+        os.fchmod(handle, 0o644)
+        with os.fdopen(handle, "wb") as temporary:
+            temporary.write(content)
+            temporary.flush()
+            os.fsync(temporary.fileno())
+        os.replace(temporary_name, target)
+    except BaseException:
+        Path(temporary_name).unlink(missing_ok=True)
+        raise

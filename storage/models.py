@@ -1,0 +1,173 @@
+"""Tables of the history: runs, their iterations and candidate phrases, stored images, brain calls."""
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+RUN_KINDS = ("invert", "session", "batch")
+IMAGE_ROLES = ("reference", "generated", "render")
+CANDIDATE_REASONS = ("selected", "no gain", "over budget", "duplicate", "not scored")
+
+RUN_ID_LENGTH = 12
+SHA256_LENGTH = 64
+
+
+def utc_now() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back timezone-aware.
+
+    SQLite keeps no zone, so without this a value written aware would come back naive and compare
+    wrongly with `utc_now()`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value
+        return value.astimezone(timezone.utc).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every history table."""
+
+
+class StoredImage(Base):
+    """One image file in the content-addressed store (reference, generated or rendered)."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
+    relative_path: Mapped[str] = mapped_column(String(512))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16), default="PNG")
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # `metadata` is taken by SQLAlchemy's declarative classes, so the attribute has another name.
+    image_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON, nullable=True)
+
+
+class Run(Base):
+    """One prompt-recovery run against one reference image."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(RUN_ID_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    kind: Mapped[str] = mapped_column(String(16), default="invert")
+    reference_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    reference_name: Mapped[str] = mapped_column(String(512))
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    best_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    best_clip_i: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stopped_because: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    iterations: Mapped[list["Iteration"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="Iteration.index"
+    )
+    brain_calls: Mapped[list["BrainCall"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="BrainCall.id"
+    )
+
+
+class Iteration(Base):
+    """One pass of the loop: the prompt tried, the image it produced, its scores and candidates."""
+
+    __tablename__ = "iterations"
+    __table_args__ = (UniqueConstraint("run_id", "index", name="uq_iteration_run_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text)
+    seen_prompt: Mapped[str] = mapped_column(Text)
+    token_count: Mapped[int] = mapped_column(Integer)
+    token_budget: Mapped[int] = mapped_column(Integer)
+    generated_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    clip_t: Mapped[float] = mapped_column(Float)
+    clip_i: Mapped[float] = mapped_column(Float)
+    differences: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    run: Mapped[Run] = relationship(back_populates="iterations")
+    candidates: Mapped[list["Candidate"]] = relationship(
+        back_populates="iteration",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="Candidate.position",
+    )
+
+
+class Candidate(Base):
+    """A phrase proposed in one iteration, with its score and why it was or was not kept."""
+
+    __tablename__ = "candidates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    iteration_id: Mapped[int] = mapped_column(
+        ForeignKey("iterations.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    phrase: Mapped[str] = mapped_column(Text)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    selected: Mapped[bool] = mapped_column(Boolean, default=False)
+    reason: Mapped[str] = mapped_column(String(32), default="not scored")
+
+    iteration: Mapped[Iteration] = relationship(back_populates="candidates")
+
+
+class BrainCall(Base):
+    """One call to a language or vision-language model, kept so a run's cost is known."""
+
+    __tablename__ = "brain_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    iteration_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    role: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    run: Mapped[Run] = relationship(back_populates="brain_calls")

@@ -1,0 +1,85 @@
+"""Plain records the graph writes into the history and the CLI reads back out of it."""
+
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, Field
+
+RunStatus = Literal["running", "finished", "failed", "interrupted"]
+
+
+class CandidateRecord(BaseModel):
+    """A phrase proposed in one iteration and what greedy selection made of it."""
+
+    phrase: str
+    score: float | None = None
+    selected: bool = False
+    reason: str = "not scored"
+
+
+class IterationRecord(BaseModel):
+    """Everything one pass of the loop produced, as stored in the history."""
+
+    index: int
+    prompt: str
+    seen_prompt: str
+    token_count: int
+    token_budget: int
+    generated_sha256: str
+    clip_t: float
+    clip_i: float
+    differences: str | None = None
+    candidates: list[CandidateRecord] = Field(default_factory=list)
+    note: str | None = None
+    wall_seconds: float = 0.0
+
+    @property
+    def selected(self) -> list[str]:
+        """The phrases chosen this iteration, in the order they were proposed."""
+        return [candidate.phrase for candidate in self.candidates if candidate.selected]
+
+
+class RunSummary(BaseModel):
+    """One line of the run list."""
+
+    id: str
+    created_at: datetime
+    status: str
+    kind: str
+    reference_name: str
+    best_prompt: str | None = None
+    best_clip_i: float | None = None
+    iterations: int = 0
+    stopped_because: str | None = None
+
+
+class RunDetail(RunSummary):
+    """A run with its configuration, every iteration and what its brain calls cost."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    reference_sha256: str
+    last_prompt: str | None = None
+    error: str | None = None
+    iterations_detail: list[IterationRecord] = Field(default_factory=list)
+    brain_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class BrainCallLike(Protocol):
+    """What the history needs from a brain-call record (`arpo.agents.backend.BrainCallRecord` fits).
+
+    `started_at` may be a datetime or seconds since the epoch; token counts may be None when the
+    server did not report usage.
+    """
+
+    role: str
+    model: str
+    provider: str
+    started_at: Any
+    latency_s: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    attempts: int
+    ok: bool
+    error: str | None
