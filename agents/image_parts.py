@@ -1,0 +1,63 @@
+"""Turn a PIL image into a chat-message image part the OpenAI API and vLLM both accept.
+
+Images always travel inline as base64 data URLs: a brain server may have no route to wherever the
+image lives, and vLLM refuses remote URLs unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Literal
+
+from PIL import Image
+
+DEFAULT_MAX_SIDE = 768
+"""Vision models tile or resize images well below this anyway; larger only costs tokens and bytes."""
+
+_BACKGROUND = (255, 255, 255)
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_part(
+    image: Image.Image,
+    *,
+    max_side: int = DEFAULT_MAX_SIDE,
+    encoding: Literal["PNG", "JPEG"] = "PNG",
+) -> dict:
+    """An `image_url` content part holding `image` as an inline PNG (or JPEG) data URL.
+
+    The image is flattened to RGB (transparency composited onto white) and shrunk so that its
+    longer side is at most `max_side`; the caller's image is left untouched.
+    """
+    prepared = _as_rgb(image)
+    if max(prepared.size) > max_side:
+        prepared = prepared.copy()
+        prepared.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    if encoding == "JPEG":
+        prepared.save(buffer, format="JPEG", quality=90)
+        mime = "image/jpeg"
+    else:
+        prepared.save(buffer, format="PNG", optimize=False)
+        mime = "image/png"
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{encoded}"}}
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """RGB version of any mode; alpha (including palette transparency) goes onto a white background."""
+    if image.mode == "RGB":
+        return image
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        flattened = Image.new("RGB", rgba.size, _BACKGROUND)
+        flattened.paste(rgba, mask=rgba.getchannel("A"))
+        return flattened
+    if image.mode in _WIDE_GREY_MODES:
+        # A plain convert would clip 16-bit values to white; scale them down to 8 bits instead.
+        return image.convert("I").point(lambda value: value * (1 / 256)).convert("L").convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,108 @@
+"""The proposer that needs no language model: phrases from the banks, ranked by CLIP against the image.
+
+It lets the ARPO loop run with no brain at all. It cannot read the differences or the person's
+feedback (it has no language understanding), so it only looks at the reference image embedding, the
+current prompt and what was tried before. Greedy selection then decides which candidates stay.
+"""
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from arpo.agents.proposal import ProposalRequest
+from arpo.tools.clip_scorer import ClipScorer
+from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank, normalize_phrase
+
+
+class OfflineProposer:
+    """Candidate phrases for a round: the best unused phrases of each bank, best overall first.
+
+    With no `index`, one index per clip-interrogator bank is built on first use (and cached on disk)
+    and each bank contributes up to `per_bank` phrases, so one huge bank (flavors) cannot crowd out
+    the small ones (mediums, movements). With an `index`, every candidate comes from it.
+    `max_phrases_per_bank` limits how much of each bank is embedded (the tiny scorer needs about a
+    minute for all 100k flavors on two cores).
+    """
+
+    def __init__(
+        self,
+        scorer: ClipScorer,
+        index: PhraseIndex | None = None,
+        per_bank: int = 3,
+        *,
+        max_phrases_per_bank: int | None = None,
+        cache_dir: Path | None = None,
+    ):
+        self.scorer = scorer
+        self.per_bank = per_bank
+        self.max_phrases_per_bank = max_phrases_per_bank
+        self.cache_dir = cache_dir
+        self._indexes: dict[str, PhraseIndex] | None = {"index": index} if index is not None else None
+
+    def propose(
+        self, request: ProposalRequest, reference_embedding: torch.Tensor | Sequence[float]
+    ) -> list[str]:
+        """Up to `request.max_candidates` new phrases, most similar to the reference image first.
+
+        Never returns a phrase from `request.tried`, nor one already present in the current prompt.
+        """
+        used = _UsedPhrases(request.current_prompt, request.tried)
+        indexes = self._bank_indexes()
+        per_source = request.max_candidates if len(indexes) == 1 else self.per_bank
+        scored: list[tuple[str, float]] = []
+        for index in indexes.values():
+            scored.extend(_best_unused(index, reference_embedding, per_source, used))
+        scored.sort(key=lambda phrase_and_score: phrase_and_score[1], reverse=True)
+        return _distinct([phrase for phrase, _ in scored])[: request.max_candidates]
+
+    def _bank_indexes(self) -> dict[str, PhraseIndex]:
+        if self._indexes is None:
+            banks = load_phrase_bank(max_phrases_per_bank=self.max_phrases_per_bank)
+            self._indexes = {
+                name: PhraseIndex(self.scorer, phrases, self.cache_dir) for name, phrases in banks.items()
+            }
+        return self._indexes
+
+
+class _UsedPhrases:
+    """Phrases that must not be proposed: tried before, or already in the prompt."""
+
+    def __init__(self, prompt: str, tried: Sequence[str]):
+        self._prompt = normalize_phrase(prompt)
+        self.tried = {normalize_phrase(phrase) for phrase in tried}
+
+    def __contains__(self, phrase: str) -> bool:
+        normalized = normalize_phrase(phrase)
+        if not normalized or normalized in self.tried:
+            return True
+        # "Already in the prompt" means present as whole words, so "oil" is not blocked by "toil".
+        return re.search(rf"(?<!\w){re.escape(normalized)}(?!\w)", self._prompt) is not None
+
+
+def _best_unused(
+    index: PhraseIndex, reference_embedding: torch.Tensor | Sequence[float], wanted: int, used: _UsedPhrases
+) -> list[tuple[str, float]]:
+    """The `wanted` best phrases of one index that are not used.
+
+    Tried phrases are excluded inside the index; phrases found in the prompt are filtered afterwards,
+    asking for more until enough are found or the index runs out.
+    """
+    request_size = wanted
+    while True:
+        ranked = index.top_k(reference_embedding, request_size, exclude=used.tried)
+        fresh = [(phrase, score) for phrase, score in ranked if phrase not in used]
+        if len(fresh) >= wanted or len(ranked) < request_size:
+            return fresh[:wanted]
+        request_size *= 2
+
+
+def _distinct(phrases: Sequence[str]) -> list[str]:
+    seen: set[str] = set()
+    distinct = []
+    for phrase in phrases:
+        if normalize_phrase(phrase) not in seen:
+            seen.add(normalize_phrase(phrase))
+            distinct.append(phrase)
+    return distinct

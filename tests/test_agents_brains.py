@@ -1,0 +1,78 @@
+"""Choosing brains by provider, sharing one backend, and draining call records."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fixtures_brain import TEST_API_KEY, brain_server  # noqa: F401
+
+from arpo.agents.brains import build_brains
+from arpo.errors import BrainError, InvalidInputError
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+def test_offline_means_no_backends():
+    brains = build_brains("offline", "offline")
+    assert (brains.vlm, brains.llm) == (None, None)
+    assert brains.describe_backends() == {"vlm": None, "llm": None}
+    assert brains.drain_calls() == []
+
+
+def test_openai_needs_a_key():
+    with pytest.raises(BrainError, match="OPENAI_API_KEY is not set"):
+        build_brains("openai", "offline")
+
+
+def test_openai_defaults_and_safe_description(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    brains = build_brains("openai", "openai")
+    assert brains.vlm is brains.llm
+    description = brains.describe_backends()
+    assert description["vlm"]["model"] == description["llm"]["model"] == "gpt-4o"
+    assert description["vlm"]["provider"] == "openai"
+    assert TEST_API_KEY not in json.dumps(description)
+
+
+def test_vllm_defaults_share_one_backend(monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    brains = build_brains("vllm", "vllm")
+    assert brains.vlm is brains.llm
+    assert brains.vlm.config.model == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert brains.vlm.config.base_url == "http://127.0.0.1:8000/v1"
+
+
+def test_separate_urls_make_separate_backends():
+    brains = build_brains("vllm", "vllm", llm_model="mistral", base_url="http://a/v1",
+                          llm_base_url="http://b/v1")
+    assert brains.vlm is not brains.llm
+    assert (brains.vlm.config.base_url, brains.llm.config.base_url) == ("http://a/v1", "http://b/v1")
+    assert brains.llm.config.model == "mistral"
+
+
+def test_mixed_providers(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", TEST_API_KEY)
+    brains = build_brains("openai", "offline", vlm_model="gpt-4o-mini")
+    assert brains.vlm.config.model == "gpt-4o-mini" and brains.llm is None
+
+
+def test_unknown_provider_is_invalid_input():
+    with pytest.raises(InvalidInputError, match="unknown llm provider 'claude'"):
+        build_brains("offline", "claude")
+
+
+def test_drain_calls_merges_both_backends_without_duplicates(brain_server):
+    shared = build_brains("vllm", "vllm", base_url=brain_server.base_url)
+    shared.vlm.complete(HELLO, role="describer")
+    shared.llm.complete(HELLO, role="proposer")
+    assert [record.role for record in shared.drain_calls()] == ["describer", "proposer"]
+    assert shared.drain_calls() == []
+
+    separate = build_brains("vllm", "vllm", vlm_model="v", llm_model="l",
+                            base_url=brain_server.base_url)
+    separate.llm.complete(HELLO, role="proposer")
+    separate.vlm.complete(HELLO, role="comparer")
+    records = separate.drain_calls()
+    assert [(record.role, record.model) for record in records] == [("proposer", "l"), ("comparer", "v")]
+
