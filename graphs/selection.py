@@ -56,6 +56,7 @@ def greedy_select(
     start_score = score_prompts([prompt])[0]
     best_score, scoring_calls = start_score, 1
     chosen: list[str] = []
+    decided: list[CandidateVerdict] = []
     while pool:
         pool = _drop_over_budget(prompt, chosen, pool, fits_budget)
         if not pool:
@@ -64,6 +65,7 @@ def greedy_select(
         scoring_calls += 1
         top = max(range(len(pool)), key=trial_scores.__getitem__)
         verdict = pool.pop(top)
+        decided.append(verdict)
         verdict.score = trial_scores[top]
         if verdict.score >= best_score:
             verdict.selected, verdict.reason = True, "selected"
@@ -71,14 +73,17 @@ def greedy_select(
         else:
             verdict.reason = "no gain"
         best_score = max(best_score, verdict.score)
+    # Verdicts in the order they were decided (so selected ones read in the order they joined the
+    # prompt), then those never scored, in the order they were proposed.
+    undecided = [v for v in verdicts if all(v is not d for d in decided)]
     return SelectionOutcome(
         prompt=join_prompt(prompt, chosen),
         selected=chosen,
-        verdicts=verdicts,
+        verdicts=decided + undecided,
         start_score=start_score,
         best_score=best_score,
         scoring_calls=scoring_calls,
-        over_budget=[v.phrase for v in verdicts if v.reason == "over budget"],
+        over_budget=[v.phrase for v in undecided if v.reason == "over budget"],
     )
 
 

@@ -19,6 +19,8 @@ def test_takes_best_first_keeps_ties_and_rejects_losses():
     # (kept: Algorithm 8 keeps s >= s_max) | round 4: blurry .55 < .60 (dropped).
     assert outcome.selected == ["soft light", "oil painting", "neutral"]
     assert outcome.prompt == "a cat, soft light, oil painting, neutral"
+    # Verdicts read in the order they were decided: the selected ones in the order they joined.
+    assert [v.phrase for v in outcome.verdicts] == ["soft light", "oil painting", "neutral", "blurry"]
     verdicts = {v.phrase: v for v in outcome.verdicts}
     assert verdicts["blurry"].reason == "no gain" and not verdicts["blurry"].selected
     assert verdicts["blurry"].score == pytest.approx(0.55)
@@ -58,8 +60,8 @@ def test_duplicates_and_phrases_already_in_prompt_are_not_scored():
 
     outcome = greedy_select("a cat", ["A Cat.", "soft light", "soft  light", ""], score)
     assert outcome.selected == ["soft light"]
-    reasons = [v.reason for v in outcome.verdicts]
-    assert reasons == ["duplicate", "selected", "duplicate", "duplicate"]
+    reasons = [(v.phrase, v.reason) for v in outcome.verdicts]
+    assert reasons == [("soft light", "selected"), ("A Cat", "duplicate"), ("soft light", "duplicate"), ("", "duplicate")]
     assert calls == [["a cat"], ["a cat, soft light"]]
 
 

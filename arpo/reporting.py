@@ -1,0 +1,121 @@
+"""What the CLI shows: progress lines while a run goes, and its result as text or JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from arpo.storage.history import History
+    from arpo.storage.records import RunDetail, RunSummary
+
+
+def progress_line(node: str, update: dict) -> str | None:
+    """One line of progress for a node's state update, or None when there is nothing to say."""
+    if node == "initialize" and "prompt" in update:
+        return f"initial prompt: {update['prompt']}"
+    if node == "generate" and "clip_i" in update:
+        best = "  (best so far)" if "best_prompt" in update else ""
+        return f"generated image: CLIP-I {update['clip_i']:.4f}  CLIP-T {update['clip_t']:.4f}{best}"
+    if node == "propose":
+        return f"  {len(update.get('candidates', []))} candidate phrase(s) proposed"
+    if node == "select":
+        if "prompt" in update:
+            return f"iteration {update['iteration']}: {update['prompt']}"
+        return "  no candidate kept"
+    if node == "finish":
+        return f"stopped: {update.get('stopped_because', '')}"
+    return None
+
+
+def print_progress(node: str, update: dict) -> None:
+    line = progress_line(node, update)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
+def run_result(detail: RunDetail, history: History, out_dir: Path | None = None) -> dict:
+    """The run as one JSON-ready object; images are copied into ``out_dir`` when given."""
+    iterations = []
+    for record in detail.iterations_detail:
+        image_path = history.image_store.path_for(record.generated_sha256)
+        if out_dir is not None:
+            image_path = _copy_into(image_path, out_dir / f"iteration-{record.index:03d}.png")
+        iterations.append(
+            {
+                "index": record.index,
+                "prompt": record.prompt,
+                "seen_prompt": record.seen_prompt,
+                "token_count": record.token_count,
+                "candidates": [c.model_dump() for c in record.candidates],
+                "selected": record.selected,
+                "clip_t": record.clip_t,
+                "clip_i": record.clip_i,
+                "image": str(image_path),
+                "note": record.note,
+            }
+        )
+    result = {
+        "run_id": detail.id,
+        "status": detail.status,
+        "prompt": detail.best_prompt,
+        "best_clip_i": detail.best_clip_i,
+        "last_prompt": detail.last_prompt,
+        "stopped_because": detail.stopped_because,
+        "reference": detail.reference_name,
+        "iterations": iterations,
+        "brain_calls": detail.brain_calls,
+        "tokens": {"prompt": detail.prompt_tokens, "completion": detail.completion_tokens},
+    }
+    if out_dir is not None:
+        (out_dir / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _copy_into(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+def summary_text(result: dict) -> str:
+    """The end of a run, for a person."""
+    lines = [
+        f"run {result['run_id']}: {result['stopped_because']}",
+        f"best prompt (CLIP-I {result['best_clip_i']:.4f}):",
+        f"  {result['prompt']}",
+    ]
+    if result["last_prompt"] != result["prompt"]:
+        lines += ["last prompt:", f"  {result['last_prompt']}"]
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[RunSummary]) -> str:
+    if not runs:
+        return "no runs yet"
+    header = f"{'run':12}  {'created':19}  {'status':11}  {'iters':>5}  {'CLIP-I':>6}  reference / best prompt"
+    rows = [header]
+    for run in runs:
+        clip_i = f"{run.best_clip_i:.3f}" if run.best_clip_i is not None else "-"
+        rows.append(
+            f"{run.id:12}  {run.created_at:%Y-%m-%d %H:%M:%S}  {run.status:11}  {run.iterations:>5}  {clip_i:>6}  "
+            f"{run.reference_name}: {run.best_prompt or ''}"
+        )
+    return "\n".join(rows)
+
+
+def iterations_text(detail: RunDetail) -> str:
+    lines = [f"run {detail.id} ({detail.status}) on {detail.reference_name}: {detail.stopped_because or ''}"]
+    for record in detail.iterations_detail:
+        lines.append(f"[{record.index}] CLIP-I {record.clip_i:.4f}  CLIP-T {record.clip_t:.4f}  {record.prompt}")
+        for candidate in record.candidates:
+            mark = "+" if candidate.selected else " "
+            score = f"{candidate.score:.4f}" if candidate.score is not None else "  -   "
+            lines.append(f"     {mark} {score}  {candidate.phrase}  ({candidate.reason})")
+        if record.note:
+            lines.append(f"     note: {record.note}")
+    lines.append(f"best prompt: {detail.best_prompt}")
+    return "\n".join(lines)

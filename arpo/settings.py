@@ -1,0 +1,26 @@
+"""Defaults for the command line, read from ARPO_* environment variables; flags override them."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from arpo.graphs.run_config import BrainProvider
+
+
+class ArpoSettings(BaseSettings):
+    """Per-user defaults. API keys are not settings: they stay in OPENAI_API_KEY / VLLM_API_KEY."""
+
+    model_config = SettingsConfigDict(env_prefix="ARPO_", extra="ignore")
+
+    db: str | None = None
+    """History database URL (default: sqlite file under ARPO_HOME, ~/.local/share/arpo)."""
+    models: str = "sd15"
+    brain: BrainProvider = "openai"
+    base_url: str | None = None
+    vlm: str | None = None
+    llm: str | None = None
+    framework: Literal["vanilla", "enhanced"] = "vanilla"
+    steps: int = 10
+    seed: int = 0

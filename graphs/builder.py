@@ -1,0 +1,46 @@
+"""Builds the ARPO loop graph: initialize → generate → compare → propose → select → (generate | finish)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Checkpointer
+
+from arpo.graphs import nodes, routing
+from arpo.graphs.context import ArpoContext
+from arpo.graphs.state import ArpoInput, ArpoOutput, ArpoState
+
+
+def _timed(name: str, node: Callable) -> Callable:
+    """Record each node's wall time and model/brain share in the context's telemetry."""
+
+    @wraps(node)
+    def run(state: ArpoState, runtime: Runtime[ArpoContext]) -> dict:
+        context = runtime.context
+        with context.telemetry.measure(name, state.get("iteration", 0), context.counters):
+            return node(state, runtime)
+
+    return run
+
+
+def build_arpo_graph() -> StateGraph:
+    """The uncompiled graph, for callers (and `langgraph dev`) that bring their own checkpointer."""
+    graph = StateGraph(ArpoState, context_schema=ArpoContext, input_schema=ArpoInput, output_schema=ArpoOutput)
+    for name in ("initialize", "generate", "compare", "propose", "select", "finish"):
+        graph.add_node(name, _timed(name, getattr(nodes, name)))
+    graph.add_edge(START, "initialize")
+    graph.add_edge("initialize", "generate")
+    graph.add_conditional_edges("generate", routing.after_generate)
+    graph.add_edge("compare", "propose")
+    graph.add_edge("propose", "select")
+    graph.add_conditional_edges("select", routing.after_select)
+    graph.add_edge("finish", END)
+    return graph
+
+
+def compile_arpo_graph(checkpointer: Checkpointer = None):
+    """The ARPO loop ready to invoke; pass a checkpointer to make runs resumable."""
+    return build_arpo_graph().compile(checkpointer=checkpointer, name="arpo")

@@ -1,0 +1,23 @@
+"""LangGraph checkpoints on SQLite, so an interrupted run can be finished by `arpo resume`."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+
+def open_checkpointer(path: Path) -> SqliteSaver:
+    """A saver on a SQLite file in WAL mode, shareable by the threads of one process."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
+    connection.execute("PRAGMA journal_mode=WAL")
+    saver = SqliteSaver(connection)
+    saver.setup()
+    return saver
+
+
+def thread_config(run_id: str) -> dict:
+    """The checkpoint thread of a run is its history id."""
+    return {"configurable": {"thread_id": run_id}}

@@ -1,0 +1,117 @@
+"""Starting, running and resuming ARPO runs: the one place that wires config, context and graph.
+
+The CLI, batch runs and sessions all go through here, so a run started one way can be resumed another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from arpo.errors import ArpoError, InvalidInputError
+from arpo.graphs.builder import compile_arpo_graph
+from arpo.graphs.checkpoints import open_checkpointer, thread_config
+from arpo.graphs.context import ArpoContext
+from arpo.graphs.run_config import RunConfig
+from arpo.graphs.state import ArpoInput
+
+if TYPE_CHECKING:
+    from arpo.storage.history import History
+    from arpo.tools.model_stack import ModelStack
+    from arpo.tools.reference_image import ReferenceImage
+
+NodeUpdate = Callable[[str, dict], None]
+"""Called after each node with its name and state update (progress display)."""
+
+
+@dataclass
+class RunHandle:
+    """A run that exists in the history, with what is needed to execute it."""
+
+    run_id: str
+    config: RunConfig
+    context: ArpoContext
+
+
+def build_context(config: RunConfig, history: History, models: ModelStack | None = None) -> ArpoContext:
+    """Models and brains for a config. Fails before anything is stored if either cannot be had."""
+    from arpo.agents.brains import build_brains
+    from arpo.tools.model_stack import build_model_stack
+
+    if config.framework == "enhanced" and config.vlm.provider != "offline" and config.llm.provider == "offline":
+        raise InvalidInputError("the enhanced framework needs an LLM brain to compare descriptions; set --llm-brain")
+    brains = build_brains(
+        config.vlm.provider,
+        config.llm.provider,
+        vlm_model=config.vlm.model,
+        llm_model=config.llm.model,
+        vlm_base_url=config.vlm.base_url,
+        llm_base_url=config.llm.base_url,
+    )
+    if models is None:
+        models = build_model_stack(
+            config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device
+        )
+    return ArpoContext(models=models, history=history, brains=brains, framework=config.framework)
+
+
+def start_run(
+    history: History, config: RunConfig, reference: ReferenceImage, context: ArpoContext, kind: str = "invert"
+) -> RunHandle:
+    """Store the reference and a new run row; the run is executed by `execute_run`."""
+    stored = history.store_image(reference.image, role="reference", metadata={"source": reference.name})
+    recorded_config = config.model_dump() | {
+        "model_details": context.models.describe(),
+        "brain_details": context.brains.describe_backends(),
+    }
+    run_id = history.create_run(stored.sha256, reference.name, recorded_config, kind=kind)
+    return RunHandle(run_id=run_id, config=config, context=context)
+
+
+def load_run(history: History, run_id: str, models: ModelStack | None = None) -> RunHandle:
+    """Rebuild a stored run's context from its recorded configuration (for resume)."""
+    detail = history.get_run(run_id)
+    config = RunConfig.model_validate(detail.config)
+    return RunHandle(run_id=detail.id, config=config, context=build_context(config, history, models))
+
+
+def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> None:
+    """Run (or continue) the loop to its end, checkpointing after every node."""
+    history = handle.context.history
+    checkpointer = open_checkpointer(history.checkpoint_path)
+    try:
+        graph = compile_arpo_graph(checkpointer)
+        thread = thread_config(handle.run_id)
+        snapshot = graph.get_state(thread)
+        if snapshot.values and not snapshot.next:
+            return  # finished earlier; nothing left to do
+        start = None if snapshot.values else _initial_input(handle, history)
+        history.set_status(handle.run_id, "running")
+        for chunk in graph.stream(
+            start, thread, context=handle.context, stream_mode="updates", durability="sync"
+        ):
+            for node, update in chunk.items():
+                if on_update is not None:
+                    on_update(node, update or {})
+    except ArpoError as error:
+        history.fail_run(handle.run_id, str(error))
+        raise
+    except KeyboardInterrupt:
+        history.set_status(handle.run_id, "interrupted")
+        raise
+    finally:
+        checkpointer.conn.close()
+
+
+def _initial_input(handle: RunHandle, history: History) -> ArpoInput:
+    detail = history.get_run(handle.run_id)
+    start = ArpoInput(
+        run_id=handle.run_id,
+        reference_sha256=detail.reference_sha256,
+        max_steps=handle.config.steps,
+        seed=handle.config.seed,
+    )
+    if handle.config.initial_prompt:
+        start["initial_prompt"] = handle.config.initial_prompt
+    return start

@@ -1,0 +1,175 @@
+"""The ARPO loop's nodes: initialize, generate, compare, propose, select, finish.
+
+Each node reads the state, does one step of the loop with the models and brains from the runtime
+context, writes what it did to the history at once, and returns the state update. Nodes may be re-run
+when a run resumes, so every history write is idempotent (keyed by run and iteration).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from langgraph.runtime import Runtime
+
+from arpo.graphs.context import ArpoContext
+from arpo.graphs.selection import SelectionOutcome, greedy_select
+from arpo.graphs.state import ArpoState
+from arpo.storage.records import CandidateRecord, IterationRecord
+
+Ctx = Runtime[ArpoContext]
+
+
+def initialize(state: ArpoState, runtime: Ctx) -> dict:
+    """P0: the given prompt or a caption; reference descriptions once per run (concurrently)."""
+    ctx = runtime.context
+    reference = ctx.reference(state["reference_sha256"])
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        caption = None
+        if not state.get("initial_prompt"):
+            caption = pool.submit(ctx.models.captioner.caption, reference.image)
+        description = None
+        if ctx.framework == "enhanced" and ctx.uses_vlm:
+            description = pool.submit(ctx.describer.describe, reference.image)
+        prompt = state.get("initial_prompt") or caption.result()
+        update: dict = {"prompt": prompt.strip(), "iteration": 0, "tried": [], "best_clip_i": -2.0}
+        if description is not None:
+            described = description.result()
+            update |= {"reference_content": described.content, "reference_style": described.style}
+    ctx.save_brain_calls(state["run_id"], 0)
+    return update
+
+
+def generate(state: ArpoState, runtime: Ctx) -> dict:
+    """Render the current prompt, score it both ways, and keep the best prompt by image fidelity."""
+    ctx = runtime.context
+    t2i, clip = ctx.models.text_to_image, ctx.models.clip
+    reference = ctx.reference(state["reference_sha256"])
+    prompt, index = state["prompt"], state["iteration"]
+
+    image = t2i.generate(prompt, state["seed"])
+    stored = ctx.history.store_image(
+        image, role="generated", metadata={"seed": state["seed"], "model": t2i.name, "prompt": prompt}
+    )
+    clip_i = clip.image_similarity(reference.embedding, clip.encode_images([image])[0])
+    clip_t = clip.text_image_similarity(reference.embedding, [t2i.truncate(prompt)])[0]
+    update: dict = {"generated_sha256": stored.sha256, "clip_t": clip_t, "clip_i": clip_i}
+    if clip_i > state.get("best_clip_i", -2.0):
+        update |= {"best_prompt": prompt, "best_clip_i": clip_i, "best_iteration": index}
+    if index >= state["max_steps"]:
+        update["stopped_because"] = f"reached the step limit ({state['max_steps']})"
+
+    ctx.history.record_iteration(state["run_id"], _iteration_record(ctx, {**state, **update}))
+    return update
+
+
+def compare(state: ArpoState, runtime: Ctx) -> dict:
+    """How the current image differs from the reference, in words (empty with no VLM)."""
+    ctx = runtime.context
+    if not ctx.uses_vlm:
+        return {"differences": ""}
+    reference = ctx.reference(state["reference_sha256"])
+    generated = ctx.history.image_store.open(state["generated_sha256"])
+    if ctx.framework == "vanilla":
+        differences = ctx.comparer.compare(reference.image, generated)
+    else:
+        from arpo.agents.roles import ImageDescription
+
+        described = ctx.describer.describe(generated)
+        reference_description = ImageDescription(
+            content=state.get("reference_content", ""), style=state.get("reference_style", "")
+        )
+        differences = ctx.differ.differences(reference_description, described)
+    ctx.save_brain_calls(state["run_id"], state["iteration"])
+    return {"differences": differences}
+
+
+def propose(state: ArpoState, runtime: Ctx) -> dict:
+    """Candidate phrases meant to close the differences: from the LLM, or a phrase bank offline."""
+    from arpo.agents.proposal import ProposalRequest
+
+    ctx = runtime.context
+    request = ProposalRequest(
+        current_prompt=state["prompt"], differences=state.get("differences", ""), tried=state.get("tried", [])
+    )
+    if ctx.brains.llm is not None:
+        candidates = ctx.llm_proposer.propose(request)
+    else:
+        reference = ctx.reference(state["reference_sha256"])
+        candidates = ctx.offline_proposer.propose(request, reference.embedding)
+    ctx.save_brain_calls(state["run_id"], state["iteration"])
+    return {"candidates": candidates, "tried": list(state.get("tried", [])) + list(candidates)}
+
+
+def select(state: ArpoState, runtime: Ctx) -> dict:
+    """Greedy selection by CLIP text–image similarity of the prompt as the T2I model will read it."""
+    ctx = runtime.context
+    t2i, clip = ctx.models.text_to_image, ctx.models.clip
+    reference = ctx.reference(state["reference_sha256"])
+    budget = t2i.token_budget()
+    outcome = greedy_select(
+        state["prompt"],
+        state.get("candidates", []),
+        score_prompts=lambda prompts: clip.text_image_similarity(
+            reference.embedding, [t2i.truncate(p) for p in prompts]
+        ),
+        fits_budget=lambda prompt: t2i.count_tokens(prompt) <= budget,
+    )
+    record = _iteration_record(ctx, state, outcome)
+    ctx.history.record_iteration(state["run_id"], record)
+    if not outcome.selected:
+        return {"stopped_because": _why_nothing_selected(state, outcome, budget)}
+    return {"prompt": outcome.prompt, "iteration": state["iteration"] + 1, "candidates": []}
+
+
+def finish(state: ArpoState, runtime: Ctx) -> dict:
+    """Close the run in the history with the best prompt by image fidelity and the last prompt."""
+    ctx = runtime.context
+    stopped_because = state.get("stopped_because") or "finished"
+    ctx.history.finish_run(
+        state["run_id"],
+        best_prompt=state.get("best_prompt", state["prompt"]),
+        best_clip_i=state.get("best_clip_i"),
+        last_prompt=state["prompt"],
+        stopped_because=stopped_because,
+    )
+    return {"stopped_because": stopped_because}
+
+
+def _iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome | None = None) -> IterationRecord:
+    t2i = ctx.models.text_to_image
+    prompt = state["prompt"]
+    token_count, budget = t2i.count_tokens(prompt), t2i.token_budget()
+    notes = []
+    if token_count > budget:
+        notes.append(f"prompt has {token_count} tokens; the model reads only the first {budget}")
+    candidates = []
+    if outcome is not None:
+        candidates = [
+            CandidateRecord(phrase=v.phrase, score=v.score, selected=v.selected, reason=v.reason)
+            for v in outcome.verdicts
+        ]
+        if outcome.over_budget:
+            notes.append(f"{len(outcome.over_budget)} candidate(s) left out: they would exceed the {budget}-token budget")
+    return IterationRecord(
+        index=state["iteration"],
+        prompt=prompt,
+        seen_prompt=t2i.truncate(prompt),
+        token_count=token_count,
+        token_budget=budget,
+        generated_sha256=state["generated_sha256"],
+        clip_t=state["clip_t"],
+        clip_i=state["clip_i"],
+        differences=state.get("differences") if outcome is not None else None,
+        candidates=candidates,
+        note="; ".join(notes) or None,
+    )
+
+
+def _why_nothing_selected(state: ArpoState, outcome: SelectionOutcome, budget: int) -> str:
+    if not state.get("candidates"):
+        return "no new candidate phrases were proposed"
+    if outcome.over_budget and all(v.reason in ("over budget", "duplicate") for v in outcome.verdicts):
+        return f"the prompt is at the {budget}-token budget; no candidate fits"
+    if all(v.reason == "duplicate" for v in outcome.verdicts):
+        return "every candidate repeated a phrase already in the prompt"
+    return "no candidate raised CLIP similarity"

@@ -1,0 +1,43 @@
+"""The configuration of one run: what the CLI was asked for, stored with the run so it can resume.
+
+It names models and brains only. API keys are read from the environment when brains are built and
+are never part of this object, so they cannot reach the history or the checkpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+BrainProvider = Literal["openai", "vllm", "offline"]
+
+
+class BrainChoice(BaseModel):
+    """Which backend plays one brain role."""
+
+    provider: BrainProvider = "offline"
+    model: str | None = None
+    """Model name on that backend; None takes the provider's default."""
+    base_url: str | None = None
+    """Server URL for vLLM (or an OpenAI-compatible proxy); None takes the provider's default."""
+
+
+class RunConfig(BaseModel):
+    """Everything that determines a run, besides the reference image."""
+
+    models: str = "sd15"
+    """Model stack: tiny, sd15, sdxl, pixart, or a diffusers model id or local path."""
+    clip_model: str | None = None
+    """open_clip model for selection and scoring, as NAME/PRETRAINED; None takes the stack's default."""
+    captioner: str | None = None
+    """Captioner model id for the initial prompt; None takes the stack's default."""
+    device: str | None = None
+    """Torch device; None picks the best available."""
+    vlm: BrainChoice = Field(default_factory=BrainChoice)
+    llm: BrainChoice = Field(default_factory=BrainChoice)
+    framework: Literal["vanilla", "enhanced"] = "vanilla"
+    steps: int = Field(10, ge=0, le=1000)
+    seed: int = 0
+    initial_prompt: str | None = None
+    """Start from this prompt instead of a caption."""
