@@ -102,7 +102,7 @@ class BackendConfig:
             if not key:
                 raise BrainError(
                     "OPENAI_API_KEY is not set; export it, or pick another brain "
-                    "(--vlm/--llm vllm or offline)"
+                    "(--brain vllm or --brain offline)"
                 )
             return cls(provider="openai", model=model, base_url=base_url, api_key=key, **options)
         if provider == "vllm":
