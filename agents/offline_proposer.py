@@ -15,6 +15,10 @@ from arpo.agents.proposal import ProposalRequest
 from arpo.tools.clip_scorer import ClipScorer
 from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank, normalize_phrase
 
+# With the tiny random scorer the ranking is meaningless anyway, so embedding all ~106k bank phrases
+# (about a minute on two cores, repeated in every fresh $ARPO_HOME) buys nothing: take this many per bank.
+TINY_SCORER_PHRASES_PER_BANK = 500
+
 
 class OfflineProposer:
     """Candidate phrases for a round: the best unused phrases of each bank, best overall first.
@@ -22,8 +26,8 @@ class OfflineProposer:
     With no `index`, one index per clip-interrogator bank is built on first use (and cached on disk)
     and each bank contributes up to `per_bank` phrases, so one huge bank (flavors) cannot crowd out
     the small ones (mediums, movements). With an `index`, every candidate comes from it.
-    `max_phrases_per_bank` limits how much of each bank is embedded (the tiny scorer needs about a
-    minute for all 100k flavors on two cores).
+    `max_phrases_per_bank` limits how much of each bank is embedded; None means whole banks for a real
+    scorer and the first `TINY_SCORER_PHRASES_PER_BANK` for the tiny one.
     """
 
     def __init__(
@@ -38,6 +42,8 @@ class OfflineProposer:
         self.scorer = scorer
         self.per_bank = per_bank
         self.max_phrases_per_bank = max_phrases_per_bank
+        if max_phrases_per_bank is None and scorer.is_tiny:
+            self.max_phrases_per_bank = TINY_SCORER_PHRASES_PER_BANK
         self.cache_dir = cache_dir
         self._indexes: dict[str, PhraseIndex] | None = {"index": index} if index is not None else None
 

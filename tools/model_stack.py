@@ -1,0 +1,79 @@
+"""The three models one ARPO run needs (generator, CLIP scorer, captioner), chosen by name together."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from arpo.tools.captioner import DEFAULT_CAPTIONER, Captioner
+from arpo.tools.clip_scorer import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipScorer, parse_clip_spec
+from arpo.tools.text_to_image import TextToImage
+
+TINY = "tiny"
+DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"
+
+
+@dataclass
+class ModelStack:
+    """A text-to-image model, a CLIP scorer and a captioner, loaded once and shared by runs.
+
+    `is_tiny` is True when any part is a tiny random model: the loop still runs end to end, but the
+    prompts it recovers mean nothing, and the CLI says so.
+    """
+
+    name: str
+    text_to_image: TextToImage
+    clip: ClipScorer
+    captioner: Captioner
+    is_tiny: bool
+
+    def describe(self) -> dict[str, Any]:
+        """Every model's description, as plain JSON values, for the run record."""
+        return {
+            "name": self.name,
+            "is_tiny": self.is_tiny,
+            "text_to_image": self.text_to_image.describe(),
+            "clip": self.clip.describe(),
+            "captioner": self.captioner.describe(),
+        }
+
+
+def build_model_stack(
+    models: str = "sd15",
+    *,
+    clip_model: str | None = None,
+    captioner: str | None = None,
+    device: str | None = None,
+) -> ModelStack:
+    """Load the models for a run.
+
+    `models` is "tiny" (all three tiny and random, for tests and demos), a preset ("sd15", "sdxl",
+    "pixart"), a diffusers id or a local folder. The scorer defaults to CLIP ViT-L-14/openai and the
+    captioner to BLIP-2 (OPT-2.7b) for real models, to their tiny versions for "tiny"; either can be
+    named explicitly ("tiny" works for each on its own). `clip_model` reads "MODEL/TAG", "MODEL",
+    "hf-hub:org/repo" or "local-dir:/path".
+    """
+    is_tiny_default = models == TINY
+    clip_choice = clip_model or (TINY if is_tiny_default else DEFAULT_CLIP_SPEC)
+    captioner_choice = captioner or (TINY if is_tiny_default else DEFAULT_CAPTIONER)
+
+    return ModelStack(
+        name=models,
+        text_to_image=_load_text_to_image(models, device),
+        clip=_load_clip(clip_choice, device),
+        captioner=_load_captioner(captioner_choice, device),
+        is_tiny=TINY in (models, clip_choice, captioner_choice),
+    )
+
+
+def _load_text_to_image(choice: str, device: str | None) -> TextToImage:
+    return TextToImage.tiny() if choice == TINY else TextToImage.from_pretrained(choice, device=device)
+
+
+def _load_captioner(choice: str, device: str | None) -> Captioner:
+    return Captioner.tiny() if choice == TINY else Captioner.from_pretrained(choice, device=device)
+
+
+def _load_clip(choice: str, device: str | None) -> ClipScorer:
+    if choice == TINY:
+        return ClipScorer.tiny()
+    model, pretrained = parse_clip_spec(choice)
+    return ClipScorer.from_pretrained(model, pretrained, device=device)
