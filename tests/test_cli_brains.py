@@ -127,3 +127,14 @@ def test_api_key_reaches_the_server_but_nothing_we_write(capsys, arpo_home, serv
     assert any(p.name.endswith(".checkpoints.sqlite") for p in written)
     for path in written:
         assert SECRET.encode() not in path.read_bytes(), f"key found in {path}"
+
+
+def test_missing_openai_key_fails_before_anything_is_stored(capsys, arpo_home):
+    outcome = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--brain", "openai")
+    assert outcome.exit_code == 3
+    assert outcome.stderr.strip().splitlines() == [
+        "arpo: error: OPENAI_API_KEY is not set; export it, or pick another brain (--brain vllm or --brain offline)"
+    ]
+    assert not (arpo_home / "arpo.db").exists() or sqlite3.connect(arpo_home / "arpo.db").execute(
+        "SELECT count(*) FROM runs"
+    ).fetchone()[0] == 0
