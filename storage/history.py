@@ -35,7 +35,6 @@ from arpo.storage.models import (
 )
 from arpo.storage.records import (
     BrainCallLike,
-    CandidateRecord,
     IterationRecord,
     RunDetail,
     RunStatus,
@@ -290,25 +289,9 @@ def _run_by_id_or_prefix(session: Session, run_id: str) -> Run:
 def _iteration_row(run_id: str, record: IterationRecord) -> Iteration:
     return Iteration(
         run_id=run_id,
-        index=record.index,
-        prompt=record.prompt,
-        seen_prompt=record.seen_prompt,
-        token_count=record.token_count,
-        token_budget=record.token_budget,
-        generated_sha256=record.generated_sha256,
-        clip_t=record.clip_t,
-        clip_i=record.clip_i,
-        differences=record.differences,
-        note=record.note,
-        wall_seconds=record.wall_seconds,
+        **record.model_dump(exclude={"candidates"}),
         candidates=[
-            Candidate(
-                position=position,
-                phrase=candidate.phrase,
-                score=candidate.score,
-                selected=candidate.selected,
-                reason=candidate.reason,
-            )
+            Candidate(position=position, **candidate.model_dump())
             for position, candidate in enumerate(record.candidates)
         ],
     )
@@ -321,31 +304,8 @@ def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
         .order_by(Iteration.index)
         .options(selectinload(Iteration.candidates))
     ).all()
-    return [
-        IterationRecord(
-            index=row.index,
-            prompt=row.prompt,
-            seen_prompt=row.seen_prompt,
-            token_count=row.token_count,
-            token_budget=row.token_budget,
-            generated_sha256=row.generated_sha256,
-            clip_t=row.clip_t,
-            clip_i=row.clip_i,
-            differences=row.differences,
-            note=row.note,
-            wall_seconds=row.wall_seconds,
-            candidates=[
-                CandidateRecord(
-                    phrase=candidate.phrase,
-                    score=candidate.score,
-                    selected=candidate.selected,
-                    reason=candidate.reason,
-                )
-                for candidate in row.candidates
-            ],
-        )
-        for row in rows
-    ]
+    # Field names of the records and the tables are the same on purpose, so each maps onto the other.
+    return [IterationRecord.model_validate(row, from_attributes=True) for row in rows]
 
 
 def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallLike) -> BrainCall:

@@ -35,7 +35,7 @@ class IterationRecord(BaseModel):
 
     @property
     def selected(self) -> list[str]:
-        """The phrases chosen this iteration, in the order they were proposed."""
+        """The phrases chosen this iteration, in the order they joined the prompt."""
         return [candidate.phrase for candidate in self.candidates if candidate.selected]
 
 
