@@ -5,9 +5,13 @@ tools), ``arpo.graphs`` (LangGraph state graphs), ``arpo.storage`` (history) and
 """
 
 import os
+from pathlib import Path
 
 # LangGraph reads this once, when it is first imported; checkpoints restored on resume must only ever
 # deserialize plain data, so it is locked down before any submodule can import langgraph.
 os.environ.setdefault("LANGGRAPH_STRICT_MSGPACK", "true")
 
 __version__ = "0.1.0"
+
+SAMPLE_IMAGE = Path(__file__).parent / "examples" / "chelsea.jpg"
+"""The bundled reference image (package data) used by the demo, the benchmark and the tests."""

@@ -14,8 +14,8 @@ import os
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
+from arpo import SAMPLE_IMAGE
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
 from arpo.graphs.invocation import build_context, execute_run, start_run
 from arpo.graphs.run_config import BrainChoice, RunConfig
@@ -24,7 +24,6 @@ from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
 from arpo.tools.reference_image import load_reference_image
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "arpo" / "examples" / "chelsea.jpg"
 
 
 def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list[NodeTiming], float, int]:

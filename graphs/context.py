@@ -106,8 +106,7 @@ class ArpoContext:
         """Cumulative model and brain counters, for the telemetry."""
         models = self.models
         model_seconds = sum(
-            getattr(component, "forward_seconds", 0.0)
-            for component in (models.text_to_image, models.clip, models.captioner)
+            component.forward_seconds for component in (models.text_to_image, models.clip, models.captioner)
         )
         return CounterSnapshot(
             model_seconds=model_seconds,

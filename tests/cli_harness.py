@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
+from arpo import SAMPLE_IMAGE  # noqa: F401  (re-exported for the CLI tests)
 from arpo.cli import main
 
-SAMPLE_IMAGE = Path(__file__).resolve().parents[1] / "arpo" / "examples" / "chelsea.jpg"
 
 
 @dataclass
