@@ -134,6 +134,11 @@ def history(
     print(json.dumps(run_result(detail, store), indent=2) if as_json else iterations_text(detail))
 
 
+# Command groups kept in their own modules: each arpo.commands.<name> has `register(app)`, and keeps its
+# heavy imports inside the command functions so `arpo --help` stays fast.
+# (one line per module below)
+
+
 def _first_validation_problem(error: ValueError) -> str:
     errors = getattr(error, "errors", None)
     if callable(errors):

@@ -40,4 +40,16 @@ class RunConfig(BaseModel):
     steps: int = Field(10, ge=0, le=1000)
     seed: int = 0
     initial_prompt: str | None = None
-    """Start from this prompt instead of a caption."""
+    """Start from this prompt instead of a caption (or another `init` method)."""
+    method: Literal["arpo", "pez", "ph2p", "editor", "regressor"] = "arpo"
+    """What recovers the prompt: the ARPO loop, or one inversion method on its own (no brain)."""
+    init: Literal["caption", "pez", "ph2p", "editor", "regressor"] = "caption"
+    """How the ARPO loop writes its initial prompt P0 when `initial_prompt` is not given."""
+    inversion_steps: int | None = Field(None, ge=1)
+    """Optimisation steps for an inversion method (None: the method's default)."""
+    inversion_seconds: float | None = Field(None, gt=0)
+    """Wall-time limit for an inversion method (None: no limit)."""
+    regressor: str | None = None
+    """Regressor checkpoint (file or folder) for `init`/`method` "regressor"."""
+    prompt_bank: str | None = None
+    """File of prompts the regressor's embedding is matched against (None: the checkpoint's own bank)."""

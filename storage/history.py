@@ -28,6 +28,7 @@ from arpo.storage.models import (
     RUN_STATUSES,
     BrainCall,
     Candidate,
+    InversionStepRow,
     Iteration,
     Run,
     StoredImage,
@@ -35,6 +36,7 @@ from arpo.storage.models import (
 )
 from arpo.storage.records import (
     BrainCallLike,
+    InversionStepRecord,
     IterationRecord,
     RunDetail,
     RunStatus,
@@ -242,6 +244,33 @@ class History:
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
             )
+
+    def record_inversion_steps(self, run_id: str, steps: Iterable[InversionStepRecord]) -> None:
+        """Store steps of an inversion trajectory; a step written again (after a resume) replaces the old."""
+        with self._sessions.begin() as session:
+            _exact_run(session, run_id)
+            for record in steps:
+                earlier = session.scalar(
+                    select(InversionStepRow).where(
+                        InversionStepRow.run_id == run_id,
+                        InversionStepRow.method == record.method,
+                        InversionStepRow.step == record.step,
+                    )
+                )
+                if earlier is not None:
+                    session.delete(earlier)
+                    session.flush()
+                session.add(InversionStepRow(run_id=run_id, **record.model_dump()))
+
+    def inversion_steps(self, run_id: str, method: str | None = None) -> list[InversionStepRecord]:
+        """A run's inversion trajectory in step order, for one method or all; accepts an id prefix."""
+        with self._sessions() as session:
+            run = _run_by_id_or_prefix(session, run_id)
+            query = select(InversionStepRow).where(InversionStepRow.run_id == run.id)
+            if method is not None:
+                query = query.where(InversionStepRow.method == method)
+            rows = session.scalars(query.order_by(InversionStepRow.method, InversionStepRow.step))
+            return [InversionStepRecord.model_validate(row, from_attributes=True) for row in rows]
 
     def iterations(self, run_id: str) -> list[IterationRecord]:
         """A run's iterations in order; accepts a unique id prefix."""

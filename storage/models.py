@@ -18,7 +18,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
-RUN_KINDS = ("invert", "session", "batch")
+RUN_KINDS = ("invert", "session", "batch", "eval")
 IMAGE_ROLES = ("reference", "generated", "render")
 CANDIDATE_REASONS = ("selected", "no gain", "over budget", "duplicate", "not scored")
 
@@ -101,6 +101,9 @@ class Run(Base):
     brain_calls: Mapped[list["BrainCall"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="BrainCall.id"
     )
+    inversion_steps: Mapped[list["InversionStepRow"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="InversionStepRow.id"
+    )
 
 
 class Iteration(Base):
@@ -171,3 +174,21 @@ class BrainCall(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="brain_calls")
+
+
+class InversionStepRow(Base):
+    """One step of a prompt-inversion method's trajectory (PEZ, PH2P, EDITOR, ...) within a run."""
+
+    __tablename__ = "inversion_steps"
+    __table_args__ = (UniqueConstraint("run_id", "method", "step", name="uq_inversion_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(32))
+    step: Mapped[int] = mapped_column(Integer)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    run: Mapped[Run] = relationship(back_populates="inversion_steps")

@@ -17,6 +17,17 @@ class CandidateRecord(BaseModel):
     reason: str = "not scored"
 
 
+class InversionStepRecord(BaseModel):
+    """One step of a prompt-inversion method's trajectory, as stored in the history."""
+
+    method: str
+    step: int
+    loss: float | None = None
+    prompt: str | None = None
+    seconds: float = 0.0
+    details: dict[str, Any] | None = None
+
+
 class IterationRecord(BaseModel):
     """Everything one pass of the loop produced, as stored in the history."""
 
