@@ -1,8 +1,9 @@
 """The proposer that needs no language model: phrases from the banks, ranked by CLIP against the image.
 
-It lets the ARPO loop run with no brain at all. It cannot read the differences or the person's
-feedback (it has no language understanding), so it only looks at the reference image embedding, the
-current prompt and what was tried before. Greedy selection then decides which candidates stay.
+It lets the ARPO loop run with no brain at all. It cannot read the differences (it has no language
+understanding), so it looks at the reference image embedding, the current prompt and what was tried
+before; a person's feedback in a session steers it through the notes' CLIP text embedding. Greedy
+selection then decides which candidates stay.
 """
 
 import re
@@ -55,13 +56,32 @@ class OfflineProposer:
         Never returns a phrase from `request.tried`, nor one already present in the current prompt.
         """
         used = _UsedPhrases(request.current_prompt, request.tried)
+        query = self._steered_by_feedback(reference_embedding, request.feedback)
         indexes = self._bank_indexes()
         per_source = request.max_candidates if len(indexes) == 1 else self.per_bank
         scored: list[tuple[str, float]] = []
         for index in indexes.values():
-            scored.extend(_best_unused(index, reference_embedding, per_source, used))
+            scored.extend(_best_unused(index, query, per_source, used))
         scored.sort(key=lambda phrase_and_score: phrase_and_score[1], reverse=True)
         return _distinct([phrase for phrase, _ in scored])[: request.max_candidates]
+
+    def _steered_by_feedback(
+        self, reference_embedding: torch.Tensor | Sequence[float], feedback: Sequence[str]
+    ) -> torch.Tensor:
+        """The reference embedding, pulled halfway towards the person's notes when there are any.
+
+        With no language model, the notes' CLIP text embedding is the only way to hear them: phrases
+        near both the image and the notes rank first.
+        """
+        reference = torch.as_tensor(reference_embedding, dtype=torch.float32).flatten()
+        notes = [note.strip() for note in feedback if note.strip()]
+        if not notes:
+            return reference
+        reference = reference / reference.norm().clamp_min(1e-12)
+        wished = self.scorer.encode_texts(["; ".join(notes)])[0].float().flatten().to(reference.device)
+        wished = wished / wished.norm().clamp_min(1e-12)
+        steered = reference + wished
+        return steered / steered.norm().clamp_min(1e-12)
 
     def _bank_indexes(self) -> dict[str, PhraseIndex]:
         if self._indexes is None:

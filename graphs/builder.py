@@ -1,4 +1,9 @@
-"""Builds the ARPO loop graph: initialize → generate → compare → propose → select → (generate | finish)."""
+"""Builds the graphs.
+
+ARPO loop: initialize → generate → compare → propose → select → (generate | finish).
+Session: the same nodes with `review` after every generation, where a person steers the loop:
+initialize → generate → review → (compare → propose → select → (generate | review) | generate | finish).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
-from arpo.graphs import nodes, routing
+from arpo.graphs import nodes, routing, session_nodes
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.state import ArpoInput, ArpoOutput, ArpoState
 
@@ -44,3 +49,25 @@ def build_arpo_graph() -> StateGraph:
 def compile_arpo_graph(checkpointer: Checkpointer = None):
     """The ARPO loop ready to invoke; pass a checkpointer to make runs resumable."""
     return build_arpo_graph().compile(checkpointer=checkpointer, name="arpo")
+
+
+def build_session_graph() -> StateGraph:
+    """The uncompiled session graph: the ARPO loop with a person's review after each generation."""
+    graph = StateGraph(ArpoState, context_schema=ArpoContext, input_schema=ArpoInput, output_schema=ArpoOutput)
+    for name in ("initialize", "generate", "compare", "propose", "select", "finish"):
+        graph.add_node(name, _timed(name, getattr(nodes, name)))
+    graph.add_node("review", session_nodes.review)
+    graph.add_edge(START, "initialize")
+    graph.add_edge("initialize", "generate")
+    graph.add_edge("generate", "review")
+    graph.add_conditional_edges("review", routing.after_review)
+    graph.add_edge("compare", "propose")
+    graph.add_edge("propose", "select")
+    graph.add_conditional_edges("select", routing.after_session_select)
+    graph.add_edge("finish", END)
+    return graph
+
+
+def compile_session_graph(checkpointer: Checkpointer = None):
+    """The session graph ready to invoke; it needs a checkpointer to pause for the person."""
+    return build_session_graph().compile(checkpointer=checkpointer, name="arpo-session")

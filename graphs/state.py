@@ -56,6 +56,19 @@ class ArpoState(ArpoInput, total=False):
     """Iteration at which the best prompt was generated."""
     stopped_because: str
     """Why the loop ended; set by the node that decides to stop."""
+    # Set by a person in a session (graphs/session_nodes.py); empty in unattended runs.
+    feedback: list[str]
+    """Notes from the person that the next proposal must address first; consumed by `propose`."""
+    pinned: list[str]
+    """Phrases the person pinned: kept in the prompt through every edit."""
+    banned: list[str]
+    """Phrases the person banned: never proposed or kept again."""
+    unattended_left: int
+    """Iterations still to run before the session asks the person again."""
+    turns: int
+    """How many replies the person has given (the position of the next one in the history)."""
+    next_step: str
+    """Where the person's last reply sends the session: compare, generate, review or finish."""
 
 
 class ArpoOutput(TypedDict, total=False):

@@ -30,7 +30,9 @@ from arpo.storage.models import (
     Candidate,
     InversionStepRow,
     Iteration,
+    Render,
     Run,
+    SessionTurn,
     StoredImage,
     utc_now,
 )
@@ -38,9 +40,11 @@ from arpo.storage.records import (
     BrainCallLike,
     InversionStepRecord,
     IterationRecord,
+    RenderRecord,
     RunDetail,
     RunStatus,
     RunSummary,
+    SessionTurnRecord,
 )
 from arpo.storage.secrets_guard import secret_looking_keys
 
@@ -271,6 +275,46 @@ class History:
                 query = query.where(InversionStepRow.method == method)
             rows = session.scalars(query.order_by(InversionStepRow.method, InversionStepRow.step))
             return [InversionStepRecord.model_validate(row, from_attributes=True) for row in rows]
+
+    def record_session_turn(self, run_id: str, turn: SessionTurnRecord) -> None:
+        """Store a person's reply; writing the same position again (a resumed node) replaces it."""
+        with self._sessions.begin() as session:
+            run = _exact_run(session, run_id)
+            earlier = session.scalar(
+                select(SessionTurn).where(SessionTurn.run_id == run_id, SessionTurn.position == turn.position)
+            )
+            if earlier is not None:
+                session.delete(earlier)
+                session.flush()
+            session.add(SessionTurn(run_id=run_id, **turn.model_dump(exclude={"created_at"})))
+            run.updated_at = utc_now()
+
+    def session_turns(self, run_id: str) -> list[SessionTurnRecord]:
+        """A session's replies in order; accepts a unique id prefix."""
+        with self._sessions() as session:
+            run = _run_by_id_or_prefix(session, run_id)
+            rows = session.scalars(
+                select(SessionTurn).where(SessionTurn.run_id == run.id).order_by(SessionTurn.position)
+            )
+            return [SessionTurnRecord.model_validate(row, from_attributes=True) for row in rows]
+
+    def record_render(self, run_id: str, render: RenderRecord) -> RenderRecord:
+        """Keep a novel image rendered from an edit of the run's prompt; returns it with its id."""
+        with self._sessions.begin() as session:
+            _exact_run(session, run_id)
+            if session.get(StoredImage, render.image_sha256) is None:
+                raise ValueError(f"rendered image {render.image_sha256} is not stored; store it first")
+            row = Render(run_id=run_id, **render.model_dump(exclude={"id", "created_at"}))
+            session.add(row)
+            session.flush()
+            return RenderRecord.model_validate(row, from_attributes=True)
+
+    def renders(self, run_id: str) -> list[RenderRecord]:
+        """Every render made from a run, oldest first; accepts a unique id prefix."""
+        with self._sessions() as session:
+            run = _run_by_id_or_prefix(session, run_id)
+            rows = session.scalars(select(Render).where(Render.run_id == run.id).order_by(Render.id))
+            return [RenderRecord.model_validate(row, from_attributes=True) for row in rows]
 
     def iterations(self, run_id: str) -> list[IterationRecord]:
         """A run's iterations in order; accepts a unique id prefix."""

@@ -17,7 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+RUN_STATUSES = ("running", "paused", "finished", "failed", "interrupted")
 RUN_KINDS = ("invert", "session", "batch", "eval")
 IMAGE_ROLES = ("reference", "generated", "render")
 CANDIDATE_REASONS = ("selected", "no gain", "over budget", "duplicate", "not scored")
@@ -100,6 +100,12 @@ class Run(Base):
     )
     brain_calls: Mapped[list["BrainCall"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="BrainCall.id"
+    )
+    session_turns: Mapped[list["SessionTurn"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="SessionTurn.position"
+    )
+    renders: Mapped[list["Render"]] = relationship(
+        back_populates="run", cascade="all, delete-orphan", order_by="Render.id"
     )
     inversion_steps: Mapped[list["InversionStepRow"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="InversionStepRow.id"
@@ -192,3 +198,42 @@ class InversionStepRow(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="inversion_steps")
+
+
+class SessionTurn(Base):
+    """One reply a person gave in a conversational session, with what they were shown when replying."""
+
+    __tablename__ = "session_turns"
+    __table_args__ = (UniqueConstraint("run_id", "position", name="uq_session_turn"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    iteration_index: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    phrases: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    shown: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    run: Mapped[Run] = relationship(back_populates="session_turns")
+
+
+class Render(Base):
+    """A novel image rendered from an edit of a run's recovered prompt (same seed and model)."""
+
+    __tablename__ = "renders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    source_prompt: Mapped[str] = mapped_column(Text)
+    content: Mapped[str] = mapped_column(Text)
+    style: Mapped[str] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text)
+    edit: Mapped[str] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(256))
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    run: Mapped[Run] = relationship(back_populates="renders")

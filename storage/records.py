@@ -5,7 +5,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-RunStatus = Literal["running", "finished", "failed", "interrupted"]
+RunStatus = Literal["running", "paused", "finished", "failed", "interrupted"]
 
 
 class CandidateRecord(BaseModel):
@@ -48,6 +48,34 @@ class IterationRecord(BaseModel):
     def selected(self) -> list[str]:
         """The phrases chosen this iteration, in the order they joined the prompt."""
         return [candidate.phrase for candidate in self.candidates if candidate.selected]
+
+
+class SessionTurnRecord(BaseModel):
+    """A person's reply in a session: continue, stop, feedback, an edited prompt, pins or bans."""
+
+    position: int
+    iteration_index: int
+    action: str
+    text: str | None = None
+    phrases: list[str] | None = None
+    shown: dict[str, Any] | None = None
+    """What the person saw when replying (prompt, scores, candidates), so no shown round is lost."""
+    created_at: datetime | None = None
+
+
+class RenderRecord(BaseModel):
+    """A novel image made from an edited recovered prompt."""
+
+    id: int | None = None
+    source_prompt: str
+    content: str
+    style: str
+    prompt: str
+    edit: str
+    seed: int
+    model: str
+    image_sha256: str
+    created_at: datetime | None = None
 
 
 class RunSummary(BaseModel):

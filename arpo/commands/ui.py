@@ -1,0 +1,46 @@
+"""`arpo ui`: the web UI for sessions, served on this machine (127.0.0.1) unless told otherwise."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from arpo import run_options as opt
+from arpo.settings import ArpoSettings
+
+UI_HELP = (
+    "Serve the web UI: upload an image, pick models and brains, watch iterations arrive, give feedback, edit "
+    "the prompt, resume past sessions and render edits. Binds to 127.0.0.1 unless --host says otherwise."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `ui` command to the arpo CLI."""
+    app.command(name="ui", help=UI_HELP)(ui)
+
+
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the UI to your network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    models: opt.Models = None,
+    brain: opt.Brain = None,
+    base_url: opt.BaseUrl = None,
+    vlm: opt.Vlm = None,
+    llm: opt.Llm = None,
+    framework: opt.Framework = None,
+    seed: opt.Seed = None,
+    db: opt.Database = None,
+) -> None:
+    from arpo.storage.history import History
+    from arpo.web_ui import UiDefaults, build_ui
+
+    settings = ArpoSettings()
+    defaults = UiDefaults.from_settings(
+        settings, models=models, brain=brain, base_url=base_url, vlm=vlm, llm=llm, framework=framework, seed=seed
+    )
+    history = History.open(db or settings.db)
+    app = build_ui(history, defaults)
+    print(f"arpo ui on http://{host}:{port} (Ctrl-C to stop)", file=sys.stderr)
+    app.queue().launch(server_name=host, server_port=port, footer_links=[], quiet=True)

@@ -1,0 +1,87 @@
+"""A person's reply in a session, and how a line typed at the terminal becomes one.
+
+The session graph pauses after every regenerated image and resumes with one `HumanTurn`
+(`Command(resume=turn.model_dump())`): carry on (for one or several iterations), stop, give feedback
+the next proposal must address first, replace the prompt, or pin / unpin / ban phrases.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+from arpo.errors import InvalidInputError
+
+TurnAction = Literal["continue", "stop", "feedback", "edit", "pin", "unpin", "ban"]
+
+REPLY_HELP = """\
+  <Enter> or c          carry on for one iteration
+  run N                 carry on for N iterations without asking
+  stop (or q)           finish the session with the best prompt so far
+  edit NEW PROMPT       replace the current prompt (pinned phrases stay)
+  pin PHRASE[, ...]     keep these phrases in the prompt, whatever happens
+  unpin PHRASE[, ...]   release pinned phrases
+  ban PHRASE[, ...]     never propose or keep these phrases again
+  anything else         feedback for the next proposal ("the sky should be stormier")"""
+
+
+class HumanTurn(BaseModel):
+    """One reply to the session's question "how should the loop go on?"."""
+
+    action: TurnAction
+    text: str | None = None
+    """Feedback in plain language (feedback) or the replacement prompt (edit)."""
+    phrases: list[str] = Field(default_factory=list)
+    """Phrases to pin, unpin or ban."""
+    iterations: int = Field(1, ge=1, le=100)
+    """How many iterations to run before asking again (continue and feedback)."""
+
+    @model_validator(mode="after")
+    def _has_what_its_action_needs(self) -> "HumanTurn":
+        self.phrases = [p.strip() for p in self.phrases if p.strip()]
+        if self.text is not None:
+            self.text = self.text.strip()
+        if self.action in ("feedback", "edit") and not self.text:
+            raise ValueError(f"a {self.action} turn needs text")
+        if self.action in ("pin", "unpin", "ban") and not self.phrases:
+            raise ValueError(f"a {self.action} turn needs at least one phrase")
+        return self
+
+
+_KEYWORDS = {"c": "continue", "continue": "continue", "": "continue", "stop": "stop", "q": "stop", "quit": "stop"}
+
+
+def parse_reply(line: str) -> HumanTurn:
+    """Read what a person typed at the session prompt; anything that is not a command is feedback."""
+    stripped = line.strip()
+    word, _, rest = stripped.partition(" ")
+    keyword = word.lower()
+    if stripped.lower() in _KEYWORDS:
+        return HumanTurn(action=_KEYWORDS[stripped.lower()])
+    if keyword == "run":
+        return HumanTurn(action="continue", iterations=_iteration_count(rest))
+    if keyword == "edit":
+        return _turn("edit", text=rest)
+    if keyword in ("pin", "unpin", "ban"):
+        return _turn(keyword, phrases=[p for p in re.split(r"[,;]", rest)])
+    return HumanTurn(action="feedback", text=stripped)
+
+
+def _iteration_count(text: str) -> int:
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise InvalidInputError(f"'run' needs a number of iterations, not {text.strip()!r}") from None
+    if not 1 <= count <= 100:
+        raise InvalidInputError(f"'run' takes 1 to 100 iterations, not {count}")
+    return count
+
+
+def _turn(action: TurnAction, **fields: object) -> HumanTurn:
+    try:
+        return HumanTurn(action=action, **fields)
+    except ValueError:
+        needs = "a new prompt" if action == "edit" else "one or more phrases, separated by commas"
+        raise InvalidInputError(f"'{action}' needs {needs}") from None

@@ -1,0 +1,125 @@
+"""The web UI end to end in a real browser: Debian's headless Chromium driven by Playwright, tiny
+models, and the scripted OpenAI-compatible brain over real HTTP.
+
+CI installs Chromium (.ci/run) and sets ARPO_REQUIRE_BROWSER=1, so there a missing browser fails the
+test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from fixtures_brain import brain_server  # noqa: F401  (fixture)
+
+from arpo import SAMPLE_IMAGE
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The flags a closed network needs: no sandbox as root, and no background calls to Google's hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+WAIT_MS = 120_000
+
+
+def _browser_or_skip():
+    required = os.environ.get("ARPO_REQUIRE_BROWSER") == "1"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            raise
+        pytest.skip("playwright is not installed")
+    if not CHROMIUM.exists():
+        if required:
+            pytest.fail(f"{CHROMIUM} is missing; install Debian's chromium package")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    return sync_playwright
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ui_url(brain_server):  # noqa: F811
+    from arpo.storage.history import History
+    from arpo.web_ui import UiDefaults, build_ui
+
+    defaults = UiDefaults(
+        models="tiny", brain="vllm", base_url=brain_server.base_url, vlm="scripted-vlm", llm="scripted-llm"
+    )
+    history = History.open(None)
+    app = build_ui(history, defaults).queue()
+    _, url, _ = app.launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, footer_links=[]
+    )
+    try:
+        yield url, history, brain_server
+    finally:
+        app.close()
+        history.close()
+
+
+def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_url):
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+
+    url, history, server = ui_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            status = page.locator("#status")
+
+            page.locator("#reference input[type=file]").set_input_files(str(SAMPLE_IMAGE))
+            page.locator("#start").click()
+            expect(status).to_contain_text("iteration 0", timeout=WAIT_MS)
+            expect(page.locator("#generated img")).to_be_visible()
+            run_id = status.locator("code").first.inner_text()
+
+            page.locator("#feedback textarea").fill("it is a watercolour")
+            page.locator("#send-feedback").click()
+            expect(status).to_contain_text("iteration 1", timeout=WAIT_MS)
+            expect(page.locator("#candidates")).to_contain_text("selected")
+            expect(page.locator("#prompt-view mark").first).to_be_visible()
+
+            page.locator("#edit-prompt textarea").fill("a watercolour cat on a red sofa")
+            page.locator("#use-prompt").click()
+            expect(status).to_contain_text("iteration 2", timeout=WAIT_MS)
+            expect(page.locator("#prompt-view")).to_contain_text("a watercolour cat on a red sofa")
+
+            page.get_by_role("tab", name="Edit and render").click()
+            page.locator("#content textarea").fill("a cat on a red sofa")
+            page.locator("#replace-old textarea").fill("cat")
+            page.locator("#replace-new textarea").fill("dog")
+            page.locator("#render").click()
+            expect(page.locator("#render-status")).to_contain_text("Rendered with seed 0", timeout=WAIT_MS)
+        finally:
+            browser.close()
+
+    turns = history.session_turns(run_id)
+    assert [(t.action, t.text) for t in turns] == [
+        ("feedback", "it is a watercolour"),
+        ("edit", "a watercolour cat on a red sofa"),
+    ]
+    assert turns[0].shown["iteration"] == 0 and turns[1].shown["iteration"] == 1
+    iterations = history.iterations(run_id)
+    assert [r.index for r in iterations] == [0, 1, 2]
+    assert iterations[2].prompt == "a watercolour cat on a red sofa"
+    assert history.get_run(run_id).status == "paused"
+
+    proposals = [json.dumps(r.body) for r in server.requests if r.kind == "phrases"]
+    assert len(proposals) == 1 and "it is a watercolour" in proposals[0], "feedback must reach the proposer"
+
+    renders = history.renders(run_id)
+    assert len(renders) == 1
+    assert renders[0].content == "a dog on a red sofa" and renders[0].prompt.startswith("a dog on a red sofa")
+    assert renders[0].seed == 0 and history.image_store.contains(renders[0].image_sha256)
