@@ -56,8 +56,9 @@ def session(
     history = History.open(db or settings.db)
     driver = SessionDriver(history)
     if resume is not None:
-        print(f"resuming session {resume}", file=sys.stderr)
-        view = driver.resume(resume, on_update=print_progress)
+        run_id = history.get_run(resume).id  # an unknown id is one line before anything prints
+        print(f"resuming session {run_id}", file=sys.stderr)
+        view = driver.resume(run_id, on_update=print_progress)
     else:
         from arpo.tools.reference_image import load_reference_image
 
