@@ -70,6 +70,14 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
         "brain_calls": detail.brain_calls,
         "tokens": {"prompt": detail.prompt_tokens, "completion": detail.completion_tokens},
     }
+    if detail.kind == "session":
+        result["turns"] = [
+            turn.model_dump(mode="json", exclude={"shown"}) for turn in history.session_turns(detail.id)
+        ]
+        result["renders"] = [
+            render.model_dump(mode="json") | {"image": str(history.image_store.path_for(render.image_sha256))}
+            for render in history.renders(detail.id)
+        ]
     if out_dir is not None:
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -107,8 +115,10 @@ def runs_table(runs: list[RunSummary]) -> str:
     return "\n".join(rows)
 
 
-def iterations_text(detail: RunDetail) -> str:
+def iterations_text(detail: RunDetail, history: History | None = None) -> str:
+    """A run's iterations for a person; a session's replies appear where they were given."""
     lines = [f"run {detail.id} ({detail.status}) on {detail.reference_name}: {detail.stopped_because or ''}"]
+    turns = history.session_turns(detail.id) if history is not None and detail.kind == "session" else []
     for record in detail.iterations_detail:
         lines.append(f"[{record.index}] CLIP-I {record.clip_i:.4f}  CLIP-T {record.clip_t:.4f}  {record.prompt}")
         for candidate in record.candidates:
@@ -117,5 +127,8 @@ def iterations_text(detail: RunDetail) -> str:
             lines.append(f"     {mark} {score}  {candidate.phrase}  ({candidate.reason})")
         if record.note:
             lines.append(f"     note: {record.note}")
+        for turn in (t for t in turns if t.iteration_index == record.index):
+            said = turn.text or ", ".join(turn.phrases or [])
+            lines.append(f"     you: {turn.action}{': ' + said if said else ''}")
     lines.append(f"best prompt: {detail.best_prompt}")
     return "\n".join(lines)
