@@ -246,29 +246,34 @@ class _Handlers:
 
     def _work(self, job: Callable[[Callable[[str, dict], None]], SessionView]) -> Iterator[list]:
         """Run `job` in a thread and yield the status line as nodes finish, then the session view."""
-        lines: queue.Queue[str] = queue.Queue()
+        updates: queue.Queue[tuple[str, dict] | None] = queue.Queue()
         outcome: dict[str, Any] = {}
-
-        def progress(node: str, update: dict) -> None:
-            line = progress_line(node, update)
-            if line:
-                lines.put(line)
 
         def run() -> None:
             try:
-                outcome["view"] = job(progress)
+                outcome["view"] = job(lambda node, update: updates.put((node, update)))
             except ArpoError as problem:
                 outcome["error"] = str(problem)
             finally:
-                lines.put("")
+                updates.put(None)
 
         threading.Thread(target=run, name="arpo-ui-session", daemon=True).start()
-        while (line := lines.get()) != "":
-            yield [gr.skip(), f"Working… {html.escape(line)}"] + [gr.skip()] * 5
+        while (item := updates.get()) is not None:
+            node, update = item
+            line = progress_line(node, update)
+            if line:
+                yield self._progress(line, update if node == "generate" else None)
         if "error" in outcome:
             yield [gr.skip(), f"**Error:** {outcome['error']}"] + [gr.skip()] * 5
             return
         yield self._shown(outcome["view"])
+
+    def _progress(self, line: str, generated: dict | None) -> list:
+        """A status line while the session works; each new image appears as soon as it is made."""
+        shown = [gr.skip(), f"Working… {html.escape(line)}"] + [gr.skip()] * 5
+        if generated and "generated_sha256" in generated:
+            shown[2] = self.driver.history.open_image(generated["generated_sha256"])
+        return shown
 
     def _shown(self, view: SessionView) -> list:
         pause = view.pause
