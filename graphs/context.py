@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from arpo.agents.offline_proposer import OfflineProposer
     from arpo.agents.roles import Comparer, Describer, Differ, LlmProposer
     from arpo.storage.history import History
+    from arpo.tools.inversion.base import PromptInverter
     from arpo.tools.model_stack import ModelStack
 
 Framework = Literal["vanilla", "enhanced"]
@@ -48,6 +49,8 @@ class ArpoContext:
     framework: Framework = "vanilla"
     """Vanilla: one two-image VLM comparison. Enhanced: describe each image, then an LLM compares."""
     telemetry: LoopTelemetry = field(default_factory=LoopTelemetry)
+    initial_inverter: PromptInverter | None = None
+    """Writes P0 when no initial prompt is given (`--init pez|ph2p|editor|regressor`); None: the captioner."""
     _references: dict[str, ReferenceView] = field(default_factory=dict, repr=False)
     _reference_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

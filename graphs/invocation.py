@@ -5,9 +5,10 @@ The CLI, batch runs and sessions all go through here, so a run started one way c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from arpo.errors import ArpoError, InvalidInputError
 from arpo.graphs.builder import compile_arpo_graph
@@ -53,7 +54,14 @@ def build_context(config: RunConfig, history: History, models: ModelStack | None
         models = build_model_stack(
             config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device
         )
-    return ArpoContext(models=models, history=history, brains=brains, framework=config.framework)
+    initial_inverter = None
+    if config.init != "caption" and not config.initial_prompt:
+        from arpo.tools.inversion.registry import build_inverter
+
+        initial_inverter = build_inverter(config.init, config, llm=brains.llm)
+    return ArpoContext(
+        models=models, history=history, brains=brains, framework=config.framework, initial_inverter=initial_inverter
+    )
 
 
 def start_run(
@@ -78,21 +86,36 @@ def load_run(history: History, run_id: str, models: ModelStack | None = None) ->
 
 def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> None:
     """Run (or continue) the loop to its end, checkpointing after every node."""
-    history = handle.context.history
-    checkpointer = open_checkpointer(history.checkpoint_path)
-    try:
-        graph = compile_arpo_graph(checkpointer)
-        thread = thread_config(handle.run_id)
+    with open_graph(handle, compile_arpo_graph) as (graph, thread):
         snapshot = graph.get_state(thread)
         if snapshot.values and not snapshot.next:
             return  # finished earlier; nothing left to do
-        start = None if snapshot.values else _initial_input(handle, history)
+        start = None if snapshot.values else initial_input(handle)
+        stream_updates(handle, graph, start, on_update)
+
+
+@contextmanager
+def open_graph(handle: RunHandle, compile_graph: Callable[[Any], Any]) -> Iterator[tuple[Any, dict]]:
+    """A graph compiled with the history's checkpointer, and the run's thread, for one stretch of work."""
+    checkpointer = open_checkpointer(handle.context.history.checkpoint_path)
+    try:
+        yield compile_graph(checkpointer), thread_config(handle.run_id)
+    finally:
+        checkpointer.conn.close()
+
+
+def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpdate | None = None) -> None:
+    """Stream a graph from `start` (an input, None to continue, or a resume Command) until it ends or
+    pauses, marking the run failed or interrupted in the history when it cannot go on."""
+    history = handle.context.history
+    thread = thread_config(handle.run_id)
+    try:
         history.set_status(handle.run_id, "running")
         for chunk in graph.stream(
             start, thread, context=handle.context, stream_mode="updates", durability="sync"
         ):
             for node, update in chunk.items():
-                if on_update is not None:
+                if on_update is not None and node != "__interrupt__":
                     on_update(node, update or {})
     except ArpoError as error:
         history.fail_run(handle.run_id, str(error))
@@ -100,12 +123,11 @@ def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> No
     except KeyboardInterrupt:
         history.set_status(handle.run_id, "interrupted")
         raise
-    finally:
-        checkpointer.conn.close()
 
 
-def _initial_input(handle: RunHandle, history: History) -> ArpoInput:
-    detail = history.get_run(handle.run_id)
+def initial_input(handle: RunHandle) -> ArpoInput:
+    """The graph input that starts a stored run from the beginning."""
+    detail = handle.context.history.get_run(handle.run_id)
     start = ArpoInput(
         run_id=handle.run_id,
         reference_sha256=detail.reference_sha256,

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from langgraph.runtime import Runtime
 
 from arpo.graphs.context import ArpoContext
+from arpo.graphs.prompt_text import phrase_key
 from arpo.graphs.selection import SelectionOutcome, greedy_select
 from arpo.graphs.state import ArpoState
 from arpo.storage.records import CandidateRecord, IterationRecord
@@ -20,13 +21,14 @@ Ctx = Runtime[ArpoContext]
 
 
 def initialize(state: ArpoState, runtime: Ctx) -> dict:
-    """P0: the given prompt or a caption; reference descriptions once per run (concurrently)."""
+    """P0: the given prompt, an inversion method's prompt (`--init`) or a caption; reference descriptions
+    once per run (concurrently). An inversion's trajectory goes into the history under the run."""
     ctx = runtime.context
     reference = ctx.reference(state["reference_sha256"])
     with ThreadPoolExecutor(max_workers=2) as pool:
         caption = None
         if not state.get("initial_prompt"):
-            caption = pool.submit(ctx.models.captioner.caption, reference.image)
+            caption = pool.submit(_first_prompt, ctx, state, reference.image)
         description = None
         if ctx.framework == "enhanced" and ctx.uses_vlm:
             description = pool.submit(ctx.describer.describe, reference.image)
@@ -37,6 +39,15 @@ def initialize(state: ArpoState, runtime: Ctx) -> dict:
             update |= {"reference_content": described.content, "reference_style": described.style}
     ctx.save_brain_calls(state["run_id"], 0)
     return update
+
+
+def _first_prompt(ctx: ArpoContext, state: ArpoState, image) -> str:
+    if ctx.initial_inverter is None:
+        return ctx.models.captioner.caption(image)
+    from arpo.graphs.inversion_run import invert_with
+
+    result = invert_with(ctx.initial_inverter, ctx, state["run_id"], state["reference_sha256"], state["seed"])
+    return result.prompt or ctx.models.captioner.caption(image)
 
 
 def generate(state: ArpoState, runtime: Ctx) -> dict:
@@ -88,16 +99,26 @@ def propose(state: ArpoState, runtime: Ctx) -> dict:
     from arpo.agents.proposal import ProposalRequest
 
     ctx = runtime.context
+    feedback = list(state.get("feedback", []))
     request = ProposalRequest(
-        current_prompt=state["prompt"], differences=state.get("differences", ""), tried=state.get("tried", [])
+        current_prompt=state["prompt"],
+        differences=state.get("differences", ""),
+        tried=list(state.get("tried", [])) + list(state.get("banned", [])),
+        feedback=feedback,
     )
     if ctx.brains.llm is not None:
         candidates = ctx.llm_proposer.propose(request)
     else:
         reference = ctx.reference(state["reference_sha256"])
         candidates = ctx.offline_proposer.propose(request, reference.embedding)
+    # An LLM may repeat a banned phrase despite being told; the person's ban is the last word.
+    banned = {phrase_key(phrase) for phrase in state.get("banned", [])}
+    candidates = [phrase for phrase in candidates if phrase_key(phrase) not in banned]
     ctx.save_brain_calls(state["run_id"], state["iteration"])
-    return {"candidates": candidates, "tried": list(state.get("tried", [])) + list(candidates)}
+    update: dict = {"candidates": candidates, "tried": list(state.get("tried", [])) + list(candidates)}
+    if feedback:
+        update["feedback"] = []  # addressed by this proposal
+    return update
 
 
 def select(state: ArpoState, runtime: Ctx) -> dict:

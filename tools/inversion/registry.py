@@ -1,0 +1,59 @@
+"""Inversion methods by name: what `arpo invert --method` and `--init` accept, built from a run's config.
+
+The regressor lives in its own package (`arpo.tools.regressor`) and is imported only when asked for,
+so the other methods work even where it is absent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from arpo.errors import InvalidInputError
+from arpo.tools.inversion.base import InversionBudget, PromptInverter
+
+if TYPE_CHECKING:
+    from arpo.graphs.run_config import RunConfig
+
+INVERSION_METHODS = ("pez", "ph2p", "editor", "regressor")
+
+
+def inversion_budget(config: RunConfig) -> InversionBudget:
+    """The step and time limits a run's config sets for its inversion method."""
+    return InversionBudget(max_steps=config.inversion_steps, max_seconds=config.inversion_seconds)
+
+
+def build_inverter(method: str, config: RunConfig, *, llm: Any = None) -> PromptInverter:
+    """The named inverter, with the config's budget as its default.
+
+    `llm` (a chat backend) lets EDITOR's training-free text recovery ask a language model for
+    rewrites; without it the phrase banks and the caption are the only sources.
+    """
+    budget = inversion_budget(config)
+    if method == "pez":
+        from arpo.tools.inversion.pez import PezInverter
+
+        return PezInverter(budget=budget)
+    if method == "ph2p":
+        from arpo.tools.inversion.ph2p import Ph2pInverter
+
+        return Ph2pInverter(budget=budget)
+    if method == "editor":
+        from arpo.tools.inversion.editor import EditorInverter
+        from arpo.tools.inversion.training_free_inverter import TrainingFreeInverter, llm_rewriter
+
+        recovery = TrainingFreeInverter(rewriter=llm_rewriter(llm) if llm is not None else None)
+        return EditorInverter(budget=budget, text_recovery=recovery)
+    if method == "regressor":
+        return _regressor(config)
+    raise InvalidInputError(f"unknown inversion method '{method}'; choose from {', '.join(INVERSION_METHODS)}")
+
+
+def _regressor(config: RunConfig) -> PromptInverter:
+    """The prompt-embedding regressor (registered here, implemented in arpo.tools.regressor)."""
+    if not config.regressor:
+        raise InvalidInputError("the regressor method needs a checkpoint: pass --regressor PATH")
+    try:
+        from arpo.tools.regressor.inverter import RegressorInverter
+    except ImportError as missing:
+        raise InvalidInputError(f"the regressor inverter is not available in this installation ({missing})") from None
+    return RegressorInverter.from_config(config)
