@@ -82,3 +82,31 @@ def test_bad_inversion_flags_are_one_line_and_store_nothing(capsys, arpo_home, f
     assert outcome.exit_code == 2
     assert message in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
     assert History.open().list_runs() == []
+
+
+def test_resume_finishes_an_interrupted_method_run_with_its_method_not_the_loop(capsys, arpo_home):
+    from arpo.graphs.invocation import build_context, start_run
+    from arpo.graphs.run_config import RunConfig
+    from arpo.tools.reference_image import load_reference_image
+
+    history = History.open()
+    config = RunConfig(models="tiny", method="pez", inversion_steps=3)
+    handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), build_context(config, history))
+    history.fail_run(handle.run_id, "killed", status="interrupted")
+
+    outcome = run_arpo(capsys, "resume", handle.run_id, "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    result = outcome.json()
+    assert result["status"] == "finished" and result["stopped_because"].startswith("pez finished")
+    assert len(result["iterations"]) == 1 and result["brain_calls"] == 0
+    assert [s.step for s in history.inversion_steps(handle.run_id)] == [0, 1, 2]
+
+
+def test_resume_points_a_session_to_arpo_session(capsys, arpo_home):
+    from arpo.graphs.run_config import RunConfig
+    from arpo.graphs.session_driver import SessionDriver
+    from arpo.tools.reference_image import load_reference_image
+
+    view = SessionDriver(History.open()).start(load_reference_image(SAMPLE_IMAGE), RunConfig(models="tiny", initial_prompt="a cat"))
+    outcome = run_arpo(capsys, "resume", view.run_id)
+    assert outcome.exit_code == 2 and f"arpo session --resume {view.run_id}" in outcome.stderr

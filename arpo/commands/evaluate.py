@@ -1,0 +1,143 @@
+"""`arpo eval`: compare prompt-recovery methods on a data set; `arpo eval-set`: make a self-consistent set."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from arpo import run_options as opt
+from arpo.errors import InvalidInputError
+from arpo.settings import ArpoSettings
+
+DEFAULT_METHODS = "caption,ci-fast,arpo-vanilla"
+EVAL_HELP = (
+    "Run each method on each image of MANIFEST (a JSONL manifest or a folder of images) with each seed, "
+    "regenerate its prompt, score it (CLIP-T, CLIP-I, DINO, ViT, LPIPS, BERTScore, perplexity) and write "
+    "table.md/.csv/.json and report.html into --out. Running the same command again continues an "
+    "interrupted evaluation. Methods: caption, vlm-caption, ci-fast, ci-classic, ci-best, pez, ph2p, "
+    "editor, regressor, arpo-vanilla, arpo-enhanced (arpo-*:offline|vllm|openai picks their brains)."
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="eval", help=EVAL_HELP)(evaluate)
+    app.command(name="eval-set", help="Generate a self-consistent evaluation set: one reference per prompt in PROMPTS, with the same T2I model the evaluation will use.")(make_eval_set)
+
+
+def evaluate(
+    manifest: Annotated[Path, typer.Argument(help="JSONL manifest ({image, prompt?, id?, source?} per line) or a folder of images.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = DEFAULT_METHODS,
+    models: opt.Models = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per image and method (0, 1, ...).")] = 3,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for the tables and report (default: arpo-eval-<manifest name>).")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics, or all.")] = "all",
+    steps: Annotated[Optional[int], typer.Option(help="ARPO rounds per run (default: 10).")] = None,
+    inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of inversion methods.")] = None,
+    inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit per inversion.")] = None,
+    regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint for the regressor method.")] = None,
+    brain: opt.Brain = None,
+    vlm_brain: opt.VlmBrain = None,
+    llm_brain: opt.LlmBrain = None,
+    base_url: opt.BaseUrl = None,
+    vlm: opt.Vlm = None,
+    llm: opt.Llm = None,
+    clip_model: opt.ClipModel = None,
+    captioner: opt.CaptionerModel = None,
+    device: opt.Device = None,
+    db: opt.Database = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of Markdown.")] = False,
+) -> None:
+    from arpo.eval.datasets import load_dataset
+    from arpo.eval.methods import validate_method_names
+    from arpo.eval.metrics.suite import parse_metric_names
+
+    method_names = validate_method_names([name.strip() for name in methods.split(",") if name.strip()])
+    metric_names = parse_metric_names(metrics)
+    if seeds < 1:
+        raise InvalidInputError(f"--seeds must be at least 1, not {seeds}")
+    dataset = load_dataset(manifest)
+    settings = ArpoSettings()
+    config = opt.build_run_config(
+        settings, models=models, steps=steps, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain,
+        base_url=base_url, vlm=vlm, llm=llm, clip_model=clip_model, captioner=captioner, device=device,
+        inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
+    )
+    out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
+    _run_evaluation(dataset, method_names, metric_names, list(range(seeds)), config, db or settings.db, out_dir, as_json)
+
+
+def _run_evaluation(dataset, method_names, metric_names, seeds, config, database_url, out_dir: Path, as_json: bool) -> None:
+    from arpo.cli import TINY_NOTE
+    from arpo.eval.methods import MethodContext, build_method
+    from arpo.eval.metrics.suite import build_metric_suite
+    from arpo.eval.report import table_data, write_report
+    from arpo.eval.runner import EvalRunner, stderr_progress
+    from arpo.storage.evaluations import EvaluationStore
+    from arpo.storage.history import History
+    from arpo.tools.model_stack import build_model_stack
+
+    history = History.open(database_url)
+    store = EvaluationStore(history.engine)
+    identity = _identity(dataset, method_names, metric_names, seeds, config)
+    evaluation = store.open_evaluation(str(dataset.location), str(out_dir), identity)
+    stderr_progress(f"evaluation {evaluation.id}: {len(dataset.cases)} image(s) × {len(method_names)} method(s) × "
+                    f"{len(seeds)} seed(s) -> {out_dir}")
+    cells = store.cells(evaluation.id, status="done")
+    if len(cells) < len(dataset.cases) * len(method_names) * len(seeds):
+        # Models are loaded only when some cell is left: a finished evaluation just rewrites its reports.
+        stack = build_model_stack(config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device)
+        if stack.is_tiny:
+            print(TINY_NOTE, file=sys.stderr)
+        suite = build_metric_suite(stack.clip, tiny=config.models == "tiny", names=metric_names, device=config.device)
+        context = MethodContext(models=stack, history=history, base_config=config)
+        methods = [build_method(name, context) for name in method_names]
+        runner = EvalRunner(history=history, models=stack, suite=suite, methods=methods)
+        try:
+            cells = runner.run(evaluation.id, dataset, seeds)
+        except KeyboardInterrupt:
+            store.set_status(evaluation.id, "interrupted")
+            print("arpo: interrupted; run the same command again to continue this evaluation", file=sys.stderr)
+            sys.exit(130)
+    else:
+        stderr_progress(f"all {len(cells)} cells already done; rewriting the reports")
+    data = table_data(evaluation.id, cells, method_names, identity)
+    files = write_report(data, cells, history, out_dir, method_names)
+    store.set_status(evaluation.id, "finished")
+    stderr_progress(f"wrote {files.markdown}, {files.csv}, {files.json} and {files.html}")
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(files.markdown.read_text(encoding="utf-8"))
+
+
+def _identity(dataset, method_names, metric_names, seeds, config) -> dict[str, Any]:
+    """What must match for a second `arpo eval` into the same folder to continue the first."""
+    return {
+        "images": [case.key for case in dataset.cases],
+        "methods": method_names,
+        "metrics": list(metric_names),
+        "seeds": seeds,
+        "run_config": config.model_dump(mode="json"),
+    }
+
+
+def make_eval_set(
+    prompts: Annotated[Path, typer.Argument(help="Text file with one prompt per line (or JSONL with a prompt field).")],
+    out: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")],
+    models: Annotated[Optional[str], typer.Option(help="tiny | sd15 | sdxl | pixart | a diffusers id or path.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; each next image uses the next seed.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")] = None,
+) -> None:
+    from arpo.eval.datasets import make_self_consistent_set, read_prompt_lines
+    from arpo.tools.text_to_image import TextToImage
+
+    texts = read_prompt_lines(prompts)
+    choice = models or ArpoSettings().models
+    text_to_image = TextToImage.tiny() if choice == "tiny" else TextToImage.from_pretrained(choice, device=device)
+    dataset = make_self_consistent_set(texts, text_to_image, out, seed=seed)
+    print(f"wrote {len(dataset.cases)} reference image(s) and {dataset.location}", file=sys.stderr)
+    print(str(dataset.location))
