@@ -18,3 +18,15 @@ def arpo_home(tmp_path, monkeypatch):
     monkeypatch.setenv("ARPO_HOME", str(home))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     return home
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine extra threads spin-wait and make
+    them up to 20x slower. Set once for the whole suite."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -1,21 +1,11 @@
 """`arpo invert --method` and `--init` end to end with tiny models: rows in the history, one-line errors."""
 
 import pytest
-import torch
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
 from arpo.storage.history import History
 
 TINY = ("--models", "tiny")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine extra threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_method_pez_stores_its_trajectory_and_one_scored_iteration(capsys, arpo_home):

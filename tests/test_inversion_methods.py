@@ -17,16 +17,6 @@ from arpo.tools.model_stack import build_model_stack
 PHRASES = ["a cat", "a dog", "oil painting", "in the snow", "portrait", "blue sky", "red barn", "at night"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine extra threads spin-wait
-    (measured here: 20x slower with 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return build_model_stack("tiny")

@@ -24,15 +24,6 @@ from arpo.tools.model_stack import build_model_stack
 CORPUS = ["a cat", "a dog in the snow", "oil painting of a red barn", "portrait of a woman at night"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core machine extra threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def models():
     return build_model_stack("tiny")
