@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from arpo import run_options as opt
 from arpo.errors import ArpoError, InvalidInputError
 from arpo.settings import ArpoSettings
 
@@ -31,50 +32,97 @@ TINY_NOTE = "note: --models tiny runs tiny random models offline; the recovered 
 @app.command(help=f"Recover a prompt for IMAGE. {BRAINS_HELP}")
 def invert(
     image: Annotated[Path, typer.Argument(help="Reference image (PNG, JPEG, WebP, GIF, TIFF, ...).")],
-    models: Annotated[Optional[str], typer.Option(help="tiny | sd15 | sdxl | pixart | a diffusers id or path.")] = None,
-    brain: Annotated[Optional[str], typer.Option(help="Backend of both brain roles: openai | vllm | offline.")] = None,
-    vlm_brain: Annotated[Optional[str], typer.Option(help="Backend of the VLM role only.")] = None,
-    llm_brain: Annotated[Optional[str], typer.Option(help="Backend of the LLM role only.")] = None,
-    base_url: Annotated[Optional[str], typer.Option(help="vLLM/OpenAI-compatible server for both roles (default for vllm: http://127.0.0.1:8000/v1).")] = None,
-    vlm_base_url: Annotated[Optional[str], typer.Option(help="Server of the VLM role only.")] = None,
-    llm_base_url: Annotated[Optional[str], typer.Option(help="Server of the LLM role only.")] = None,
-    vlm: Annotated[Optional[str], typer.Option(help="VLM model name (compares or describes images).")] = None,
-    llm: Annotated[Optional[str], typer.Option(help="LLM model name (lists differences, proposes phrases).")] = None,
-    framework: Annotated[Optional[str], typer.Option(help="vanilla (one two-image VLM call) | enhanced (describe, then compare).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Maximum proposal rounds (default: 10).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Noise seed for every generation (default: 0).")] = None,
+    models: opt.Models = None,
+    brain: opt.Brain = None,
+    vlm_brain: opt.VlmBrain = None,
+    llm_brain: opt.LlmBrain = None,
+    base_url: opt.BaseUrl = None,
+    vlm_base_url: opt.VlmBaseUrl = None,
+    llm_base_url: opt.LlmBaseUrl = None,
+    vlm: opt.Vlm = None,
+    llm: opt.Llm = None,
+    framework: opt.Framework = None,
+    steps: opt.Steps = None,
+    seed: opt.Seed = None,
     init_prompt: Annotated[Optional[str], typer.Option("--init-prompt", help="Start from this prompt instead of a caption.")] = None,
-    clip_model: Annotated[Optional[str], typer.Option(help="open_clip NAME/PRETRAINED for scoring (default: ViT-L-14/openai).")] = None,
-    captioner: Annotated[Optional[str], typer.Option(help="Captioner id for the initial prompt (default: Salesforce/blip2-opt-2.7b).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")] = None,
-    db: Annotated[Optional[str], typer.Option(help="History database URL (default: sqlite under $ARPO_HOME or ~/.local/share/arpo).")] = None,
+    clip_model: opt.ClipModel = None,
+    captioner: opt.CaptionerModel = None,
+    device: opt.Device = None,
+    db: opt.Database = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    method: Annotated[Optional[str], typer.Option(help="arpo (the loop) | pez | ph2p | editor | regressor: one inversion method on its own, no brain (default: arpo).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="How the loop writes its first prompt: caption | pez | ph2p | editor | regressor (default: caption).")] = None,
+    inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of the inversion method (default: the method's own).")] = None,
+    inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit of the inversion method, in seconds (default: none).")] = None,
+    regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint (file or folder), for --method/--init regressor.")] = None,
+    prompt_bank: Annotated[Optional[str], typer.Option(help="File of prompts the regressor's embedding is matched against.")] = None,
 ) -> None:
-    from arpo.graphs.run_config import BrainChoice, RunConfig
-
     settings = ArpoSettings()
-    default_brain = brain or settings.brain
-    try:
-        config = RunConfig(
-            models=models or settings.models,
-            clip_model=clip_model,
-            captioner=captioner,
-            device=device,
-            vlm=BrainChoice(provider=vlm_brain or default_brain, model=vlm or settings.vlm, base_url=vlm_base_url or base_url or settings.base_url),
-            llm=BrainChoice(provider=llm_brain or default_brain, model=llm or settings.llm, base_url=llm_base_url or base_url or settings.base_url),
-            framework=framework or settings.framework,
-            steps=steps if steps is not None else settings.steps,
-            seed=seed if seed is not None else settings.seed,
-            initial_prompt=init_prompt,
-        )
-    except ValueError as error:
-        raise InvalidInputError(_first_validation_problem(error)) from None
+    config = opt.build_run_config(
+        settings, models=models, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain, base_url=base_url,
+        vlm_base_url=vlm_base_url, llm_base_url=llm_base_url, vlm=vlm, llm=llm, framework=framework,
+        steps=steps, seed=seed, initial_prompt=init_prompt, clip_model=clip_model, captioner=captioner,
+        device=device, method=method or "arpo", init=init or "caption", inversion_steps=inversion_steps,
+        inversion_seconds=inversion_seconds, regressor=regressor, prompt_bank=prompt_bank,
+    )
+    _check_inversion_options(config)
+    if config.method != "arpo":
+        _run_single_method(image, config, db or settings.db, out, as_json)
+        return
     _run_invert(image, config, db or settings.db, out, as_json)
 
 
+def _check_inversion_options(config) -> None:
+    """Flag combinations that cannot mean anything, refused before any model loads."""
+    if config.method != "arpo" and config.init != "caption":
+        raise InvalidInputError("--init chooses the loop's first prompt; it does not combine with --method " + config.method)
+    if config.method != "arpo" and config.initial_prompt:
+        raise InvalidInputError("--init-prompt starts the loop; it does not combine with --method " + config.method)
+    if config.initial_prompt and config.init != "caption":
+        raise InvalidInputError(f"give either --init-prompt or --init {config.init}, not both")
+    if "regressor" in (config.method, config.init) and not config.regressor:
+        raise InvalidInputError("the regressor method needs its checkpoint: pass --regressor PATH")
+
+
+def _run_single_method(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
+    """`--method pez|ph2p|editor|regressor`: one inversion method, stored as a run, with no brain."""
+    from arpo.graphs.invocation import build_context, start_run
+    from arpo.graphs.run_config import BrainChoice
+    from arpo.storage.history import History
+    from arpo.tools.reference_image import load_reference_image
+
+    # No brain is asked anything, so none is built (and no API key is needed).
+    config = config.model_copy(update={"vlm": BrainChoice(), "llm": BrainChoice()})
+    reference = load_reference_image(image)
+    history = History.open(database_url)
+    context = build_context(config, history)
+    if context.models.is_tiny:
+        print(TINY_NOTE, file=sys.stderr)
+    handle = start_run(history, config, reference, context)
+    print(f"run {handle.run_id} started: {config.method} inversion", file=sys.stderr)
+    _finish_single_method(handle, history, out, as_json)
+
+
+def _finish_single_method(handle, history, out: Path | None, as_json: bool) -> None:
+    """Run a --method run's inversion (again from its start when resumed: methods keep no checkpoint)."""
+    from arpo.graphs.inversion_run import run_inversion
+    from arpo.reporting import run_result, summary_text
+
+    if history.get_run(handle.run_id).status != "finished":
+        run_inversion(handle, on_step=_print_inversion_step)
+    result = run_result(history.get_run(handle.run_id), history, out)
+    print(json.dumps(result, indent=2) if as_json else summary_text(result))
+
+
+def _print_inversion_step(step) -> None:
+    if step.step % 50 == 0 or step.prompt is not None and step.details.get("phase") == "embedding-to-text":
+        loss = "" if step.loss is None else f"  loss {step.loss:.4f}"
+        print(f"step {step.step}{loss}  {step.prompt or ''}".rstrip(), file=sys.stderr, flush=True)
+
+
 def _run_invert(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
-    from arpo.graphs.invocation import build_context, execute_run, start_run
+    from arpo.graphs.invocation import build_context, start_run
     from arpo.storage.history import History
     from arpo.tools.reference_image import load_reference_image
 
@@ -91,7 +139,7 @@ def _run_invert(image: Path, config, database_url: str | None, out: Path | None,
 @app.command(help="Finish a run that was interrupted or failed, from its last checkpoint.")
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), as `arpo history` lists it.")],
-    db: Annotated[Optional[str], typer.Option(help="History database URL.")] = None,
+    db: opt.Database = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
 ) -> None:
@@ -99,10 +147,16 @@ def resume(
     from arpo.storage.history import History
 
     history = History.open(db or ArpoSettings().db)
-    handle = load_run(history, run_id)
+    stored = history.get_run(run_id)
+    if stored.kind == "session":
+        raise InvalidInputError(f"run {stored.id} is a session; continue it with: arpo session --resume {stored.id}")
+    handle = load_run(history, stored.id)
     if handle.context.models.is_tiny:
         print(TINY_NOTE, file=sys.stderr)
     print(f"resuming run {handle.run_id}", file=sys.stderr)
+    if handle.config.method != "arpo":
+        _finish_single_method(handle, history, out, as_json)
+        return
     _execute_and_report(handle, history, out, as_json)
 
 
@@ -131,21 +185,17 @@ def history(
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2) if as_json else runs_table(runs))
         return
     detail = store.get_run(run_id)
-    print(json.dumps(run_result(detail, store), indent=2) if as_json else iterations_text(detail))
+    print(json.dumps(run_result(detail, store), indent=2) if as_json else iterations_text(detail, store))
 
 
 # Command groups kept in their own modules: each arpo.commands.<name> has `register(app)`, and keeps its
 # heavy imports inside the command functions so `arpo --help` stays fast.
 # (one line per module below)
-
-
-def _first_validation_problem(error: ValueError) -> str:
-    errors = getattr(error, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"invalid value for {where}: {first['msg']}"
-    return str(error)
+from arpo.commands import session; session.register(app)  # noqa: E402, E702
+from arpo.commands import ui; ui.register(app)  # noqa: E402, E702
+from arpo.commands import batch; batch.register(app)  # noqa: E402, E702
+from arpo.commands import evaluate; evaluate.register(app)  # noqa: E402, E702
+from arpo.commands import regressor; regressor.register(app)  # noqa: E402, E702
 
 
 def main() -> None:

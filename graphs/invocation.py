@@ -88,8 +88,10 @@ def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> No
     """Run (or continue) the loop to its end, checkpointing after every node."""
     with open_graph(handle, compile_arpo_graph) as (graph, thread):
         snapshot = graph.get_state(thread)
-        if snapshot.values and not snapshot.next:
-            return  # finished earlier; nothing left to do
+        # A kill between a node saving its writes and the step's checkpoint leaves `next` empty while
+        # that task is still pending; only a thread with neither is finished.
+        if snapshot.values and not snapshot.next and not snapshot.tasks:
+            return
         start = None if snapshot.values else initial_input(handle)
         stream_updates(handle, graph, start, on_update)
 

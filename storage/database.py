@@ -11,6 +11,8 @@ from sqlalchemy.pool import StaticPool
 from arpo.errors import ArpoError, InvalidInputError
 from arpo.storage.locations import sqlite_file_of
 from arpo.storage.models import Base
+import arpo.storage.evaluations  # noqa: F401  (registers its tables)
+import arpo.storage.batches  # noqa: F401  (registers its tables)
 
 # How long a SQLite writer waits for another process's lock before giving up. LangGraph checkpoints,
 # a batch run and a browsing CLI may all touch the same files at once.
