@@ -67,9 +67,6 @@ def invert(
         inversion_seconds=inversion_seconds, regressor=regressor, prompt_bank=prompt_bank,
     )
     _check_inversion_options(config)
-    if config.method != "arpo":
-        _run_single_method(image, config, db or settings.db, out, as_json)
-        return
     _run_invert(image, config, db or settings.db, out, as_json)
 
 
@@ -83,25 +80,6 @@ def _check_inversion_options(config) -> None:
         raise InvalidInputError(f"give either --init-prompt or --init {config.init}, not both")
     if "regressor" in (config.method, config.init) and not config.regressor:
         raise InvalidInputError("the regressor method needs its checkpoint: pass --regressor PATH")
-
-
-def _run_single_method(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
-    """`--method pez|ph2p|editor|regressor`: one inversion method, stored as a run, with no brain."""
-    from arpo.graphs.invocation import build_context, start_run
-    from arpo.graphs.run_config import BrainChoice
-    from arpo.storage.history import History
-    from arpo.tools.reference_image import load_reference_image
-
-    # No brain is asked anything, so none is built (and no API key is needed).
-    config = config.model_copy(update={"vlm": BrainChoice(), "llm": BrainChoice()})
-    reference = load_reference_image(image)
-    history = History.open(database_url)
-    context = build_context(config, history)
-    if context.models.is_tiny:
-        print(TINY_NOTE, file=sys.stderr)
-    handle = start_run(history, config, reference, context)
-    print(f"run {handle.run_id} started: {config.method} inversion", file=sys.stderr)
-    _finish_single_method(handle, history, out, as_json)
 
 
 def _finish_single_method(handle, history, out: Path | None, as_json: bool) -> None:
@@ -123,17 +101,26 @@ def _print_inversion_step(step) -> None:
 
 def _run_invert(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
     from arpo.graphs.invocation import build_context, start_run
+    from arpo.graphs.run_config import BrainChoice
     from arpo.storage.history import History
     from arpo.tools.reference_image import load_reference_image
 
+    single_method = config.method != "arpo"
+    if single_method:
+        # One inversion method asks no brain, so none is built (and no API key is needed).
+        config = config.model_copy(update={"vlm": BrainChoice(), "llm": BrainChoice()})
     reference = load_reference_image(image)
     history = History.open(database_url)
     context = build_context(config, history)
     if context.models.is_tiny:
         print(TINY_NOTE, file=sys.stderr)
     handle = start_run(history, config, reference, context)
-    print(f"run {handle.run_id} started (resume with: arpo resume {handle.run_id})", file=sys.stderr)
-    _execute_and_report(handle, history, out, as_json)
+    what = f" ({config.method} inversion)" if single_method else ""
+    print(f"run {handle.run_id} started{what}; resume with: arpo resume {handle.run_id}", file=sys.stderr)
+    if single_method:
+        _finish_single_method(handle, history, out, as_json)
+    else:
+        _execute_and_report(handle, history, out, as_json)
 
 
 @app.command(help="Finish a run that was interrupted or failed, from its last checkpoint.")
@@ -206,7 +193,7 @@ def main() -> None:
         print(f"arpo: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("arpo: interrupted; resume later with `arpo resume RUN_ID`", file=sys.stderr)
+        print("arpo: interrupted; what was done is kept (arpo resume RUN_ID finishes a run; a batch goes on when run again)", file=sys.stderr)
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the last line of defence for a person at a terminal
         if os.environ.get("ARPO_DEBUG"):

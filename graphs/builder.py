@@ -33,15 +33,21 @@ def _timed(name: str, node: Callable) -> Callable:
 
 def build_arpo_graph() -> StateGraph:
     """The uncompiled graph, for callers (and `langgraph dev`) that bring their own checkpointer."""
+    graph = _graph_with_loop_nodes()
+    graph.add_conditional_edges("generate", routing.after_generate)
+    graph.add_conditional_edges("select", routing.after_select)
+    return graph
+
+
+def _graph_with_loop_nodes() -> StateGraph:
+    """The loop's nodes and the edges every variant shares; each variant adds its own branches."""
     graph = StateGraph(ArpoState, context_schema=ArpoContext, input_schema=ArpoInput, output_schema=ArpoOutput)
     for name in ("initialize", "generate", "compare", "propose", "select", "finish"):
         graph.add_node(name, _timed(name, getattr(nodes, name)))
     graph.add_edge(START, "initialize")
     graph.add_edge("initialize", "generate")
-    graph.add_conditional_edges("generate", routing.after_generate)
     graph.add_edge("compare", "propose")
     graph.add_edge("propose", "select")
-    graph.add_conditional_edges("select", routing.after_select)
     graph.add_edge("finish", END)
     return graph
 
@@ -53,18 +59,11 @@ def compile_arpo_graph(checkpointer: Checkpointer = None):
 
 def build_session_graph() -> StateGraph:
     """The uncompiled session graph: the ARPO loop with a person's review after each generation."""
-    graph = StateGraph(ArpoState, context_schema=ArpoContext, input_schema=ArpoInput, output_schema=ArpoOutput)
-    for name in ("initialize", "generate", "compare", "propose", "select", "finish"):
-        graph.add_node(name, _timed(name, getattr(nodes, name)))
+    graph = _graph_with_loop_nodes()
     graph.add_node("review", session_nodes.review)
-    graph.add_edge(START, "initialize")
-    graph.add_edge("initialize", "generate")
     graph.add_edge("generate", "review")
     graph.add_conditional_edges("review", routing.after_review)
-    graph.add_edge("compare", "propose")
-    graph.add_edge("propose", "select")
     graph.add_conditional_edges("select", routing.after_session_select)
-    graph.add_edge("finish", END)
     return graph
 
 

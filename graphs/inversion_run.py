@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from arpo.errors import ArpoError
 from arpo.storage.records import InversionStepRecord, IterationRecord
 
 if TYPE_CHECKING:
@@ -75,22 +74,17 @@ def invert_with(
 
 def run_inversion(handle: RunHandle, *, on_step: Callable[[InversionStep], None] | None = None) -> InversionResult:
     """Execute a `--method` run to its end: invert, render, score, record, finish."""
+    from arpo.graphs.invocation import failures_recorded
     from arpo.tools.inversion.registry import build_inverter
 
     context, config = handle.context, handle.config
     history = context.history
     detail = history.get_run(handle.run_id)
-    try:
+    with failures_recorded(history, handle.run_id):
         inverter = build_inverter(config.method, config)
         result = invert_with(inverter, context, handle.run_id, detail.reference_sha256, config.seed, on_step=on_step)
         record = _iteration_zero(context, detail.reference_sha256, result, config.seed)
         history.record_iteration(handle.run_id, record)
-    except ArpoError as error:
-        history.fail_run(handle.run_id, str(error))
-        raise
-    except KeyboardInterrupt:
-        history.set_status(handle.run_id, "interrupted")
-        raise
     history.finish_run(
         handle.run_id,
         best_prompt=result.prompt,

@@ -111,7 +111,7 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     pauses, marking the run failed or interrupted in the history when it cannot go on."""
     history = handle.context.history
     thread = thread_config(handle.run_id)
-    try:
+    with failures_recorded(history, handle.run_id):
         history.set_status(handle.run_id, "running")
         for chunk in graph.stream(
             start, thread, context=handle.context, stream_mode="updates", durability="sync"
@@ -119,11 +119,18 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
             for node, update in chunk.items():
                 if on_update is not None and node != "__interrupt__":
                     on_update(node, update or {})
+
+
+@contextmanager
+def failures_recorded(history: History, run_id: str) -> Iterator[None]:
+    """Mark the run failed (an arpo error) or interrupted (Ctrl-C) in the history, and re-raise."""
+    try:
+        yield
     except ArpoError as error:
-        history.fail_run(handle.run_id, str(error))
+        history.fail_run(run_id, str(error))
         raise
     except KeyboardInterrupt:
-        history.set_status(handle.run_id, "interrupted")
+        history.set_status(run_id, "interrupted")
         raise
 
 
