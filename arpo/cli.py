@@ -56,6 +56,7 @@ def invert(
     inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of the inversion method (default: the method's own).")] = None,
     inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit of the inversion method, in seconds (default: none).")] = None,
     regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint (file or folder), for --method/--init regressor.")] = None,
+    editor_inverter: Annotated[Optional[str], typer.Option(help="Trained embedding-to-text inverter (folder) for EDITOR (default: the training-free search).")] = None,
     prompt_bank: Annotated[Optional[str], typer.Option(help="File of prompts the regressor's embedding is matched against.")] = None,
 ) -> None:
     settings = ArpoSettings()
@@ -65,6 +66,7 @@ def invert(
         steps=steps, seed=seed, initial_prompt=init_prompt, clip_model=clip_model, captioner=captioner,
         device=device, method=method or "arpo", init=init or "caption", inversion_steps=inversion_steps,
         inversion_seconds=inversion_seconds, regressor=regressor, prompt_bank=prompt_bank,
+        editor_inverter=editor_inverter,
     )
     _check_inversion_options(config)
     _run_invert(image, config, db or settings.db, out, as_json)

@@ -49,6 +49,8 @@ class RunConfig(BaseModel):
     """Optimisation steps for an inversion method (None: the method's default)."""
     inversion_seconds: float | None = Field(None, gt=0)
     """Wall-time limit for an inversion method (None: no limit)."""
+    editor_inverter: str | None = None
+    """Trained embedding-to-text inverter (folder) for EDITOR; None: EDITOR's training-free search."""
     regressor: str | None = None
     """Regressor checkpoint (file or folder) for `init`/`method` "regressor"."""
     prompt_bank: str | None = None

@@ -111,3 +111,19 @@ def test_training_entry_point_writes_a_loadable_inverter(tmp_path, capsys, parts
     assert code == 0 and "saved to" in capsys.readouterr().out
     assert TrainedInverter.load(out, parts.tokenizer).config.d_model == 32
     assert main([str(tmp_path / "none.txt"), "--out", str(out), "--models", "tiny"]) == 2
+
+
+def test_invert_method_editor_uses_a_trained_inverter_given_on_the_command_line(trained, tmp_path, capsys):
+    from cli_harness import run_arpo
+
+    inverter, _ = trained
+    folder = inverter.save(tmp_path / "inverter")
+    outcome = run_arpo(
+        capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--method", "editor", "--inversion-steps", "2",
+        "--editor-inverter", str(folder), "--json",
+    )
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.json()["prompt"]
+    missing = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--method", "editor",
+                       "--editor-inverter", str(tmp_path / "nothing"))
+    assert missing.exit_code == 3 and "no trained EDITOR inverter" in missing.stderr

@@ -54,6 +54,13 @@ def test_engine_creates_folder_and_every_table(tmp_path):
             "candidates",
             "images",
             "brain_calls",
+            "inversion_steps",
+            "session_turns",
+            "renders",
+            "batches",
+            "batch_items",
+            "evaluations",
+            "evaluation_cells",
         }
     finally:
         engine.dispose()

@@ -252,7 +252,7 @@ def test_bad_statuses_are_refused(history, reference):
     with pytest.raises(ValueError, match="unknown failure status"):
         history.fail_run(run_id, "boom", status="finished")
     with pytest.raises(ValueError, match="unknown run status"):
-        history.set_status(run_id, "paused")
+        history.set_status(run_id, "sleeping")
     assert history.get_run(run_id).status == "running"
 
 

@@ -41,7 +41,11 @@ class EditorInverter:
     lr: float = DEFAULT_LR
     reconstruction: Literal["latent", "pixel"] = "latent"
     text_recovery: EmbeddingToText | None = None
-    """Embedding-to-text backend; None: the training-free search."""
+    """Embedding-to-text backend; None: the trained inverter in `trained_inverter_folder`, if given,
+    else the training-free search."""
+    trained_inverter_folder: str | None = None
+    """A trained inverter's folder (`arpo.tools.inversion.inverter_training`); loaded on first use
+    with the pipeline's tokenizer, which it decodes with."""
     initial_prompt: str | None = None
     """Start from this prompt instead of the captioner's."""
     budget: InversionBudget = field(default_factory=InversionBudget)
@@ -65,7 +69,7 @@ class EditorInverter:
             start = parts.encode_prompts([caption])
             best, initial_loss, best_loss = self._optimise(reconstruction, start, tracker)
             stopped_because = tracker.stop_reason()
-            recovery = self._text_recovery().recover(
+            recovery = self._text_recovery(parts).recover(
                 best[0],
                 parts,
                 start_prompts=[caption],
@@ -89,7 +93,7 @@ class EditorInverter:
                 "best_reconstruction_loss": best_loss,
                 "caption_distance": float(embedding_distance(best[0], start)[0]),
                 "embedding_distance": recovery.distance,
-                "text_recovery": getattr(self._text_recovery(), "name", "custom"),
+                "text_recovery": getattr(self._text_recovery(parts), "name", "custom"),
                 "denoising_steps": self.denoising_steps,
                 "reconstruction": self.reconstruction,
                 "lr": self.lr,
@@ -129,7 +133,11 @@ class EditorInverter:
             initial_loss = best_loss = float(reconstruction.loss(start).detach())
         return best, initial_loss, best_loss
 
-    def _text_recovery(self) -> EmbeddingToText:
+    def _text_recovery(self, parts: DiffusionParts) -> EmbeddingToText:
+        if self.text_recovery is None and self.trained_inverter_folder:
+            from arpo.tools.inversion.trained_inverter import TrainedInverter
+
+            self.text_recovery = TrainedInverter.load(self.trained_inverter_folder, parts.tokenizer, parts.device)
         if self.text_recovery is None:
             from arpo.tools.inversion.training_free_inverter import TrainingFreeInverter
 

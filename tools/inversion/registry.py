@@ -41,6 +41,8 @@ def build_inverter(method: str, config: RunConfig, *, llm: Any = None) -> Prompt
         from arpo.tools.inversion.editor import EditorInverter
         from arpo.tools.inversion.training_free_inverter import TrainingFreeInverter, llm_rewriter
 
+        if config.editor_inverter:
+            return EditorInverter(budget=budget, trained_inverter_folder=config.editor_inverter)
         recovery = TrainingFreeInverter(rewriter=llm_rewriter(llm) if llm is not None else None)
         return EditorInverter(budget=budget, text_recovery=recovery)
     if method == "regressor":
