@@ -10,6 +10,7 @@ from PIL import Image
 from regressor_shapes import write_shapes
 
 from arpo.errors import InvalidInputError
+from arpo.storage.history import History
 from arpo.graphs.run_config import RunConfig
 from arpo.tools.inversion.base import InversionStep
 from arpo.tools.regressor.inverter import RegressorInverter
@@ -75,6 +76,15 @@ def test_train_then_predict_from_the_command_line(capsys, trained):
     assert inversion.score == pytest.approx(inversion.details["top_k"][0]["similarity"])
     assert [step.prompt for step in steps] == [inversion.prompt]
     json.dumps(inversion.details)  # plain JSON values only
+
+    # ... and from the command line: the loop's first prompt is the regressor's best retrieved prompt.
+    looped = run_arpo(capsys, "invert", root / "shapes" / "red-circle-0.png", "--models", "tiny", "--brain", "offline",
+                      "--steps", "1", "--init", "regressor", "--regressor", root / "ckpt", "--json")
+    assert looped.exit_code == 0, looped.stderr
+    first_prompt = looped.json()["iterations"][0]["prompt"]
+    [step] = History.open().inversion_steps(looped.json()["run_id"], method="regressor")
+    training_prompts = json.loads((root / "ckpt" / "prompt_bank.json").read_text())
+    assert first_prompt == step.prompt and first_prompt in training_prompts
 
 
 @pytest.mark.parametrize(
