@@ -32,6 +32,7 @@ def test_a_terminal_session_can_be_left_and_resumed_by_id(capsys, monkeypatch):
     later = _session(capsys, "--resume", run_id)
     assert later.exit_code == 0, later.stderr
     assert "prompt: a cat on a mat, red sofa" in later.stdout
+    assert "you: edit: a cat on a mat" in later.stderr, "resuming shows the transcript so far"
     assert f"session {run_id} finished: stopped by the person" in later.stdout
     assert "rendered (seed 0): a dog on a mat, red sofa" in later.stdout
 

@@ -56,9 +56,11 @@ def session(
     history = History.open(db or settings.db)
     driver = SessionDriver(history)
     if resume is not None:
-        run_id = history.get_run(resume).id  # an unknown id is one line before anything prints
-        print(f"resuming session {run_id}", file=sys.stderr)
-        view = driver.resume(run_id, on_update=print_progress)
+        from arpo.reporting import iterations_text
+
+        detail = history.get_run(resume)  # an unknown id is one line before anything prints
+        print(f"resuming session {detail.id}; so far:\n{iterations_text(detail, history)}", file=sys.stderr)
+        view = driver.resume(detail.id, on_update=print_progress)
     else:
         from arpo.tools.reference_image import load_reference_image
 
