@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -33,6 +34,8 @@ def ui(
     seed: opt.Seed = None,
     db: opt.Database = None,
 ) -> None:
+    # A local tool has no business reporting usage to Gradio's servers; the user can still opt in.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from arpo.storage.history import History
     from arpo.web_ui import UiDefaults, build_ui
 
