@@ -125,5 +125,5 @@ def test_invert_method_editor_uses_a_trained_inverter_given_on_the_command_line(
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.json()["prompt"]
     missing = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--method", "editor",
-                       "--editor-inverter", str(tmp_path / "nothing"))
+                       "--editor-inverter", str(tmp_path / "nothing"))  # fails before optimising a step
     assert missing.exit_code == 3 and "no trained EDITOR inverter" in missing.stderr

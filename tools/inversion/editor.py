@@ -61,6 +61,7 @@ class EditorInverter:
         on_step: OnStep | None = None,
     ) -> InversionResult:
         parts = DiffusionParts(models.text_to_image, "EDITOR")
+        text_recovery = self._text_recovery(parts)  # a missing trained inverter fails before any work
         tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
         caption = (self.initial_prompt or models.captioner.caption(reference)).strip()
         with torch.random.fork_rng(devices=[]):
@@ -69,7 +70,7 @@ class EditorInverter:
             start = parts.encode_prompts([caption])
             best, initial_loss, best_loss = self._optimise(reconstruction, start, tracker)
             stopped_because = tracker.stop_reason()
-            recovery = self._text_recovery(parts).recover(
+            recovery = text_recovery.recover(
                 best[0],
                 parts,
                 start_prompts=[caption],
@@ -93,7 +94,7 @@ class EditorInverter:
                 "best_reconstruction_loss": best_loss,
                 "caption_distance": float(embedding_distance(best[0], start)[0]),
                 "embedding_distance": recovery.distance,
-                "text_recovery": getattr(self._text_recovery(parts), "name", "custom"),
+                "text_recovery": getattr(text_recovery, "name", "custom"),
                 "denoising_steps": self.denoising_steps,
                 "reconstruction": self.reconstruction,
                 "lr": self.lr,
