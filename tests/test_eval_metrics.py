@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from arpo.errors import InvalidInputError, ModelUnavailableError
-from arpo.eval.metrics.clip_similarity import ClipSimilarity
 from arpo.eval.metrics.image_embeddings import ImageEmbeddingSimilarity
 from arpo.eval.metrics.perceptual import LpipsDistance
 from arpo.eval.metrics.perplexity import PromptPerplexity
