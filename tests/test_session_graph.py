@@ -58,7 +58,7 @@ def test_feedback_reaches_the_next_proposal_first_and_is_kept_with_what_was_show
     assert len(bodies) == 1 and "the sky should be stormier" in bodies[0]
     assert view.pause["candidates"], "the round's candidates are shown, kept or not"
     # Tiny random CLIP decides whether any phrase helped; either way the person is asked again.
-    assert view.pause["iteration"] == 1 or view.pause["notice"] == "no candidate raised CLIP similarity"
+    assert view.pause["iteration"] == 1 or view.pause["notice"] == "no candidate raised CLIP similarity", view.pause
     turn = driver.history.session_turns(view.run_id)[0]
     assert (turn.action, turn.text, turn.iteration_index) == ("feedback", "the sky should be stormier", 0)
     assert turn.shown["prompt"] == "a cat"

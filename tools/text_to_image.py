@@ -120,9 +120,14 @@ class TextToImage:
     def _token_spans(self, prompt: str) -> list[tuple[int, int] | None]:
         """(start, end) character span of each content token; None entries when offsets are unknown."""
         with self._tokenizer_lock:
-            backend = getattr(self._tokenizer, "backend_tokenizer", None)
-            if backend is not None:
-                return list(backend.encode(prompt, add_special_tokens=False).offsets)
+            # Through the tokenizer's own call, never its backend directly: padding or truncation left
+            # on a shared fast backend by an earlier padded call would otherwise change the count.
+            if getattr(self._tokenizer, "is_fast", False):
+                encoded = self._tokenizer(
+                    prompt, add_special_tokens=False, padding=False, truncation=False, return_offsets_mapping=True,
+                    verbose=False,  # counting a long prompt is the point, not a mistake to warn about
+                )
+                return [tuple(span) for span in encoded["offset_mapping"]]
             return [None] * len(self._tokenizer.encode(prompt, add_special_tokens=False))
 
     def _decode_prefix(self, prompt: str) -> str:
