@@ -155,13 +155,7 @@ class History:
                 raise ValueError(
                     f"generated image {record.generated_sha256} is not stored; store it first"
                 )
-            earlier = session.scalar(
-                select(Iteration).where(Iteration.run_id == run_id, Iteration.index == record.index)
-            )
-            if earlier is not None:
-                # A resumed run may redo the node that wrote this iteration; the redo wins.
-                session.delete(earlier)
-                session.flush()
+            _drop_earlier(session, Iteration, run_id=run_id, index=record.index)
             session.add(_iteration_row(run_id, record))
             run.updated_at = utc_now()
 
@@ -254,16 +248,7 @@ class History:
         with self._sessions.begin() as session:
             _exact_run(session, run_id)
             for record in steps:
-                earlier = session.scalar(
-                    select(InversionStepRow).where(
-                        InversionStepRow.run_id == run_id,
-                        InversionStepRow.method == record.method,
-                        InversionStepRow.step == record.step,
-                    )
-                )
-                if earlier is not None:
-                    session.delete(earlier)
-                    session.flush()
+                _drop_earlier(session, InversionStepRow, run_id=run_id, method=record.method, step=record.step)
                 session.add(InversionStepRow(run_id=run_id, **record.model_dump()))
 
     def inversion_steps(self, run_id: str, method: str | None = None) -> list[InversionStepRecord]:
@@ -280,12 +265,7 @@ class History:
         """Store a person's reply; writing the same position again (a resumed node) replaces it."""
         with self._sessions.begin() as session:
             run = _exact_run(session, run_id)
-            earlier = session.scalar(
-                select(SessionTurn).where(SessionTurn.run_id == run_id, SessionTurn.position == turn.position)
-            )
-            if earlier is not None:
-                session.delete(earlier)
-                session.flush()
+            _drop_earlier(session, SessionTurn, run_id=run_id, position=turn.position)
             session.add(SessionTurn(run_id=run_id, **turn.model_dump(exclude={"created_at"})))
             run.updated_at = utc_now()
 
@@ -320,6 +300,15 @@ class History:
         """A run's iterations in order; accepts a unique id prefix."""
         with self._sessions() as session:
             return _iteration_records(session, _run_by_id_or_prefix(session, run_id).id)
+
+
+def _drop_earlier(session: Session, row_type: type, **key: Any) -> None:
+    """Delete the row with this key, if there is one: a resumed run may redo the node that wrote it,
+    and the redo wins."""
+    earlier = session.scalar(select(row_type).filter_by(**key))
+    if earlier is not None:
+        session.delete(earlier)
+        session.flush()
 
 
 def _require_choice(value: str, allowed: tuple[str, ...], what: str) -> None:
