@@ -35,8 +35,8 @@ CSV_NAME = "results.csv"
 
 
 def export_rows(report: BatchReport) -> list[dict]:
-    """The report as plain rows with the export columns, in item order."""
-    return [item.model_dump(include=set(EXPORT_COLUMNS)) for item in report.items]
+    """The report as plain rows with the export columns in their order, in item order."""
+    return [{column: getattr(item, column) for column in EXPORT_COLUMNS} for item in report.items]
 
 
 def write_batch_exports(report: BatchReport, folder: Path) -> tuple[Path, Path]:
@@ -45,7 +45,7 @@ def write_batch_exports(report: BatchReport, folder: Path) -> tuple[Path, Path]:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InvalidInputError(f"{folder}: cannot create the export folder ({error.strerror or error})") from None
-    rows = [{column: row[column] for column in EXPORT_COLUMNS} for row in export_rows(report)]
+    rows = export_rows(report)
     jsonl_path, csv_path = folder / JSONL_NAME, folder / CSV_NAME
     with jsonl_path.open("w", encoding="utf-8") as jsonl:
         for row in rows:

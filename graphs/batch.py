@@ -230,7 +230,8 @@ class _ItemRunner:
             else:
                 handle = self._start(plan)
             self._record(plan, "running", handle.run_id)
-            detail = _run_to_end(handle, self._stop_if_asked)
+            execute_run(handle, on_update=self._stop_if_asked)
+            detail = self.history.get_run(handle.run_id)
             if detail.status != "finished":
                 return self._failed(plan, handle, f"run {detail.id} ended with status {detail.status}")
             self._record(plan, "finished", handle.run_id)
@@ -287,12 +288,6 @@ class _ItemRunner:
     def _stop_if_asked(self, _node: str, _update: dict) -> None:
         if self._stop.is_set():
             raise KeyboardInterrupt
-
-
-def _run_to_end(handle: RunHandle, on_update: Callable[[str, dict], None]) -> RunDetail:
-    """Execute (or continue) a run's graph until it ends, and return its history row."""
-    execute_run(handle, on_update=on_update)
-    return handle.context.history.get_run(handle.run_id)
 
 
 def _result(plan: _Plan, detail: RunDetail, *, skipped: bool = False) -> BatchItemResult:

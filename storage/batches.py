@@ -8,10 +8,10 @@ the manifest lives. The table registers itself with the history's metadata on im
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import JSON, Engine, ForeignKey, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
@@ -47,9 +47,10 @@ class BatchItemRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
 
 
-@dataclass(frozen=True)
-class BatchItemState:
+class BatchItemState(BaseModel):
     """What the database knows about one item."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
 
     key: str
     batch_id: str
@@ -79,7 +80,7 @@ class BatchStore:
         """The stored state of an item, or None when no batch has seen it yet."""
         with self._sessions() as session:
             row = session.get(BatchItemRow, key)
-            return _state_of(row) if row is not None else None
+            return BatchItemState.model_validate(row) if row is not None else None
 
     def record(
         self,
@@ -121,16 +122,5 @@ class BatchStore:
             rows = session.scalars(
                 select(BatchItemRow).where(BatchItemRow.batch_id == batch_id).order_by(BatchItemRow.image)
             )
-            return [_state_of(row) for row in rows]
+            return [BatchItemState.model_validate(row) for row in rows]
 
-
-def _state_of(row: BatchItemRow) -> BatchItemState:
-    return BatchItemState(
-        key=row.key,
-        batch_id=row.batch_id,
-        image=row.image,
-        run_id=row.run_id,
-        status=row.status,
-        error=row.error,
-        updated_at=row.updated_at,
-    )
