@@ -21,7 +21,7 @@ import gradio as gr
 import pandas as pd
 
 from arpo.errors import ArpoError
-from arpo.graphs.human_turn import HumanTurn
+from arpo.graphs.human_turn import HumanTurn, split_phrases
 from arpo.graphs.prompt_text import phrase_key, prompt_phrases
 from arpo.graphs.run_config import RunConfig
 from arpo.graphs.session_driver import SessionDriver, SessionView
@@ -316,7 +316,7 @@ class _Handlers:
 
 
 def _phrase_turn(action: str, phrases: str | None) -> HumanTurn | None:
-    listed = [p.strip() for p in (phrases or "").replace(";", ",").split(",") if p.strip()]
+    listed = split_phrases(phrases or "")
     return HumanTurn(action=action, phrases=listed) if listed else None
 
 

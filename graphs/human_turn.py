@@ -65,8 +65,13 @@ def parse_reply(line: str) -> HumanTurn:
     if keyword == "edit":
         return _turn("edit", text=rest)
     if keyword in ("pin", "unpin", "ban"):
-        return _turn(keyword, phrases=[p for p in re.split(r"[,;]", rest)])
+        return _turn(keyword, phrases=split_phrases(rest))
     return HumanTurn(action="feedback", text=stripped)
+
+
+def split_phrases(text: str) -> list[str]:
+    """Phrases a person listed, separated by commas or semicolons, blanks dropped."""
+    return [phrase.strip() for phrase in re.split(r"[,;]", text or "") if phrase.strip()]
 
 
 def _iteration_count(text: str) -> int:
