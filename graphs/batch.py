@@ -85,6 +85,11 @@ class BatchReport(BaseModel):
     def failed(self) -> int:
         return sum(item.status == "failed" for item in self.items)
 
+    @property
+    def skipped(self) -> int:
+        """Items that had finished before this batch started."""
+        return sum(item.skipped for item in self.items)
+
 
 ItemCallback = Callable[[BatchItemResult], None]
 """Called once per listed item as it ends, in the thread that called `run_batch` (for progress)."""

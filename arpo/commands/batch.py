@@ -132,7 +132,7 @@ def _report_json(report: BatchReport) -> dict:
         "source": report.source,
         "finished": report.finished,
         "failed": report.failed,
-        "skipped": sum(item.skipped for item in report.items),
+        "skipped": report.skipped,
         "items": [item.model_dump() for item in report.items],
     }
 
@@ -145,8 +145,7 @@ def _report_text(report: BatchReport) -> str:
             lines.append(f"{item.run_id}  CLIP-I {score}  {item.image}: {item.best_prompt}")
         else:
             lines.append(f"{item.status.upper():>12}  {item.image}: {item.error or ''}")
-    skipped = sum(item.skipped for item in report.items)
     lines.append(
-        f"batch {report.batch_id}: {report.finished} finished ({skipped} already done before), {report.failed} failed"
+        f"batch {report.batch_id}: {report.finished} finished ({report.skipped} already done before), {report.failed} failed"
     )
     return "\n".join(lines)
