@@ -17,10 +17,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from arpo.errors import InvalidInputError
+from arpo.tools.inversion.registry import INVERSION_METHODS, build_inverter
 
 if TYPE_CHECKING:
     from arpo.agents.backend import ChatBackend
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from arpo.tools.reference_image import ReferenceImage
 
 INTERROGATOR_MODES = {"ci-fast": "fast", "ci-classic": "classic", "ci-best": "best"}
-INVERSION_METHODS = ("pez", "ph2p", "editor", "regressor")
 ARPO_FRAMEWORKS = {"arpo-vanilla": "vanilla", "arpo-enhanced": "enhanced"}
 BRAIN_PROVIDERS = ("openai", "vllm", "offline")
 SIMPLE_METHODS = ("caption", "vlm-caption")
@@ -93,7 +94,11 @@ class MethodContext:
     """Folder of clip-interrogator phrase lists (None: the package's own, about 106k phrases)."""
     interrogator_max_flavors: int | None = None
     """Most phrases the fast and best modes add to the caption (None: the package's 32)."""
-    _interrogators: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @cached_property
+    def interrogator(self) -> Any:
+        """One clip-interrogator for every mode (its phrase embeddings are the costly part)."""
+        return _build_interrogator(self)
 
 
 def validate_method_names(names: list[str]) -> list[str]:
@@ -102,8 +107,7 @@ def validate_method_names(names: list[str]) -> list[str]:
         raise InvalidInputError("no methods given; e.g. --methods caption,ci-fast,arpo-vanilla")
     for name in names:
         base, _, provider = name.partition(":")
-        known = base in SIMPLE_METHODS or base in INTERROGATOR_MODES or base in INVERSION_METHODS or base in ARPO_FRAMEWORKS
-        if not known:
+        if base not in all_method_names():
             raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(all_method_names())}")
         if provider and (base not in ARPO_FRAMEWORKS or provider not in BRAIN_PROVIDERS):
             raise InvalidInputError(f"method {name!r}: only arpo-* methods take :openai, :vllm or :offline")
@@ -216,7 +220,7 @@ class InterrogatorMethod:
     def recover(self, reference: ReferenceImage, seed: int, **_: Any) -> RecoveredPrompt:
         models = self.context.models
         clock = _Clock(models)
-        interrogator = self._interrogator()
+        interrogator = self.context.interrogator
         caption = models.captioner.caption(reference.image)
         image = reference.image.convert("RGB")
         limit = self.context.interrogator_max_flavors
@@ -228,13 +232,6 @@ class InterrogatorMethod:
         else:
             prompt = interrogator.interrogate(image, caption=caption, min_flavors=min(8, limit or 8), **flavors)
         return RecoveredPrompt(prompt, clock.cost(), details={"mode": self.mode, "caption": caption})
-
-    def _interrogator(self) -> Any:
-        shared = self.context._interrogators
-        if "interrogator" not in shared:
-            shared["interrogator"] = _build_interrogator(self.context)
-        return shared["interrogator"]
-
 
 def _build_interrogator(context: MethodContext) -> Any:
     import open_clip
@@ -272,26 +269,15 @@ class InversionMethod:
     def __init__(self, name: str, context: MethodContext) -> None:
         self.name = name
         self.context = context
-        self.inverter = _inverter_for(name, context.base_config)
+        # The registry gives the inverter the run settings' step and time budget as its default.
+        self.inverter = build_inverter(name, context.base_config)
 
     def recover(self, reference: ReferenceImage, seed: int, **_: Any) -> RecoveredPrompt:
-        from arpo.tools.inversion.base import InversionBudget
-
-        config = self.context.base_config
-        budget = InversionBudget(max_steps=config.inversion_steps, max_seconds=config.inversion_seconds)
         clock = _Clock(self.context.models)
-        result = self.inverter.invert(reference.image, self.context.models, seed=seed, budget=budget)
+        result = self.inverter.invert(reference.image, self.context.models, seed=seed)
         trajectory = [{"step": step.step, "loss": step.loss} for step in result.steps if step.loss is not None]
         details = {"score": result.score, **_plain(result.details)}
         return RecoveredPrompt(result.prompt, clock.cost(), trajectory=trajectory, details=details)
-
-
-def _inverter_for(name: str, config: RunConfig) -> Any:
-    try:
-        from arpo.tools.inversion.registry import build_inverter
-    except ImportError:
-        raise InvalidInputError(f"method {name!r} is not available in this build (no inversion registry)") from None
-    return build_inverter(name, config)
 
 
 class ArpoMethod:

@@ -54,7 +54,7 @@ class EvalRunner:
             self.progress(f"resuming evaluation {evaluation_id}: {done} of {total} cells already done")
         position = 0
         for case in dataset.cases:
-            reference = None
+            reference = reference_sha256 = None
             for method in self.methods:
                 for seed in seeds:
                     position += 1
@@ -62,18 +62,23 @@ class EvalRunner:
                     earlier = existing.get(key)
                     if earlier is not None and earlier.status == "done":
                         continue
-                    reference = reference or case.load()
-                    cell = self._run_cell(store, evaluation_id, case, reference, method, seed, earlier, existing)
+                    if reference is None:  # loaded and stored once per image, only if a cell needs it
+                        reference = case.load()
+                        reference_sha256 = self.history.store_image(
+                            reference.image, role="reference", metadata={"source": reference.name}
+                        ).sha256
+                    cell = self._run_cell(
+                        store, evaluation_id, case, reference, reference_sha256, method, seed, earlier, existing
+                    )
                     existing[key] = cell
                     self.progress(f"[{position}/{total}] {_cell_line(cell)}")
         return store.cells(evaluation_id, status="done")
 
-    def _run_cell(self, store, evaluation_id, case: EvalCase, reference, method: PromptMethod, seed: int,
-                  earlier: CellRecord | None, existing: dict) -> CellRecord:
-        stored_reference = self.history.store_image(reference.image, role="reference", metadata={"source": reference.name})
+    def _run_cell(self, store, evaluation_id, case: EvalCase, reference, reference_sha256: str, method: PromptMethod,
+                  seed: int, earlier: CellRecord | None, existing: dict) -> CellRecord:
         recovered = self._reused_prompt(case, method, existing) if not method.seed_dependent else None
         if recovered is None:
-            recovered = self._recover(store, evaluation_id, case, reference, method, seed, earlier, stored_reference.sha256)
+            recovered = self._recover(store, evaluation_id, case, reference, method, seed, earlier, reference_sha256)
         generated = self.models.text_to_image.generate(recovered.prompt, seed)
         stored_generated = self.history.store_image(generated, role="generated", metadata={"prompt": recovered.prompt, "seed": seed})
         scores = self.suite.score(ScoredPrompt(reference.image, recovered.prompt, generated, case.ground_truth))
@@ -83,7 +88,7 @@ class EvalRunner:
             seed=seed,
             status="done",
             run_id=recovered.run_id,
-            reference_sha256=stored_reference.sha256,
+            reference_sha256=reference_sha256,
             prompt=recovered.prompt,
             ground_truth=case.ground_truth,
             generated_sha256=stored_generated.sha256,

@@ -97,7 +97,12 @@ def test_prompt_replies_are_cleaned(reply, prompt):
     assert clean_prompt_reply(reply) == prompt
 
 
-def test_clip_interrogator_modes_build_on_the_caption_and_the_phrase_lists(stack, reference, small_phrase_lists):
+def test_clip_interrogator_modes_build_on_the_caption_and_the_phrase_lists(stack, reference, small_phrase_lists, monkeypatch):
+    import arpo.eval.methods as methods
+
+    built = []
+    build = methods._build_interrogator
+    monkeypatch.setattr(methods, "_build_interrogator", lambda context: built.append(1) or build(context))
     context = _context(stack, interrogator_data=small_phrase_lists)
     caption = stack.captioner.caption(reference.image)
     mediums = (small_phrase_lists / "mediums.txt").read_text().split("\n")
@@ -111,7 +116,7 @@ def test_clip_interrogator_modes_build_on_the_caption_and_the_phrase_lists(stack
     assert any(f", {medium} by " in classic for medium in mediums if medium)
     assert best.prompt.startswith(caption)
     assert best.details == {"mode": "best", "caption": caption}
-    assert len(context._interrogators) == 1  # one interrogator (and one set of phrase embeddings) shared
+    assert len(built) == 1  # one interrogator (and one set of phrase embeddings) shared
 
 
 def test_method_names_are_checked_before_anything_loads():

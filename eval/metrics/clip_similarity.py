@@ -31,12 +31,20 @@ class ClipSimilarity:
 
     def clip_t(self, reference: Image.Image, prompt: str) -> MetricScore:
         """100 × cosine(CLIP image embedding of the reference, CLIP text embedding of the prompt)."""
-        embedding = self.scorer.encode_images([reference])[0]
-        value = self.scorer.text_image_similarity(embedding, [prompt])[0]
-        return MetricScore("clip_t", SCALE * value, self.model_name)
+        return self.scores(reference, prompt, None)[0]
 
     def clip_i(self, reference: Image.Image, generated: Image.Image) -> MetricScore:
         """100 × cosine of the two images' CLIP embeddings."""
-        embeddings = self.scorer.encode_images([reference, generated])
-        value = self.scorer.image_similarity(embeddings[0], embeddings[1])
-        return MetricScore("clip_i", SCALE * value, self.model_name)
+        return self.scores(reference, None, generated)[0]
+
+    def scores(self, reference: Image.Image, prompt: str | None, generated: Image.Image | None) -> list[MetricScore]:
+        """CLIP-T (with a prompt) and CLIP-I (with a generated image), encoding the images in one pass."""
+        embeddings = self.scorer.encode_images([reference] + ([generated] if generated is not None else []))
+        scores = []
+        if prompt is not None:
+            value = self.scorer.text_image_similarity(embeddings[0], [prompt])[0]
+            scores.append(MetricScore("clip_t", SCALE * value, self.model_name))
+        if generated is not None:
+            value = self.scorer.image_similarity(embeddings[0], embeddings[1])
+            scores.append(MetricScore("clip_i", SCALE * value, self.model_name))
+        return scores

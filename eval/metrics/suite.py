@@ -45,10 +45,10 @@ class MetricSuite:
     def score(self, item: ScoredPrompt) -> dict[str, MetricScore]:
         """Every chosen metric that applies (BERTScore only with a ground-truth prompt)."""
         scores: list[MetricScore] = []
-        if self.clip is not None and "clip_t" in self.names:
-            scores.append(self.clip.clip_t(item.reference, item.prompt))
-        if self.clip is not None and "clip_i" in self.names:
-            scores.append(self.clip.clip_i(item.reference, item.generated))
+        if self.clip is not None and ("clip_t" in self.names or "clip_i" in self.names):
+            prompt = item.prompt if "clip_t" in self.names else None
+            generated = item.generated if "clip_i" in self.names else None
+            scores.extend(self.clip.scores(item.reference, prompt, generated))
         for metric in (self.dino, self.vit):
             if metric is not None:
                 scores.append(metric.similarity(item.reference, item.generated))
