@@ -72,6 +72,13 @@ def test_unknown_model_names_and_missing_weights_fail_fast():
         build_backbone("clip:ViT-B-32/openai")  # HF_HUB_OFFLINE is set by the test setup
 
 
+def test_a_clip_backbone_rebuilt_without_weights_has_its_tags_activation():
+    # A checkpoint reloads into this architecture; OpenAI's weights were trained with QuickGELU.
+    tower = build_backbone("clip:ViT-B-32/openai", pretrained=False)
+    activations = {type(module).__name__ for module in tower.modules() if "GELU" in type(module).__name__}
+    assert activations == {"QuickGELU"}
+
+
 @real_weights
 @pytest.mark.real_weights
 @pytest.mark.parametrize(

@@ -256,11 +256,26 @@ class _WeightsSource:
         return {
             "model_name": self.model,
             "pretrained": _tag_checkpoint(self.tag_config, local_files_only),
+            **self.architecture_settings(),
+        }
+
+    def architecture_settings(self) -> dict[str, Any]:
+        """What the tag changes in the model itself: its activation and its preprocessing."""
+        if self.tag_config is None:
+            return {}
+        return {
             "force_quick_gelu": bool(self.tag_config.get("quick_gelu", False)),
             "force_preprocess_cfg": {
                 key: value for key, value in self.tag_config.items() if key in _PREPROCESS_KEYS
             },
         }
+
+
+def untrained_clip(model: str, pretrained: str | None) -> torch.nn.Module:
+    """The model a (model, weights) choice builds, with random weights: for checkpoints that carry
+    their own weights but must run the same architecture (QuickGELU for OpenAI's tags)."""
+    source = _weights_source(model, pretrained)
+    return open_clip.create_model(model, pretrained=None, **source.architecture_settings())
 
 
 def _weights_source(model: str, pretrained: str | None) -> _WeightsSource:

@@ -231,9 +231,7 @@ def build_backbone(spec: str, *, pretrained: bool = True, device: str | None = N
 
 
 def _clip_tower(parsed: BackboneSpec, *, pretrained: bool, device: str | None, seed: int) -> ImageTower:
-    import open_clip
-
-    from arpo.tools.clip_scorer import ClipScorer, parse_clip_spec
+    from arpo.tools.clip_scorer import ClipScorer, parse_clip_spec, untrained_clip
 
     if parsed.model == TINY:
         visual = ClipScorer.tiny(seed=seed).model.visual
@@ -243,7 +241,7 @@ def _clip_tower(parsed: BackboneSpec, *, pretrained: bool, device: str | None, s
             visual = ClipScorer.from_pretrained(model_name, tag, device=device).model.visual
         else:
             _check_open_clip_name(model_name)
-            visual = open_clip.create_model(model_name, pretrained=None).visual
+            visual = untrained_clip(model_name, tag).visual
     return ImageTower(visual, spec=parsed.text, feature_dim=int(visual.output_dim), recipe=_clip_recipe(visual))
 
 
