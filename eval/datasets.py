@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arpo.errors import InvalidInputError
+from arpo.tools.reference_image import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from arpo.tools.reference_image import ReferenceImage
     from arpo.tools.text_to_image import TextToImage
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 FOLDER_PROMPTS_FILE = "prompts.jsonl"
 MANIFEST_FILE = "manifest.jsonl"
 

@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arpo.errors import InvalidInputError
+from arpo.tools.reference_image import IMAGE_SUFFIXES
 
 MANIFEST_FIELDS = ("image", "ground_truth")
-# Extensions a folder batch picks up; other files (notes, manifests, hidden files) are left alone.
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)

@@ -57,14 +57,15 @@ def build_model_stack(
 
     return ModelStack(
         name=models,
-        text_to_image=_load_text_to_image(models, device),
+        text_to_image=load_text_to_image(models, device),
         clip=_load_clip(clip_choice, device),
         captioner=_load_captioner(captioner_choice, device),
         is_tiny=TINY in (models, clip_choice, captioner_choice),
     )
 
 
-def _load_text_to_image(choice: str, device: str | None) -> TextToImage:
+def load_text_to_image(choice: str, device: str | None = None) -> TextToImage:
+    """The text-to-image model alone: tiny, a preset, a diffusers id or a local folder."""
     return TextToImage.tiny() if choice == TINY else TextToImage.from_pretrained(choice, device=device)
 
 

@@ -24,6 +24,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from arpo.errors import InvalidInputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# File extensions taken as images when a whole folder is read (batches, evaluation sets, target domains).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 BACKGROUND_FOR_TRANSPARENCY = (255, 255, 255)
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}

@@ -128,16 +128,16 @@ def _identity(dataset, method_names, metric_names, seeds, config) -> dict[str, A
 def make_eval_set(
     prompts: Annotated[Path, typer.Argument(help="Text file with one prompt per line (or JSONL with a prompt field).")],
     out: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")],
-    models: Annotated[Optional[str], typer.Option(help="tiny | sd15 | sdxl | pixart | a diffusers id or path.")] = None,
+    models: opt.Models = None,
     seed: Annotated[int, typer.Option(help="Seed of the first image; each next image uses the next seed.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")] = None,
+    device: opt.Device = None,
 ) -> None:
     from arpo.eval.datasets import make_self_consistent_set, read_prompt_lines
-    from arpo.tools.text_to_image import TextToImage
+    from arpo.tools.model_stack import load_text_to_image
 
     texts = read_prompt_lines(prompts)
     choice = models or ArpoSettings().models
-    text_to_image = TextToImage.tiny() if choice == "tiny" else TextToImage.from_pretrained(choice, device=device)
+    text_to_image = load_text_to_image(choice, device)
     dataset = make_self_consistent_set(texts, text_to_image, out, seed=seed)
     print(f"wrote {len(dataset.cases)} reference image(s) and {dataset.location}", file=sys.stderr)
     print(str(dataset.location))

@@ -11,7 +11,6 @@ import typer
 
 from arpo.errors import InvalidInputError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 regressor_app = typer.Typer(
     help="The prompt-embedding regressor (Reverse Stable Diffusion): image -> sentence embedding -> nearest prompts.",
@@ -141,6 +140,8 @@ def adapt(
 
 
 def _target_images(target: Path) -> list[Path]:
+    from arpo.tools.reference_image import IMAGE_SUFFIXES
+
     if target.is_dir():
         images = sorted(path for path in target.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
         if not images:

@@ -149,10 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     try:
-        from arpo.tools.text_to_image import TextToImage
+        from arpo.tools.model_stack import load_text_to_image
 
         prompts = load_prompt_corpus(args.corpus)
-        t2i = TextToImage.tiny() if args.models == "tiny" else TextToImage.from_pretrained(args.models, device=args.device)
+        t2i = load_text_to_image(args.models, args.device)
         parts = DiffusionParts(t2i, "the inverter")
         config = inverter_config_for(parts, args.size, t2i.name)
 
