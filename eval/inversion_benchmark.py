@@ -27,15 +27,15 @@ METHODS = ("pez", "ph2p", "editor")
 def measure(method: str, models_name: str, steps: int, device: str | None, seed: int = 0) -> dict:
     """Run one method in this process and return its costs as plain values."""
     import torch
-    from PIL import Image
 
     from arpo import SAMPLE_IMAGE
     from arpo.graphs.run_config import RunConfig
     from arpo.tools.inversion.registry import build_inverter
     from arpo.tools.model_stack import build_model_stack
+    from arpo.tools.reference_image import load_reference_image
 
     models = build_model_stack(models_name, device=device)
-    reference = Image.open(SAMPLE_IMAGE).convert("RGB")
+    reference = load_reference_image(SAMPLE_IMAGE).image
     inverter = build_inverter(method, RunConfig(models=models_name, inversion_steps=steps))
     cuda = torch.cuda.is_available() and models.text_to_image.pipeline.device.type == "cuda"
     if cuda:

@@ -97,29 +97,13 @@ def run_inversion(handle: RunHandle, *, on_step: Callable[[InversionStep], None]
 
 def _iteration_zero(context: ArpoContext, reference_sha256: str, result: InversionResult, seed: int) -> IterationRecord:
     """The recovered prompt rendered with the run's seed and scored both ways, as iteration 0."""
-    t2i, clip = context.models.text_to_image, context.models.clip
-    reference = context.reference(reference_sha256)
-    prompt = result.prompt
-    image = t2i.generate(prompt, seed)
-    stored = context.history.store_image(
-        image, role="generated", metadata={"seed": seed, "model": t2i.name, "prompt": prompt, "method": result.method}
-    )
-    token_count, budget = t2i.count_tokens(prompt), t2i.token_budget()
-    note = f"{result.method}: {len(result.steps)} step(s) in {result.seconds:.1f} s"
-    if token_count > budget:
-        note += f"; prompt has {token_count} tokens; the model reads only the first {budget}"
-    return IterationRecord(
-        index=0,
-        prompt=prompt,
-        seen_prompt=t2i.truncate(prompt),
-        token_count=token_count,
-        token_budget=budget,
-        generated_sha256=stored.sha256,
-        clip_t=clip.text_image_similarity(reference.embedding, [t2i.truncate(prompt)])[0],
-        clip_i=clip.image_similarity(reference.embedding, clip.encode_images([image])[0]),
-        note=note,
-        wall_seconds=result.seconds,
-    )
+    from arpo.graphs.nodes import iteration_record, render_and_score
+
+    scored = render_and_score(context, reference_sha256, result.prompt, seed, method=result.method)
+    record = iteration_record(context, {"iteration": 0, "prompt": result.prompt, **scored})
+    summary = f"{result.method}: {len(result.steps)} step(s) in {result.seconds:.1f} s"
+    note = "; ".join(part for part in (summary, record.note) if part)
+    return record.model_copy(update={"note": note, "wall_seconds": result.seconds})
 
 
 def _stop_sentence(result: InversionResult) -> str:

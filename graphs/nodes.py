@@ -53,24 +53,34 @@ def _first_prompt(ctx: ArpoContext, state: ArpoState, image) -> str:
 def generate(state: ArpoState, runtime: Ctx) -> dict:
     """Render the current prompt, score it both ways, and keep the best prompt by image fidelity."""
     ctx = runtime.context
-    t2i, clip = ctx.models.text_to_image, ctx.models.clip
-    reference = ctx.reference(state["reference_sha256"])
     prompt, index = state["prompt"], state["iteration"]
-
-    image = t2i.generate(prompt, state["seed"])
-    stored = ctx.history.store_image(
-        image, role="generated", metadata={"seed": state["seed"], "model": t2i.name, "prompt": prompt}
-    )
-    clip_i = clip.image_similarity(reference.embedding, clip.encode_images([image])[0])
-    clip_t = clip.text_image_similarity(reference.embedding, [t2i.truncate(prompt)])[0]
-    update: dict = {"generated_sha256": stored.sha256, "clip_t": clip_t, "clip_i": clip_i}
+    update: dict = render_and_score(ctx, state["reference_sha256"], prompt, state["seed"])
+    clip_i = update["clip_i"]
     if clip_i > state.get("best_clip_i", -2.0):
         update |= {"best_prompt": prompt, "best_clip_i": clip_i, "best_iteration": index}
     if index >= state["max_steps"]:
         update["stopped_because"] = f"reached the step limit ({state['max_steps']})"
 
-    ctx.history.record_iteration(state["run_id"], _iteration_record(ctx, {**state, **update}))
+    ctx.history.record_iteration(state["run_id"], iteration_record(ctx, {**state, **update}))
     return update
+
+
+def render_and_score(ctx: ArpoContext, reference_sha256: str, prompt: str, seed: int, **metadata: str) -> dict:
+    """Render `prompt` with `seed`, store the image, and score it against the reference both ways.
+
+    Returns `generated_sha256`, `clip_t` (the prompt as the T2I model reads it) and `clip_i`.
+    """
+    t2i, clip = ctx.models.text_to_image, ctx.models.clip
+    reference = ctx.reference(reference_sha256)
+    image = t2i.generate(prompt, seed)
+    stored = ctx.history.store_image(
+        image, role="generated", metadata={"seed": seed, "model": t2i.name, "prompt": prompt, **metadata}
+    )
+    return {
+        "generated_sha256": stored.sha256,
+        "clip_t": clip.text_image_similarity(reference.embedding, [t2i.truncate(prompt)])[0],
+        "clip_i": clip.image_similarity(reference.embedding, clip.encode_images([image])[0]),
+    }
 
 
 def compare(state: ArpoState, runtime: Ctx) -> dict:
@@ -135,7 +145,7 @@ def select(state: ArpoState, runtime: Ctx) -> dict:
         ),
         fits_budget=lambda prompt: t2i.count_tokens(prompt) <= budget,
     )
-    record = _iteration_record(ctx, state, outcome)
+    record = iteration_record(ctx, state, outcome)
     ctx.history.record_iteration(state["run_id"], record)
     if not outcome.selected:
         return {"stopped_because": _why_nothing_selected(state, outcome, budget)}
@@ -156,7 +166,8 @@ def finish(state: ArpoState, runtime: Ctx) -> dict:
     return {"stopped_because": stopped_because}
 
 
-def _iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome | None = None) -> IterationRecord:
+def iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome | None = None) -> IterationRecord:
+    """The history record of the state's iteration (with its candidates once `select` has judged them)."""
     t2i = ctx.models.text_to_image
     prompt = state["prompt"]
     token_count, budget = t2i.count_tokens(prompt), t2i.token_budget()

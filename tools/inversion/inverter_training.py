@@ -79,12 +79,13 @@ def train_inverter(
         torch.manual_seed(seed)
         inverter = TrainedInverter(config, parts.tokenizer).to(parts.device)
         sampler = random.Random(seed)
+        prompts = list(prompts)  # sampled from at every step
         log = TrainingLog()
         optimizer = torch.optim.AdamW(
             [*inverter.zero_step.parameters(), *inverter.zero_adapter.parameters()], lr=lr
         )
         for index in range(steps):
-            batch = sampler.choices(list(prompts), k=batch_size)
+            batch = sampler.choices(prompts, k=batch_size)
             targets = parts.encode_prompts(batch)
             loss = inverter.zero_step(inputs_embeds=inverter.zero_step_inputs(targets), labels=inverter.labels(batch)).loss
             _update(optimizer, loss)
@@ -96,7 +97,7 @@ def train_inverter(
             lr=lr,
         )
         for index in range(steps if corrector_steps is None else corrector_steps):
-            batch = sampler.choices(list(prompts), k=batch_size)
+            batch = sampler.choices(prompts, k=batch_size)
             targets = parts.encode_prompts(batch)
             hypotheses = [inverter.write(inverter.zero_step, inverter.zero_step_inputs(t.unsqueeze(0)), 1)[:1] or [""] for t in targets]
             hypotheses = [h[0] for h in hypotheses]

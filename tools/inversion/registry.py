@@ -52,8 +52,6 @@ def build_inverter(method: str, config: RunConfig, *, llm: Any = None) -> Prompt
 
 def _regressor(config: RunConfig) -> PromptInverter:
     """The prompt-embedding regressor (registered here, implemented in arpo.tools.regressor)."""
-    if not config.regressor:
-        raise InvalidInputError("the regressor method needs a checkpoint: pass --regressor PATH")
     try:
         from arpo.tools.regressor.inverter import RegressorInverter
     except ImportError as missing:

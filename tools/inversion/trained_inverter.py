@@ -25,6 +25,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from arpo.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.inversion.embedding_to_text import PromptEncoder, RoundCallback, TextRecovery, embedding_distance
+from arpo.tools.inversion.vocabulary_projection import decode_tokens
 
 CONFIG_FILE = "inverter.json"
 WEIGHTS_FILE = "inverter.pt"
@@ -133,8 +134,7 @@ class TrainedInverter(torch.nn.Module):
 
     def decode(self, ids: torch.Tensor) -> str:
         special = {self.config.start_id, self.config.end_id, self.config.pad_id}
-        kept = [int(token) for token in ids.tolist() if int(token) not in special]
-        return " ".join(self.tokenizer.decode(kept).replace("</w>", " ").split())
+        return decode_tokens(self.tokenizer, [int(token) for token in ids.tolist() if int(token) not in special])
 
     def recover(
         self,
