@@ -8,15 +8,13 @@ touching the hub.
 
 import gzip
 import json
-import os
-import tempfile
 import threading
 from pathlib import Path
 
 from open_clip.tokenizer import bytes_to_unicode, default_bpe
 from transformers import CLIPTokenizer
 
-from arpo.tools.cache_paths import cache_dir as arpo_cache_dir
+from arpo.tools.cache_paths import cache_dir as arpo_cache_dir, write_cache_file
 
 CONTEXT_LENGTH = 77
 VOCAB_SIZE = 49408
@@ -49,9 +47,11 @@ def _write_tokenizer_files(folder: Path) -> None:
     if vocab_path.is_file() and merges_path.is_file():
         return
     merges = _clip_merges()
-    _write_atomically(vocab_path, json.dumps(_clip_vocabulary(merges), ensure_ascii=False))
+    vocabulary = json.dumps(_clip_vocabulary(merges), ensure_ascii=False)
+    write_cache_file(vocab_path, lambda file: file.write(vocabulary.encode("utf-8")))
     # The first line of a merges file is a version header that readers skip.
-    _write_atomically(merges_path, "#version: 0.2\n" + "\n".join(merges) + "\n")
+    merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    write_cache_file(merges_path, lambda file: file.write(merges_text.encode("utf-8")))
 
 
 def _clip_merges() -> list[str]:
@@ -68,17 +68,3 @@ def _clip_vocabulary(merges: list[str]) -> dict[str, int]:
     tokens += ["".join(merge.split()) for merge in merges]
     tokens += [START_TOKEN, END_TOKEN]
     return {token: index for index, token in enumerate(tokens)}
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a concurrent reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes owner-only files; these are ordinary shared data
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

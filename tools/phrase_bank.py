@@ -4,10 +4,6 @@ The offline proposer draws candidate phrases from these banks; `PhraseIndex` emb
 (cached on disk per scorer and phrase list) and returns the phrases closest to an image.
 """
 
-import hashlib
-import os
-import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -15,7 +11,7 @@ from pathlib import Path
 import torch
 
 from arpo.errors import InvalidInputError
-from arpo.tools.cache_paths import cache_dir as arpo_cache_dir
+from arpo.tools.cache_paths import cache_dir as arpo_cache_dir, file_safe, list_hash, write_cache_file
 from arpo.tools.clip_scorer import ClipScorer
 
 BANK_NAMES = ("mediums", "movements", "flavors", "artists")
@@ -64,7 +60,7 @@ class PhraseIndex:
         self.scorer = scorer
         self.phrases = list(dict.fromkeys(phrase.strip() for phrase in phrases if phrase.strip()))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("phrase-embeddings")
-        self.cache_path = self.cache_dir / f"{_file_safe(scorer.name)}-{_phrase_list_hash(self.phrases)}.pt"
+        self.cache_path = self.cache_dir / f"{file_safe(scorer.name, 'scorer')}-{list_hash(self.phrases)}.pt"
         self.embeddings = self._load_or_embed(batch_size)
         self._positions_by_phrase = _positions_by_normalized_phrase(self.phrases)
 
@@ -119,17 +115,7 @@ class PhraseIndex:
         return embeddings.float()
 
     def _write_cache(self, embeddings: torch.Tensor) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so another process never loads half a file.
-        handle, temporary = tempfile.mkstemp(dir=self.cache_dir, prefix=self.cache_path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(embeddings, temporary)
-            os.chmod(temporary, 0o644)  # mkstemp makes owner-only files; a cache can be shared
-            os.replace(temporary, self.cache_path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_cache_file(self.cache_path, lambda file: torch.save(embeddings, file))
 
 
 def _bank_lines(name: str) -> list[str]:
@@ -146,10 +132,3 @@ def _positions_by_normalized_phrase(phrases: Sequence[str]) -> dict[str, list[in
     return positions
 
 
-def _phrase_list_hash(phrases: Sequence[str]) -> str:
-    digest = hashlib.sha256("\n".join(phrases).encode("utf-8")).hexdigest()
-    return digest[:16]
-
-
-def _file_safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scorer"

@@ -8,11 +8,7 @@ A checkpoint carries its own bank: the training prompts with the embeddings comp
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arpo.errors import InvalidInputError
-from arpo.tools.cache_paths import cache_dir
+from arpo.tools.cache_paths import cache_dir, file_safe, list_hash, write_cache_file
 
 CACHE_NAME = "regressor-prompt-banks"
 
@@ -72,11 +68,11 @@ class PromptBank:
         prompts = unique_prompts(read_prompt_file(path))
         if not prompts:
             raise InvalidInputError(f"Prompt bank '{path}' holds no prompts.")
-        cache_path = cache_dir(CACHE_NAME) / f"{_file_safe(space_name)}-{_prompts_hash(prompts)}.npy"
+        cache_path = cache_dir(CACHE_NAME) / f"{file_safe(space_name, 'space')}-{list_hash(prompts)}.npy"
         embeddings = _read_cached(cache_path, len(prompts))
         if embeddings is None:
             embeddings = load_space(space_name).encode(prompts)
-            _write_cached(cache_path, embeddings)
+            write_cache_file(cache_path, lambda file: np.save(file, np.asarray(embeddings, dtype=np.float32), allow_pickle=False))
         return cls(prompts, embeddings, space_name)
 
 
@@ -117,23 +113,3 @@ def _read_cached(path: Path, rows: int) -> np.ndarray | None:
     return embeddings if embeddings.ndim == 2 and embeddings.shape[0] == rows else None
 
 
-def _write_cached(path: Path, embeddings: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a concurrent reader never sees half a file.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.npy")
-    os.close(handle)
-    try:
-        np.save(temporary, np.asarray(embeddings, dtype=np.float32), allow_pickle=False)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def _prompts_hash(prompts: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()[:16]
-
-
-def _file_safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "space"
