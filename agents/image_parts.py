@@ -1,4 +1,5 @@
-"""Turn a PIL image into a chat-message image part the OpenAI API and vLLM both accept.
+"""Turn a PIL image into a chat-message image part the OpenAI API and vLLM both accept, and put
+text and images together into one user message.
 
 Images always travel inline as base64 data URLs: a brain server may have no route to wherever the
 image lives, and vLLM refuses remote URLs unless told otherwise.
@@ -17,6 +18,12 @@ DEFAULT_MAX_SIDE = 768
 
 _BACKGROUND = (255, 255, 255)
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def user_message(*parts: str | dict) -> dict:
+    """One user chat message from text pieces and image parts, in the order given."""
+    content = [{"type": "text", "text": part} if isinstance(part, str) else part for part in parts]
+    return {"role": "user", "content": content}
 
 
 def image_part(

@@ -12,7 +12,7 @@ import re
 from PIL import Image
 
 from arpo.agents.backend import BrainReply, ChatBackend
-from arpo.agents.image_parts import image_part
+from arpo.agents.image_parts import image_part, user_message
 from arpo.errors import BrainError
 
 PROMPT_WRITER_TEMPLATE = """\
@@ -40,13 +40,7 @@ class PromptWriter:
 
     def write(self, image: Image.Image) -> str:
         """A prompt for `image`; raises BrainError when the model's reply holds no usable text."""
-        message = {
-            "role": "user",
-            "content": [
-                {"type": "text", "text": PROMPT_WRITER_TEMPLATE.format(max_words=self.max_words)},
-                image_part(image),
-            ],
-        }
+        message = user_message(PROMPT_WRITER_TEMPLATE.format(max_words=self.max_words), image_part(image))
         reply: BrainReply = self.backend.complete([message], role=self.role)
         prompt = clean_prompt_reply(reply.text)
         if not prompt:

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from arpo.agents import templates
 from arpo.agents.backend import BrainReply, ChatBackend
-from arpo.agents.image_parts import image_part
+from arpo.agents.image_parts import image_part, user_message
 from arpo.agents.proposal import ProposalRequest
 from arpo.agents.reply_parsing import MalformedReplyError, clean_phrase, parse_phrase_list
 from arpo.errors import BrainError
@@ -30,12 +30,6 @@ class ImageDescription(BaseModel):
 
     content: str
     style: str
-
-
-def _user_message(*parts: str | dict) -> dict:
-    """One user message from text pieces and image parts, in the order given."""
-    content = [{"type": "text", "text": part} if isinstance(part, str) else part for part in parts]
-    return {"role": "user", "content": content}
 
 
 class Describer:
@@ -55,7 +49,7 @@ class Describer:
             return ImageDescription(content=content.result(), style=style.result())
 
     def _ask(self, instruction: str, picture: dict) -> str:
-        reply = self.backend.complete([_user_message(instruction, picture)], role=self.role)
+        reply = self.backend.complete([user_message(instruction, picture)], role=self.role)
         return reply.text.strip()
 
 
@@ -74,7 +68,7 @@ class Comparer:
                 f"{self.role} brain {self.backend.config.model} takes one image per message; "
                 "use --framework enhanced"
             )
-        message = _user_message(
+        message = user_message(
             templates.COMPARISON_PROMPT,
             "Image 1:",
             image_part(reference),
@@ -101,7 +95,7 @@ class Differ:
 
     def _ask(self, aspect: templates.Aspect, reference: str, generated: str) -> str:
         prompt = templates.difference_prompt(aspect, reference, generated)
-        return self.backend.complete([_user_message(prompt)], role=self.role).text.strip()
+        return self.backend.complete([user_message(prompt)], role=self.role).text.strip()
 
 
 class LlmProposer:
@@ -118,7 +112,7 @@ class LlmProposer:
 
     def propose(self, request: ProposalRequest) -> list[str]:
         """Up to `request.max_candidates` new comma-free phrases, none tried before or in the prompt."""
-        messages = [_user_message(templates.proposal_prompt(request))]
+        messages = [user_message(templates.proposal_prompt(request))]
         first = self._ask(messages)
         try:
             raw_phrases = parse_phrase_list(first.text)
@@ -127,7 +121,7 @@ class LlmProposer:
             retry_messages = [
                 *messages,
                 {"role": "assistant", "content": first.text},
-                _user_message(templates.PROPOSAL_STRICT_REMINDER),
+                user_message(templates.PROPOSAL_STRICT_REMINDER),
             ]
             second = self._ask(retry_messages)
             try:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 METRIC_NAMES = ("clip_t", "clip_i", "dino", "vit", "lpips", "bertscore", "perplexity")
 """Every metric the evaluation knows, in the order tables show them."""
@@ -30,10 +29,3 @@ class MetricScore:
     value: float
     model: str
     """Which model computed the value (a Hugging Face id, an open_clip name, or a tiny model's name)."""
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.metric not in LOWER_IS_BETTER
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -73,10 +73,6 @@ class BackboneSpec:
     def text(self) -> str:
         return self.kind if self.model is None else f"{self.kind}:{self.model}"
 
-    @property
-    def is_tiny(self) -> bool:
-        return self.kind == TINY or self.model == TINY
-
 
 def parse_backbone_spec(spec: str) -> BackboneSpec:
     """Split "clip:ViT-L-14/openai" into kind and model; refuse unknown kinds with one line."""
