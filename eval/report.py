@@ -96,13 +96,10 @@ def table_data(evaluation_id: str, cells: Sequence[CellRecord], methods: Sequenc
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     """The rows as a Markdown table: "mean ± std" per metric, then the mean costs."""
-    metrics = [metric for metric in METRIC_NAMES if any(metric in row["metrics"] for row in rows)]
-    header = ["Method", *(_metric_heading(metric) for metric in metrics), *(COST_LABELS[name] for name in COST_FIELDS)]
+    table = _table_cells(rows)
+    header = table["header"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["method"], *(_mean_std(row["metrics"].get(metric)) for metric in metrics)]
-        cells += [_cost(name, row["cost"][name]) for name in COST_FIELDS]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in table["rows"]]
     return "\n".join(lines) + "\n"
 
 
@@ -200,8 +197,8 @@ def render_html(data: dict[str, Any], cells: Sequence[CellRecord], history: Hist
                          "ground_truth": own[0].ground_truth, "groups": groups})
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     template = environment.from_string(_HTML_TEMPLATE)
-    return template.render(data=data, table=_html_table(data["rows"]), sections=sections,
-                           labels=METRIC_LABELS, by_source={s: _html_table(r) for s, r in data.get("by_source", {}).items()})
+    return template.render(data=data, table=_table_cells(data["rows"]), sections=sections,
+                           labels=METRIC_LABELS, by_source={s: _table_cells(r) for s, r in data.get("by_source", {}).items()})
 
 
 def _shown_scores(cell: CellRecord) -> str:
@@ -213,7 +210,8 @@ def _shown_scores(cell: CellRecord) -> str:
     return " · ".join(parts)
 
 
-def _html_table(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _table_cells(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Header and cell texts of the summary table, shared by the Markdown and the HTML report."""
     metrics = [metric for metric in METRIC_NAMES if any(metric in row["metrics"] for row in rows)]
     return {
         "header": ["Method", *(_metric_heading(m) for m in metrics), *(COST_LABELS[n] for n in COST_FIELDS)],
