@@ -212,7 +212,7 @@ class _PreparedSamples:
     def __init__(self, pairs: Sequence[ImagePromptPair], backbone, cache_limit: int):
         self.pairs = pairs
         self.backbone = backbone
-        self.keep = len(pairs) <= cache_limit
+        self.cache_limit = cache_limit
         self.cache: dict[int, dict[str, torch.Tensor]] = {}
 
     def batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -224,8 +224,10 @@ class _PreparedSamples:
             prepared = self.backbone.prepare(images)
             for row, index in enumerate(missing):
                 fresh[index] = {name: tensor[row : row + 1] for name, tensor in prepared.items()}
-            if self.keep:
-                self.cache.update(fresh)
+            # Keep what fits under the limit, so a data set larger than the limit still reuses the
+            # preparation of its first samples instead of redoing every sample on every pass.
+            room = self.cache_limit - len(self.cache)
+            self.cache.update(list(fresh.items())[: max(room, 0)])
         rows = [self.cache.get(int(index)) or fresh[int(index)] for index in indices]
         return {name: torch.cat([row[name] for row in rows]) for name in rows[0]}
 
