@@ -64,8 +64,12 @@ def save_checkpoint(
     return folder
 
 
-def load_checkpoint(path: str | Path, *, device: str | None = None) -> LoadedRegressor:
-    """Rebuild the regressor saved at `path` (its folder, or any file inside it)."""
+def load_checkpoint(path: str | Path, *, device: str | None = None, with_bank: bool = True) -> LoadedRegressor:
+    """Rebuild the regressor saved at `path` (its folder, or any file inside it).
+
+    `with_bank=False` skips reading its prompt bank (every training prompt and its embedding), for
+    callers that match against another bank or none.
+    """
     from safetensors.torch import load_model
 
     from arpo.tools.devices import pick_device
@@ -84,7 +88,8 @@ def load_checkpoint(path: str | Path, *, device: str | None = None) -> LoadedReg
         reason = " ".join(str(error).split())[:160]
         raise InvalidInputError(f"Regressor weights in '{folder}' cannot be loaded: {reason}") from None
     model.to(torch_device).eval()
-    return LoadedRegressor(model, config, vocabulary, _read_bank(folder, config.target_space), folder)
+    bank = _read_bank(folder, config.target_space) if with_bank else None
+    return LoadedRegressor(model, config, vocabulary, bank, folder)
 
 
 def checkpoint_folder(path: str | Path) -> Path:

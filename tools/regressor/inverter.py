@@ -73,7 +73,11 @@ class RegressorInverter:
         from arpo.tools.regressor.kernel_adaptation import KernelAdapter
 
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-        loaded = [load_checkpoint(path, device=device) for path in paths]
+        # Only the first checkpoint's own bank can be used, and only when no other bank is given.
+        loaded = [
+            load_checkpoint(path, device=device, with_bank=index == 0 and prompt_bank is None)
+            for index, path in enumerate(paths)
+        ]
         bank, source = load_bank(loaded[0], prompt_bank, device=device)
         return cls(
             loaded,
