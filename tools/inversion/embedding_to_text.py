@@ -56,3 +56,38 @@ def embedding_distance(target: torch.Tensor, candidates: torch.Tensor) -> torch.
     """Mean squared difference of each candidate's (tokens, width) embedding from the target's."""
     target = target.float().reshape(1, -1).to(candidates.device)
     return (candidates.float().reshape(len(candidates), -1) - target).pow(2).mean(dim=1)
+
+
+class PromptDistances:
+    """Distances of prompts to a target embedding, each prompt encoded once however often it is asked."""
+
+    def __init__(self, target: torch.Tensor, encoder: PromptEncoder):
+        self.target = target
+        self.encoder = encoder
+        self._distances: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._distances)
+
+    def distance(self, prompt: str) -> float:
+        self.measure([prompt])
+        return self._distances[prompt]
+
+    def best(self, prompts: Sequence[str], count: int) -> list[str]:
+        """The `count` nearest of `prompts` (blanks and repeats dropped), nearest first."""
+        unique = list(dict.fromkeys(prompt for prompt in prompts if prompt))
+        self.measure(unique)
+        return sorted(unique, key=self._distances.__getitem__)[:count]
+
+    def nearest(self) -> str:
+        """The nearest prompt measured so far (the first measured among equals)."""
+        return min(self._distances, key=self._distances.__getitem__)
+
+    def measure(self, prompts: Sequence[str]) -> None:
+        """Encode the prompts not measured yet (blanks skipped), in one batch."""
+        new = [prompt for prompt in dict.fromkeys(prompts) if prompt and prompt not in self._distances]
+        if not new:
+            return
+        distances = embedding_distance(self.target, self.encoder.encode_prompts(new))
+        self._distances.update(zip(new, (float(d) for d in distances)))
+

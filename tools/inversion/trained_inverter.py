@@ -24,7 +24,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from arpo.errors import InvalidInputError, ModelUnavailableError
-from arpo.tools.inversion.embedding_to_text import PromptEncoder, RoundCallback, TextRecovery, embedding_distance
+from arpo.tools.inversion.embedding_to_text import PromptDistances, PromptEncoder, RoundCallback, TextRecovery
 from arpo.tools.inversion.vocabulary_projection import decode_tokens
 
 CONFIG_FILE = "inverter.json"
@@ -155,22 +155,23 @@ class TrainedInverter(torch.nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             hypotheses = list(start_prompts) + self.write(self.zero_step, self.zero_step_inputs(target), beams)
-            scored = _score(target, encoder, hypotheses)
-            best = min(scored, key=scored.get)
-            start_distance = scored[best]
+            scores = PromptDistances(target, encoder)
+            scores.measure(hypotheses)
+            best = scores.nearest()
+            start_distance = scores.distance(best)
             rounds = []
             for index in range(self.config.correction_rounds):
                 if max_seconds is not None and time.perf_counter() - started >= max_seconds:
                     break
                 embedding = encoder.encode_prompts([best]).to(self.device)
                 inputs = self.corrector_inputs(target, embedding, self.hypothesis_ids([best]))
-                scored |= _score(target, encoder, [h for h in self.write(self.corrector, inputs, beams) if h not in scored])
-                best = min(scored, key=scored.get)
-                summary = {"round": index, "prompt": best, "distance": scored[best], "tried": len(scored)}
+                scores.measure(self.write(self.corrector, inputs, beams))
+                best = scores.nearest()
+                summary = {"round": index, "prompt": best, "distance": scores.distance(best), "tried": len(scores)}
                 rounds.append(summary)
                 if on_round is not None:
                     on_round(summary)
-        return TextRecovery(best, scored[best], start_distance, rounds)
+        return TextRecovery(best, scores.distance(best), start_distance, rounds)
 
     def _check_width(self, target: torch.Tensor) -> None:
         if target.shape[-1] != self.config.embedding_width:
@@ -203,10 +204,3 @@ class TrainedInverter(torch.nn.Module):
         inverter.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         return inverter.to(device).eval()
 
-
-def _score(target: torch.Tensor, encoder: PromptEncoder, prompts: Sequence[str]) -> dict[str, float]:
-    prompts = list(dict.fromkeys(p for p in prompts if p))
-    if not prompts:
-        return {}
-    distances = embedding_distance(target, encoder.encode_prompts(prompts))
-    return {prompt: float(distance) for prompt, distance in zip(prompts, distances)}

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from arpo.tools.inversion.embedding_to_text import (
+    PromptDistances,
     PromptEncoder,
     RoundCallback,
     TextRecovery,
-    embedding_distance,
 )
 
 Rewriter = Callable[[str, int], list[str]]
@@ -54,7 +54,7 @@ class TrainingFreeInverter:
         on_round: RoundCallback | None = None,
     ) -> TextRecovery:
         started = time.perf_counter()
-        scores = _Scores(target, encoder)
+        scores = PromptDistances(target, encoder)
         pool = self._phrase_pool(scores, start_prompts)
         beam = scores.best(list(start_prompts) + pool[:2], self.beam_width)
         start_distance = scores.distance(beam[0])
@@ -73,7 +73,7 @@ class TrainingFreeInverter:
                 break
         return TextRecovery(beam[0], scores.distance(beam[0]), start_distance, rounds)
 
-    def _phrase_pool(self, scores: _Scores, start_prompts: Sequence[str]) -> list[str]:
+    def _phrase_pool(self, scores: PromptDistances, start_prompts: Sequence[str]) -> list[str]:
         phrases = list(self.phrases) if self.phrases is not None else _bank_phrases()
         words = [word for prompt in start_prompts for word in prompt.replace(",", " ").split()]
         return scores.best(list(dict.fromkeys(phrases + words)), self.pool_size)
@@ -89,34 +89,6 @@ class TrainingFreeInverter:
         if self.rewriter is not None:
             rewrites += self.rewriter(prompt, self.rewrites_per_round)
         return [" ".join(rewrite.split()) for rewrite in rewrites if rewrite.strip()]
-
-
-class _Scores:
-    """Distances of prompts to the target, each prompt encoded once."""
-
-    def __init__(self, target: torch.Tensor, encoder: PromptEncoder):
-        self.target = target
-        self.encoder = encoder
-        self._distances: dict[str, float] = {}
-
-    def __len__(self) -> int:
-        return len(self._distances)
-
-    def distance(self, prompt: str) -> float:
-        self._measure([prompt])
-        return self._distances[prompt]
-
-    def best(self, prompts: Sequence[str], count: int) -> list[str]:
-        unique = list(dict.fromkeys(prompt for prompt in prompts if prompt))
-        self._measure(unique)
-        return sorted(unique, key=self._distances.__getitem__)[:count]
-
-    def _measure(self, prompts: Sequence[str]) -> None:
-        new = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self._distances]
-        if not new:
-            return
-        distances = embedding_distance(self.target, self.encoder.encode_prompts(new))
-        self._distances.update(zip(new, (float(d) for d in distances)))
 
 
 def _bank_phrases() -> list[str]:
