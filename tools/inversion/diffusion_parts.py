@@ -82,11 +82,15 @@ class DiffusionParts:
         ]
         return torch.cat(chunks) if chunks else torch.empty(0)
 
+    def reference_pixels(self, reference: Image.Image) -> torch.Tensor:
+        """The reference image at the generator's size, as the VAE reads pixels (-1..1, on CPU)."""
+        t2i = self.text_to_image
+        return self.pipeline.image_processor.preprocess(reference.convert("RGB"), height=t2i.height, width=t2i.width)
+
     @torch.no_grad()
     def reference_latents(self, reference: Image.Image) -> torch.Tensor:
         """The reference image at the generator's size, VAE-encoded (posterior mean, scaled)."""
-        t2i = self.text_to_image
-        pixels = self.pipeline.image_processor.preprocess(reference.convert("RGB"), height=t2i.height, width=t2i.width)
+        pixels = self.reference_pixels(reference)
         posterior = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         return (posterior.mean * self.vae.config.scaling_factor).float()
 

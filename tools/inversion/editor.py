@@ -163,8 +163,7 @@ class Reconstruction:
         self.start = (noise * self.scheduler.init_noise_sigma).to(parts.device)
         self.unconditional = parts.encode_prompts([""])
         if space == "pixel":
-            pixels = parts.pipeline.image_processor.preprocess(reference.convert("RGB"), height=t2i.height, width=t2i.width)
-            self.reference_pixels = pixels.to(parts.device).float()
+            self.reference_pixels = parts.reference_pixels(reference).to(parts.device).float()
 
     def generate_latents(self, embedding: torch.Tensor) -> torch.Tensor:
         parts, latents = self.parts, self.start
