@@ -1,0 +1,62 @@
+"""Noise schedulers by the names people use, and the one safe way to get a scheduler to step.
+
+diffusers schedulers keep state between `step` calls: PNDM its `ets` history and counter, the
+multistep DPM-Solver its previous model outputs, Euler its step index. Two generations (or two
+optimisation steps) that share one scheduler object see each other's history, which either crashes
+("backward through the graph a second time") or quietly changes the image. So nothing in arpo steps
+`pipeline.scheduler` itself: every generation and every optimisation step asks `fresh_scheduler` for
+a new object built from the pipeline's scheduler configuration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from arpo.errors import InvalidInputError
+
+if TYPE_CHECKING:  # diffusers is heavy; importing this module must stay cheap for light commands
+    from diffusers import DiffusionPipeline
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+# User-facing name -> (diffusers class name, extra configuration). "dpm++" is DPM-Solver++ (2M), the
+# common "DPM++ 2M" of other front ends.
+SCHEDULER_CLASSES: dict[str, tuple[str, dict]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+}
+SCHEDULER_NAMES = tuple(SCHEDULER_CLASSES)
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class for a user-facing name; a one-line error for an unknown one."""
+    import diffusers
+
+    key = name.strip().lower()
+    if key not in SCHEDULER_CLASSES:
+        raise InvalidInputError(f"unknown scheduler '{name}'; choose one of: {', '.join(SCHEDULER_NAMES)}")
+    return getattr(diffusers, SCHEDULER_CLASSES[key][0])
+
+
+def replace_scheduler(pipeline: DiffusionPipeline, name: str) -> None:
+    """Give `pipeline` the named scheduler, keeping its noise schedule (betas, timestep spacing)."""
+    cls = scheduler_class(name)
+    _class_name, overrides = SCHEDULER_CLASSES[name.strip().lower()]
+    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
+
+
+def fresh_scheduler(pipeline: DiffusionPipeline) -> SchedulerMixin:
+    """A new scheduler of the pipeline's class and configuration, with no history of earlier steps."""
+    template = pipeline.scheduler
+    return type(template).from_config(template.config)
+
+
+def scheduler_name(pipeline: DiffusionPipeline) -> str:
+    """The user-facing name of the pipeline's scheduler, or its class name when it has none."""
+    class_name = type(pipeline.scheduler).__name__
+    for name, (known_class, _overrides) in SCHEDULER_CLASSES.items():
+        if known_class == class_name:
+            return name
+    return class_name
