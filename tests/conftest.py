@@ -31,3 +31,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked `slow` unless ARPO_RUN_SLOW=1: they need servers or models that the default,
+    offline suite does not start or have."""
+    if os.environ.get("ARPO_RUN_SLOW") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: set ARPO_RUN_SLOW=1 to run it")
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(skip_slow)
