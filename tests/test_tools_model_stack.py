@@ -34,7 +34,7 @@ def test_tiny_stack_description_is_json():
     assert json.loads(json.dumps(description))["is_tiny"] is True
     assert description["text_to_image"]["pipeline"] == "StableDiffusionPipeline"
     assert description["clip"]["name"] == "tiny-clip-seed0"
-    assert description["captioner"]["architecture"] == "BlipForConditionalGeneration"
+    assert description["captioner"]["architecture"] == "Blip2ForConditionalGeneration"  # the real default is BLIP-2
 
 
 def test_real_stack_without_cached_weights_fails_fast_offline():

@@ -1,13 +1,23 @@
 """Image captioning (BLIP / BLIP-2), the usual first prompt P0 of the ARPO loop.
 
 Real models load by Hugging Face id or local folder; the architecture is chosen from the loaded
-config's `model_type`. `Captioner.tiny()` builds a small random BLIP with a real WordPiece tokenizer,
-whose captions are nonsense made of real words.
+config's `model_type`. The real default is BLIP-2 (OPT-2.7b), so `Captioner.tiny()` builds the same
+classes small and random: `Blip2ForConditionalGeneration` (tiny ViT, tiny Q-Former, tiny OPT) behind a
+`Blip2Processor` with a BLIP image processor and a GPT-2 style byte-level BPE tokenizer, the kind
+OPT uses. That tokenizer is trained offline from the phrase banks and cached (nothing is downloaded).
+`Captioner.tiny_blip()` ("tiny-blip") keeps the small BLIP with a WordPiece tokenizer. Tiny captions
+are nonsense made of real words.
+
+A captioner is used once per run (for P0) while the generator runs on every iteration, and BLIP-2 is
+about 4 GB in half precision, so the model rests on the CPU and visits its accelerator only while it
+captions.
 """
 
+import json
 import re
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,14 +27,18 @@ from transformers import (
     AutoConfig,
     AutoProcessor,
     BertTokenizer,
+    Blip2Config,
     Blip2ForConditionalGeneration,
+    Blip2Processor,
     BlipConfig,
     BlipForConditionalGeneration,
     BlipImageProcessor,
     BlipProcessor,
+    GPT2Tokenizer,
 )
 
 from arpo.errors import InvalidInputError
+from arpo.tools.cache_paths import cache_dir, list_hash, write_cache_file
 from arpo.tools.devices import pick_device, pick_dtype
 from arpo.tools.hub import load_or_fail
 
@@ -33,8 +47,10 @@ DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
 # and a neutral one lets the later rounds add all of the content.
 FALLBACK_CAPTION = "an image"
 DEFAULT_MAX_NEW_TOKENS = 30
-TINY_NAME = "tiny"
+TINY_NAME = "tiny"  # tiny BLIP-2, like the real default
+TINY_BLIP_NAME = "tiny-blip"
 TINY_MAX_NEW_TOKENS = 8
+CPU = torch.device("cpu")
 
 # model_type in the checkpoint's config -> the generation class that reads it.
 _CAPTIONING_CLASSES = {
@@ -43,10 +59,23 @@ _CAPTIONING_CLASSES = {
 }
 _TINY_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]")
 _TINY_WORD_COUNT = 300
+# OPT's special tokens and their ids (0-3), in OPT's order; OPT starts every text with "</s>".
+_OPT_SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
+_TINY_BPE_VOCAB_SIZE = 1000
+_TINY_QUERY_TOKENS = 4  # the real BLIP-2 uses 32 learned queries
+_TINY_IMAGE_SIZE = 32
+_TINY_WIDTH = 32
+
+_tokenizer_lock = threading.Lock()
 
 
 class Captioner:
-    """Captions one image at a time; thread-safe (generation is serialised by a lock)."""
+    """Captions one image at a time; thread-safe (generation is serialised by a lock).
+
+    `device` is where captions are computed. When it is not the CPU, the model waits on the CPU and
+    moves to `device` only for the length of one `caption` call, so it never holds accelerator memory
+    the generator and the optimisers need.
+    """
 
     def __init__(
         self,
@@ -56,9 +85,11 @@ class Captioner:
         name: str,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         revision: str | None = None,
+        device: torch.device | str | None = None,
     ):
         self.name = name
-        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else _parameter_device(model)
+        self.model = model.eval().to(CPU) if self.offloads else model.eval().to(self.device)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
         self.revision = revision
@@ -66,20 +97,35 @@ class Captioner:
         self.forward_seconds = 0.0
         self._lock = threading.Lock()
 
+    @property
+    def offloads(self) -> bool:
+        """True when the model rests on the CPU between captions (its device is an accelerator)."""
+        return self.device.type != "cpu"
+
     def caption(self, image: Image.Image) -> str:
         """A short description of `image`; never empty (falls back to "an image")."""
         with self._lock:
             inputs = self.processor(images=image.convert("RGB"), return_tensors="pt")
-            inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
-            # Pixels must match the model's dtype (float16 on CUDA); token ids stay integers.
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
             started = time.perf_counter()
-            with torch.inference_mode():
-                generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
+            try:
+                if self.offloads:
+                    self.model.to(self.device)
+                generated = self._generate(inputs)
+            finally:
+                if self.offloads:
+                    self.model.to(CPU)  # leave the accelerator as soon as the caption exists
             self.forward_seconds += time.perf_counter() - started
             self.calls += 1
-            text = self.processor.batch_decode(generated, skip_special_tokens=True)[0]
+            text = self.processor.batch_decode(generated.cpu(), skip_special_tokens=True)[0]
         return " ".join(text.split()) or FALLBACK_CAPTION
+
+    def _generate(self, inputs: Any) -> torch.Tensor:
+        device = _parameter_device(self.model)
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        # Pixels must match the model's dtype (float16 on CUDA, bfloat16 if asked); token ids stay integers.
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        with torch.inference_mode():
+            return self.model.generate(**inputs, max_new_tokens=self.max_new_tokens)
 
     def describe(self) -> dict[str, Any]:
         """Which captioner this is, as plain JSON values, for the run record."""
@@ -89,7 +135,8 @@ class Captioner:
             "architecture": type(self.model).__name__,
             "max_new_tokens": self.max_new_tokens,
             "dtype": str(self.model.dtype).removeprefix("torch."),
-            "device": str(self.model.device),
+            "device": str(self.device),
+            "rests_on_cpu": self.offloads,
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
         }
@@ -105,10 +152,14 @@ class Captioner:
         """Load a BLIP or BLIP-2 captioner by Hugging Face id or local folder.
 
         Only cached weights are used unless the hub is allowed (no HF_HUB_OFFLINE) and reachable;
-        otherwise ModelUnavailableError is raised at once.
+        otherwise ModelUnavailableError is raised at once. The tiny names ("tiny", "tiny-blip") build
+        the tiny models, so every place that loads a captioner by name can ask for either.
         """
         torch_device = pick_device(device)
         torch_dtype = dtype or pick_dtype(torch_device)
+        if name in (TINY_NAME, TINY_BLIP_NAME):
+            build = cls.tiny if name == TINY_NAME else cls.tiny_blip
+            return build(device=torch_device, dtype=torch_dtype)
 
         def load(local_files_only: bool) -> tuple[torch.nn.Module, Any, str | None]:
             config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
@@ -118,23 +169,98 @@ class Captioner:
             return model, processor, getattr(config, "_commit_hash", None)
 
         model, processor, revision = load_or_fail(name, load)
-        model.to(torch_device)
-        return cls(model, processor, name=name, max_new_tokens=max_new_tokens, revision=revision)
+        return cls(
+            model, processor, name=name, max_new_tokens=max_new_tokens, revision=revision, device=torch_device
+        )
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "Captioner":
-        """A small random BLIP (32-pixel images, width-32 towers) with a few-hundred-word vocabulary.
+    def tiny(
+        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "Captioner":
+        """A small random BLIP-2 (32-pixel images, width-32 ViT, Q-Former and OPT, 4 queries) with a
+        byte-level BPE vocabulary of about a thousand tokens.
 
         The same `seed` always builds the same weights, so its (meaningless) captions are repeatable.
+        `device` and `dtype` default to the CPU in float32.
         """
-        tokenizer = BertTokenizer(vocab=_tiny_vocabulary(), bos_token="[DEC]")
-        processor = BlipProcessor(
-            image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+        tokenizer = tiny_opt_tokenizer()
+        processor = Blip2Processor(
+            image_processor=_tiny_image_processor(), tokenizer=tokenizer, num_query_tokens=_TINY_QUERY_TOKENS
         )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            model = Blip2ForConditionalGeneration(_tiny_blip2_config(tokenizer))
+        _speak_in_whole_words(model, tokenizer)
+        model.to(dtype or torch.float32)
+        return cls(model, processor, name=TINY_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS, device=device or CPU)
+
+    @classmethod
+    def tiny_blip(
+        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> "Captioner":
+        """A small random BLIP (32-pixel images, width-32 towers) with a few-hundred-word WordPiece
+        vocabulary: the tiny version of the BLIP captioners."""
+        tokenizer = BertTokenizer(vocab=_tiny_vocabulary(), bos_token="[DEC]")
+        processor = BlipProcessor(image_processor=_tiny_image_processor(), tokenizer=tokenizer)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
             model = BlipForConditionalGeneration(_tiny_blip_config(tokenizer))
-        return cls(model, processor, name=TINY_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS)
+        model.to(dtype or torch.float32)
+        return cls(
+            model, processor, name=TINY_BLIP_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS, device=device or CPU
+        )
+
+
+def tiny_opt_tokenizer() -> GPT2Tokenizer:
+    """A GPT-2 style byte-level BPE tokenizer laid out like OPT's (the language model of BLIP-2).
+
+    OPT's own vocabulary cannot be downloaded here, so a small one is trained from the mediums and
+    movements phrase banks with the `tokenizers` library (deterministic for the same phrases) and its
+    vocab.json / merges.txt are written once under $ARPO_HOME/cache/opt-tokenizer, named by the
+    phrases' digest. Ids 0-3 are OPT's <s>, <pad>, </s>, <unk>; "</s>" opens and closes texts as it
+    does in OPT; Blip2Processor adds its "<image>" placeholder token on top.
+    """
+    phrases = _tiny_phrases()
+    folder = cache_dir("opt-tokenizer") / f"bpe{_TINY_BPE_VOCAB_SIZE}-{list_hash(phrases)}"
+    with _tokenizer_lock:
+        if not ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()):
+            _write_byte_level_bpe(folder, phrases)
+    return GPT2Tokenizer.from_pretrained(
+        str(folder),
+        bos_token="</s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        add_bos_token=True,
+    )
+
+
+def _write_byte_level_bpe(folder: Path, phrases: list[str]) -> None:
+    from tokenizers import ByteLevelBPETokenizer  # local: only the tiny captioner trains a tokenizer
+
+    trainer = ByteLevelBPETokenizer()
+    trainer.train_from_iterator(
+        phrases,
+        vocab_size=_TINY_BPE_VOCAB_SIZE,
+        min_frequency=1,
+        special_tokens=list(_OPT_SPECIAL_TOKENS),
+        show_progress=False,
+    )
+    model = json.loads(trainer.to_str())["model"]
+    vocabulary = json.dumps(model["vocab"], ensure_ascii=False)
+    merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
+    # The first line of a merges file is a version header that readers skip.
+    merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    write_cache_file(folder / "vocab.json", lambda file: file.write(vocabulary.encode("utf-8")))
+    write_cache_file(folder / "merges.txt", lambda file: file.write(merges_text.encode("utf-8")))
+
+
+def _parameter_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _tiny_image_processor() -> BlipImageProcessor:
+    return BlipImageProcessor(size={"height": _TINY_IMAGE_SIZE, "width": _TINY_IMAGE_SIZE})
 
 
 def _captioning_class(name: str, model_type: str) -> type:
@@ -145,16 +271,48 @@ def _captioning_class(name: str, model_type: str) -> type:
     return _CAPTIONING_CLASSES[model_type]
 
 
+def _tiny_phrases() -> list[str]:
+    """The mediums and movements phrase banks, the text both tiny vocabularies are made from."""
+    from arpo.tools.phrase_bank import load_phrase_bank  # local: phrase banks are not needed otherwise
+
+    banks = load_phrase_bank(("mediums", "movements"))
+    return [phrase for bank in banks.values() for phrase in bank]
+
+
+def _tiny_words() -> set[str]:
+    """Plain words (two letters or more) of the phrases the tiny vocabularies are made from."""
+    return {word for phrase in _tiny_phrases() for word in re.findall(r"[a-z]{2,}", phrase.lower())}
+
+
+def _speak_in_whole_words(model: Blip2ForConditionalGeneration, tokenizer: GPT2Tokenizer) -> None:
+    """Zero the output rows of every token except space-led whole words and "</s>".
+
+    A random OPT head would emit raw bytes and word pieces (unreadable, even invalid UTF-8). With those
+    rows at zero their logits are exactly 0 while about 150 word rows get random logits, so greedy
+    decoding picks a word (all 150 falling below zero has odds of 2^-150) and the caption reads as
+    space-separated phrase-bank words. It changes weights, not decoding, so a saved tiny model
+    captions the same after loading.
+    """
+    words = _tiny_words()
+    speakable = {
+        token_id
+        for token, token_id in tokenizer.get_vocab().items()
+        if token.startswith("Ġ") and token[1:] in words  # "Ġ" is the byte-level BPE's mark for a space
+    }
+    speakable.add(tokenizer.eos_token_id)
+    head = model.get_output_embeddings().weight
+    silenced = torch.ones(head.shape[0], dtype=torch.bool)
+    silenced[sorted(speakable)] = False
+    with torch.no_grad():
+        head[silenced] = 0.0
+
+
 def _tiny_vocabulary() -> dict[str, int]:
     """Special tokens plus plain words taken from the mediums and movements phrase banks.
 
     "[DEC]" is BLIP's start-of-caption token; real BLIP checkpoints add it to BERT's vocabulary.
     """
-    from arpo.tools.phrase_bank import load_phrase_bank  # local: phrase banks are not needed otherwise
-
-    banks = load_phrase_bank(("mediums", "movements"))
-    phrases = [phrase for bank in banks.values() for phrase in bank]
-    words = [word for phrase in phrases for word in re.findall(r"[a-z]+", phrase.lower())]
+    words = [word for phrase in _tiny_phrases() for word in re.findall(r"[a-z]+", phrase.lower())]
     plain_words = list(dict.fromkeys(words))[:_TINY_WORD_COUNT]
     tokens = list(_TINY_SPECIAL_TOKENS) + plain_words
     return {token: index for index, token in enumerate(tokens)}
@@ -190,4 +348,55 @@ def _tiny_blip_config(tokenizer: BertTokenizer) -> BlipConfig:
         vision_config=vision_config,
         projection_dim=width,
         image_text_hidden_size=width,
+    )
+
+
+def _tiny_blip2_config(tokenizer: GPT2Tokenizer) -> Blip2Config:
+    """BLIP-2 OPT's layout at width 32: ViT patches -> Q-Former queries -> projection -> OPT decoder.
+
+    The "<image>" placeholder ids mark where the projected queries go, as in the real checkpoints.
+    Unlike OPT, the output head is not tied to the input embeddings: a random tied head feeds each
+    token back as its own best successor, so every tiny caption would be one token repeated.
+    """
+    width = _TINY_WIDTH
+    vision_config = {
+        "hidden_size": width,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": _TINY_IMAGE_SIZE,
+        "patch_size": 8,
+    }
+    qformer_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": width,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "cross_attention_frequency": 1,
+        "encoder_hidden_size": width,
+    }
+    text_config = {
+        "model_type": "opt",
+        "vocab_size": len(tokenizer),
+        "hidden_size": width,
+        "word_embed_proj_dim": width,
+        "ffn_dim": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 64,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+    }
+    return Blip2Config(
+        vision_config=vision_config,
+        qformer_config=qformer_config,
+        text_config=text_config,
+        num_query_tokens=_TINY_QUERY_TOKENS,
+        image_text_hidden_size=width,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=False,
     )
