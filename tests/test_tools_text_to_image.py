@@ -104,7 +104,7 @@ def test_describe_is_json_and_names_the_recipe(tiny):
     description = tiny.describe()
     json.dumps(description)
     assert description["pipeline"] == "StableDiffusionPipeline"
-    assert description["scheduler"] == "DDIMScheduler"
+    assert description["scheduler"] == "pndm" and description["scheduler_class"] == "PNDMScheduler"
     assert (description["steps"], description["height"], description["width"]) == (2, 64, 64)
     assert description["token_budget"] == 75 and description["dtype"] == "float32"
     assert description["diffusers_version"] and description["torch_version"]

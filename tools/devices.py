@@ -1,10 +1,14 @@
-"""Where models run: pick the torch device and the dtype that suits it."""
+"""Where models run: pick the torch device and the dtype that suits it (or the one a person named)."""
 
 import torch
 
 from arpo.errors import InvalidInputError
 
 _AUTO = {None, "", "auto"}
+# The names --dtype accepts, and the short forms people also type.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -27,12 +31,31 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return device
 
 
-def pick_dtype(device: torch.device | str) -> torch.dtype:
-    """Half precision on CUDA (the usual way to run diffusion models there), full precision elsewhere.
+def pick_dtype(device: torch.device | str, preferred: str | torch.dtype | None = None) -> torch.dtype:
+    """The named dtype when there is one; else half precision on CUDA (the usual way to run diffusion
+    models there) and full precision elsewhere.
 
     CPUs are slow and often inaccurate in float16, and MPS float16 still has gaps in operator support.
     """
+    if preferred not in _AUTO:
+        return parse_dtype(preferred)
     return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """torch dtype for a --dtype name (float32, float16, bfloat16; fp32/fp16/bf16 also read)."""
+    if isinstance(name, torch.dtype):
+        return name
+    key = name.strip().lower().removeprefix("torch.")
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in _DTYPES:
+        raise InvalidInputError(f"unknown dtype '{name}'; choose one of: {', '.join(DTYPE_NAMES)}")
+    return _DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float16" for torch.float16: the form run records and --dtype use."""
+    return str(dtype).removeprefix("torch.")
 
 
 def _best_available_device() -> torch.device:

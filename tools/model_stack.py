@@ -5,7 +5,7 @@ from typing import Any
 
 from arpo.tools.captioner import DEFAULT_CAPTIONER, Captioner
 from arpo.tools.clip_scorer import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipScorer, parse_clip_spec
-from arpo.tools.text_to_image import TextToImage
+from arpo.tools.text_to_image import TINY_PRESETS, TextToImage
 
 TINY = "tiny"
 DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"
@@ -42,31 +42,36 @@ def build_model_stack(
     clip_model: str | None = None,
     captioner: str | None = None,
     device: str | None = None,
+    scheduler: str | None = None,
 ) -> ModelStack:
     """Load the models for a run.
 
-    `models` is "tiny" (all three tiny and random, for tests and demos), a preset ("sd15", "sdxl",
-    "pixart"), a diffusers id or a local folder. The scorer defaults to CLIP ViT-L-14/openai and the
-    captioner to BLIP-2 (OPT-2.7b) for real models, to their tiny versions for "tiny"; either can be
-    named explicitly ("tiny" works for each on its own). `clip_model` reads "MODEL/TAG", "MODEL",
-    "hf-hub:org/repo" or "local-dir:/path".
+    `models` is a tiny preset ("tiny" shaped like SD 1.5, "tiny-sdxl", "tiny-pixart": all three
+    models tiny and random, for tests and demos), a preset ("sd15", "sdxl", "pixart"), a diffusers id
+    or a local folder. The scorer defaults to CLIP ViT-L-14/openai and the captioner to BLIP-2
+    (OPT-2.7b) for real models, to their tiny versions for tiny presets; either can be named
+    explicitly ("tiny" works for each on its own). `clip_model` reads "MODEL/TAG", "MODEL",
+    "hf-hub:org/repo" or "local-dir:/path". `scheduler` (tools/schedulers.SCHEDULER_NAMES) replaces
+    the text-to-image model's own scheduler.
     """
-    is_tiny_default = models == TINY
+    is_tiny_default = models in TINY_PRESETS
     clip_choice = clip_model or (TINY if is_tiny_default else DEFAULT_CLIP_SPEC)
     captioner_choice = captioner or (TINY if is_tiny_default else DEFAULT_CAPTIONER)
 
     return ModelStack(
         name=models,
-        text_to_image=load_text_to_image(models, device),
+        text_to_image=load_text_to_image(models, device, scheduler=scheduler),
         clip=_load_clip(clip_choice, device),
         captioner=_load_captioner(captioner_choice, device),
-        is_tiny=TINY in (models, clip_choice, captioner_choice),
+        is_tiny=is_tiny_default or TINY in (clip_choice, captioner_choice),
     )
 
 
-def load_text_to_image(choice: str, device: str | None = None) -> TextToImage:
-    """The text-to-image model alone: tiny, a preset, a diffusers id or a local folder."""
-    return TextToImage.tiny() if choice == TINY else TextToImage.from_pretrained(choice, device=device)
+def load_text_to_image(choice: str, device: str | None = None, *, scheduler: str | None = None) -> TextToImage:
+    """The text-to-image model alone: a tiny preset, a preset, a diffusers id or a local folder."""
+    if choice in TINY_PRESETS:
+        return TextToImage.tiny(family=TINY_PRESETS[choice], scheduler=scheduler)
+    return TextToImage.from_pretrained(choice, device=device, scheduler=scheduler)
 
 
 def _load_captioner(choice: str, device: str | None) -> Captioner:

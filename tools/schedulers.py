@@ -60,3 +60,18 @@ def scheduler_name(pipeline: DiffusionPipeline) -> str:
         if known_class == class_name:
             return name
     return class_name
+
+
+def pipeline_view(pipeline: DiffusionPipeline) -> DiffusionPipeline:
+    """The same pipeline (same models, same weights) with a fresh scheduler of its own, for one call.
+
+    A shallow copy: the models are shared, but the scheduler and the attributes a pipeline's call sets
+    on itself (guidance scale, step count, interrupt flag) belong to the copy, so concurrent or
+    interleaved calls never see each other's denoising state. Setting the scheduler on the copy gives
+    it its own configuration dict too; the original is left untouched. Costs a few milliseconds.
+    """
+    import copy
+
+    view = copy.copy(pipeline)
+    view.scheduler = fresh_scheduler(pipeline)
+    return view

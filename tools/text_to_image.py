@@ -3,7 +3,11 @@
 One `TextToImage` wraps one loaded pipeline. It knows how many prompt tokens the (first) text encoder
 really sees, so the loop can score and show exactly that text, and it generates reproducible images
 from a seed. Real weights load by Hugging Face id, preset key or local path; `TextToImage.tiny()`
-builds a genuine StableDiffusionPipeline from tiny random parts for tests.
+builds a genuine pipeline of one real family (SD 1.5, SDXL or PixArt-α) from tiny random parts for
+tests (see tools/tiny_pipelines.py).
+
+Every generation runs on its own view of the pipeline with a fresh scheduler (tools/schedulers.py):
+the shared `pipeline.scheduler` is a template that nothing ever steps.
 """
 
 import copy
@@ -16,20 +20,14 @@ from typing import Any
 
 import diffusers
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import DiffusionPipeline
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from arpo.errors import InvalidInputError
-from arpo.tools.clip_tokenizer import offline_clip_tokenizer
 from arpo.tools.devices import pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
+from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
+from arpo.tools.tiny_pipelines import tiny_pipeline
 
 PRESETS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -41,6 +39,8 @@ PRESETS = {
 PRESET_STEPS = {"sd15": 30, "sdxl": 30, "pixart": 20}
 DEFAULT_STEPS = 30
 TINY_NAME = "tiny"
+# Tiny presets and the real family each one mirrors (same pipeline, encoder and scheduler classes).
+TINY_PRESETS = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-pixart": "pixart"}
 TINY_STEPS = 2
 _FALLBACK_IMAGE_SIDE = 512
 
@@ -87,6 +87,7 @@ class TextToImage:
         self._tokenizer = copy.deepcopy(pipeline.tokenizer)
         self._tokenizer_lock = threading.Lock()
         self._budget = _content_token_budget(pipeline, self._tokenizer)
+        self._call_options = _fixed_call_options(pipeline)
         pipeline.set_progress_bar_config(disable=True)
 
     # ---- prompt length ---------------------------------------------------------------------------
@@ -111,10 +112,17 @@ class TextToImage:
             return prompt
         if spans[0] is None:  # slow tokenizer without offsets: decode the kept ids instead
             return self._decode_prefix(prompt)
-        for last_kept in range(self._budget - 1, -1, -1):
-            prefix = prompt[: spans[last_kept][1]].rstrip()
-            if self.count_tokens(prefix) <= self._budget:
-                return prefix
+        # Unigram tokenizers (T5) have single-letter pieces, so a word fragment can re-tokenize within
+        # the budget: first look for a cut between words, and only for text without spaces (CJK) take
+        # any cut that fits.
+        for between_words_only in (True, False):
+            for last_kept in range(self._budget - 1, -1, -1):
+                end = spans[last_kept][1]
+                if between_words_only and end < len(prompt) and prompt[end - 1 : end + 1].isalnum():
+                    continue
+                prefix = prompt[:end].rstrip()
+                if self.count_tokens(prefix) <= self._budget:
+                    return prefix
         return ""
 
     def _token_spans(self, prompt: str) -> list[tuple[int, int] | None]:
@@ -141,12 +149,14 @@ class TextToImage:
         """One RGB image for `prompt`; the same prompt and seed always give the same image.
 
         The noise comes from a CPU generator, which keeps a seed's image identical across devices.
-        Calls are serialised: one pipeline cannot run two denoising loops at once.
+        Each call denoises with a fresh scheduler on its own view of the pipeline, so no generation (and
+        no optimiser stepping a scheduler elsewhere) sees another's scheduler state. Calls are still
+        serialised, to keep one denoising loop's activations in memory at a time.
         """
         with self._generate_lock:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
             started = time.perf_counter()
-            output = self.pipeline(
+            output = pipeline_view(self.pipeline)(
                 prompt=prompt,
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance_scale,
@@ -154,6 +164,7 @@ class TextToImage:
                 width=self.width,
                 generator=generator,
                 output_type="pil",
+                **self._call_options,
             )
             self.forward_seconds += time.perf_counter() - started
             self.calls += 1
@@ -165,7 +176,8 @@ class TextToImage:
             "model": self.name,
             "revision": self.revision,
             "pipeline": type(self.pipeline).__name__,
-            "scheduler": type(self.pipeline.scheduler).__name__,
+            "scheduler": scheduler_name(self.pipeline),
+            "scheduler_class": type(self.pipeline.scheduler).__name__,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
             "height": self.height,
@@ -188,12 +200,17 @@ class TextToImage:
         dtype: torch.dtype | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
+        scheduler: str | None = None,
     ) -> "TextToImage":
         """Load a pipeline by preset key (`PRESETS`), Hugging Face id or local folder.
 
         Only cached weights are used unless the hub is both allowed (no HF_HUB_OFFLINE) and reachable;
-        otherwise this raises ModelUnavailableError at once.
+        otherwise this raises ModelUnavailableError at once. `scheduler` (a name from
+        tools/schedulers.SCHEDULER_NAMES) replaces the checkpoint's own scheduler, keeping its noise
+        schedule; None keeps the checkpoint's.
         """
+        if scheduler is not None:
+            scheduler_class(scheduler)  # a typo fails before gigabytes load
         model_id = PRESETS.get(name_or_path, name_or_path)
         torch_device = pick_device(device)
         torch_dtype = dtype or pick_dtype(torch_device)
@@ -207,6 +224,8 @@ class TextToImage:
 
         folder, pipeline = load_or_fail(model_id, load)
         pipeline.to(torch_device)
+        if scheduler is not None:
+            replace_scheduler(pipeline, scheduler)
         return cls(
             pipeline,
             name=model_id,
@@ -216,27 +235,28 @@ class TextToImage:
         )
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "TextToImage":
-        """A real StableDiffusionPipeline made of tiny random parts: 64x64 images in milliseconds.
+    def tiny(
+        cls,
+        seed: int = 0,
+        *,
+        family: str = "sd15",
+        scheduler: str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> "TextToImage":
+        """A real pipeline of one family ("sd15", "sdxl", "pixart") made of tiny random parts.
 
-        Its images are noise, but every code path (tokenizer, text encoder, UNet, scheduler, VAE) is
-        the real one. The same `seed` always builds the same weights.
+        Its images (64x64, in milliseconds) are noise, but every code path (tokenizers, text encoders,
+        denoiser, the family's own scheduler class, VAE) is the real one. The same `seed` always builds
+        the same weights. `scheduler` swaps the scheduler as for real models; `dtype` casts the weights
+        (float32 by default: tiny models run on the CPU).
         """
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pipeline = StableDiffusionPipeline(
-                vae=_tiny_vae(),
-                text_encoder=_tiny_text_encoder(),
-                tokenizer=offline_clip_tokenizer(),
-                unet=_tiny_unet(),
-                scheduler=_tiny_scheduler(),
-                safety_checker=None,
-                feature_extractor=None,
-                image_encoder=None,
-                requires_safety_checker=False,
-            )
-        pipeline.to("cpu")
-        return cls(pipeline, name=TINY_NAME, steps=TINY_STEPS)
+        pipeline = tiny_pipeline(family, seed)
+        if dtype is not None:
+            pipeline.to(dtype=dtype)
+        if scheduler is not None:
+            replace_scheduler(pipeline, scheduler)
+        name = next(key for key, value in TINY_PRESETS.items() if value == family)
+        return cls(pipeline, name=name, steps=TINY_STEPS)
 
 
 # ---- helpers: pretrained loading -----------------------------------------------------------------
@@ -292,6 +312,19 @@ def _call_default(pipeline: DiffusionPipeline, parameter: str, fallback: Any = N
     return parameters[parameter].default
 
 
+def _fixed_call_options(pipeline: DiffusionPipeline) -> dict[str, Any]:
+    """Call arguments that keep a pipeline rendering exactly the prompt and size arpo asks for.
+
+    PixArt-style pipelines would otherwise clean the caption (lower-casing it and stripping text, so
+    the encoder reads something other than the prompt the loop counted, scored and shows) and snap
+    the requested size to an aspect-ratio bin (arpo always asks for the model's native size, which
+    is its own bin; tiny models have no bin at all).
+    """
+    parameters = inspect.signature(type(pipeline).__call__).parameters
+    wanted = {"clean_caption": False, "use_resolution_binning": False}
+    return {name: value for name, value in wanted.items() if name in parameters}
+
+
 def _content_token_budget(pipeline: DiffusionPipeline, tokenizer: Any) -> int:
     """Content tokens the first text encoder sees.
 
@@ -317,65 +350,3 @@ def _default_image_size(pipeline: DiffusionPipeline) -> tuple[int, int]:
     if isinstance(sample_size, int):
         return sample_size * scale, sample_size * scale
     return sample_size[0] * scale, sample_size[1] * scale
-
-
-# ---- helpers: tiny random parts (shaped after diffusers' own pipeline tests) ---------------------
-
-_TINY_TEXT_WIDTH = 32
-
-
-def _tiny_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=_TINY_TEXT_WIDTH,
-        attention_head_dim=2,
-    )
-
-
-def _tiny_vae() -> AutoencoderKL:
-    # Two blocks give a scale factor of 2, so the UNet's 32x32 latents decode to 64x64 images.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
-    )
-
-
-def _tiny_text_encoder() -> CLIPTextModel:
-    # Real CLIP vocabulary and context so the offline tokenizer's ids and 77-token padding fit as-is.
-    config = CLIPTextConfig(
-        vocab_size=49408,
-        max_position_embeddings=77,
-        hidden_size=_TINY_TEXT_WIDTH,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        projection_dim=_TINY_TEXT_WIDTH,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
-    )
-    return CLIPTextModel(config).eval()
-
-
-def _tiny_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
