@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from arpo.agents.proposal import ProposalRequest
+from arpo.graphs.prompt_text import phrase_key
 from arpo.tools.clip_scorer import ClipScorer
-from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank, normalize_phrase
+from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank
 
 # With the tiny random scorer the ranking is meaningless anyway, so embedding all ~106k bank phrases
 # (about a minute on two cores, repeated in every fresh $ARPO_HOME) buys nothing: take this many per bank.
@@ -53,9 +54,10 @@ class OfflineProposer:
     ) -> list[str]:
         """Up to `request.max_candidates` new phrases, most similar to the reference image first.
 
-        Never returns a phrase from `request.tried`, nor one already present in the current prompt.
+        Never returns a phrase from `request.tried` or `request.banned`, nor one already present in
+        the current prompt.
         """
-        used = _UsedPhrases(request.current_prompt, request.tried)
+        used = _UsedPhrases(request.current_prompt, [*request.tried, *request.banned])
         query = self._steered_by_feedback(reference_embedding, request.feedback)
         indexes = self._bank_indexes()
         per_source = request.max_candidates if len(indexes) == 1 else self.per_bank
@@ -93,15 +95,20 @@ class OfflineProposer:
 
 
 class _UsedPhrases:
-    """Phrases that must not be proposed: tried before, or already in the prompt."""
+    """Phrases that must not be proposed: tried before, banned, or already in the prompt.
+
+    `tried` is handed to the index as given (it excludes under its own comparison); membership here
+    uses `phrase_key`, the loop's one notion of "the same phrase".
+    """
 
     def __init__(self, prompt: str, tried: Sequence[str]):
-        self._prompt = normalize_phrase(prompt)
-        self.tried = {normalize_phrase(phrase) for phrase in tried}
+        self._prompt = phrase_key(prompt)
+        self.tried = list(tried)
+        self._tried_keys = {phrase_key(phrase) for phrase in tried}
 
     def __contains__(self, phrase: str) -> bool:
-        normalized = normalize_phrase(phrase)
-        if not normalized or normalized in self.tried:
+        normalized = phrase_key(phrase)
+        if not normalized or normalized in self._tried_keys:
             return True
         # "Already in the prompt" means present as whole words, so "oil" is not blocked by "toil".
         return re.search(rf"(?<!\w){re.escape(normalized)}(?!\w)", self._prompt) is not None
@@ -128,7 +135,7 @@ def _distinct(phrases: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     distinct = []
     for phrase in phrases:
-        if normalize_phrase(phrase) not in seen:
-            seen.add(normalize_phrase(phrase))
+        if phrase_key(phrase) not in seen:
+            seen.add(phrase_key(phrase))
             distinct.append(phrase)
     return distinct

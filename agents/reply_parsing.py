@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from arpo.graphs.prompt_text import phrase_key
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -41,13 +43,14 @@ _MAX_LIST_ITEM_WORDS = 6
 """A sentence-ending line whose comma-separated parts are longer than this is prose."""
 
 
-def parse_phrase_list(text: str) -> list[str]:
+def parse_phrase_list(text: str, *, distinct: bool = True) -> list[str]:
     """Candidate phrases from a reply in any common list shape, in order, without duplicates.
 
     Readings tried, most reliable first: JSON (an object with a list, or a bare list), JSON or a
     Python list inside code fences or embedded in prose, a bracketed unquoted list, numbered or
     bulleted lines, then semicolon- or comma-separated lines. Quotes, list markers and trailing
-    punctuation are stripped; duplicates are dropped case-insensitively.
+    punctuation are stripped; duplicates (same `phrase_key`) are dropped unless `distinct` is False,
+    for a caller that counts the duplicates a model wrote (phrase hygiene).
     A reply that is well-formed JSON with an empty list (`{"phrases": []}` or `[]`) means "nothing
     to add" and gives an empty list. Raises MalformedReplyError when no reading yields a phrase.
     """
@@ -56,7 +59,7 @@ def parse_phrase_list(text: str) -> list[str]:
     if _is_explicitly_empty(text):
         return []
     for raw_items in _readings(text):
-        phrases = _clean_phrases(raw_items)
+        phrases = _clean_phrases(raw_items, distinct)
         if phrases:
             return phrases
     raise MalformedReplyError(f"no phrases found in the reply: {_preview(text)}")
@@ -249,15 +252,15 @@ def _reads_as_sentence(line: str, parts: list[str]) -> bool:
     return line.rstrip().endswith(".") and any(len(p.split()) > _MAX_LIST_ITEM_WORDS for p in parts)
 
 
-def _clean_phrases(raw_items: list[str]) -> list[str]:
-    """Cleaned, non-empty items in order, first spelling kept for case-insensitive duplicates."""
+def _clean_phrases(raw_items: list[str], distinct: bool = True) -> list[str]:
+    """Cleaned, non-empty items in order; with `distinct`, the first spelling of each `phrase_key`."""
     seen: set[str] = set()
     phrases = []
     for raw in raw_items:
         phrase = clean_phrase(raw)
-        key = phrase.casefold()
+        key = phrase_key(phrase)
         # A fragment with no letters (a stray number, a lone symbol) never describes anything.
-        if any(char.isalpha() for char in phrase) and key not in seen:
+        if any(char.isalpha() for char in phrase) and not (distinct and key in seen):
             seen.add(key)
             phrases.append(phrase)
     return phrases

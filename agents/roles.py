@@ -11,7 +11,6 @@ Roles keep no per-run state beyond their backend, so one instance can serve many
 
 from __future__ import annotations
 
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
@@ -20,8 +19,9 @@ from pydantic import BaseModel
 from arpo.agents import templates
 from arpo.agents.backend import BrainReply, ChatBackend
 from arpo.agents.image_parts import image_part, user_message
-from arpo.agents.proposal import ProposalRequest
-from arpo.agents.reply_parsing import MalformedReplyError, clean_phrase, parse_phrase_list
+from arpo.agents.phrase_hygiene import PhraseScreen, ScreenedPhrases
+from arpo.agents.proposal import Proposal, ProposalRequest
+from arpo.agents.reply_parsing import MalformedReplyError, parse_phrase_list
 from arpo.errors import BrainError
 
 
@@ -101,8 +101,10 @@ class Differ:
 class LlmProposer:
     """Proposes new candidate phrases from the listed differences, the person's feedback first.
 
-    Returns an empty list when the model has nothing new to offer or its replies stay unreadable;
-    an empty proposal ends the loop.
+    Every phrase in a reply goes through phrase hygiene (agents/phrase_hygiene.py). A reply with
+    nothing usable (unreadable, or every phrase dropped) gets one repair request that says what was
+    wrong; when that fails too the proposal comes back `unusable`, and the caller proposes offline.
+    A well-formed empty list (`{"phrases": []}`) means the model has nothing to add: it is believed.
     """
 
     role = "proposer"
@@ -110,28 +112,29 @@ class LlmProposer:
     def __init__(self, backend: ChatBackend) -> None:
         self.backend = backend
 
-    def propose(self, request: ProposalRequest) -> list[str]:
-        """Up to `request.max_candidates` new comma-free phrases, none tried before or in the prompt."""
+    def propose(self, request: ProposalRequest) -> Proposal:
+        """Up to `request.max_candidates` new comma-free phrases, and what hygiene dropped."""
+        screen = PhraseScreen(request, templates.proposal_instructions(request))
         messages = [user_message(templates.proposal_prompt(request))]
         first = self._ask(messages)
-        try:
-            raw_phrases = parse_phrase_list(first.text)
-        except MalformedReplyError:
-            self.backend.call_log.mark_unusable(first.call_id, "malformed reply: no phrases; re-asked")
-            retry_messages = [
-                *messages,
-                {"role": "assistant", "content": first.text},
-                user_message(templates.PROPOSAL_STRICT_REMINDER),
-            ]
-            second = self._ask(retry_messages)
-            try:
-                raw_phrases = parse_phrase_list(second.text)
-            except MalformedReplyError:
-                self.backend.call_log.mark_unusable(
-                    second.call_id, "malformed reply twice: no phrases; proposing none"
-                )
-                return []
-        return select_new_phrases(raw_phrases, request)
+        screened, problem = _screened_reply(first.text, screen)
+        if problem is None:
+            return Proposal(phrases=screened.kept, dropped=screened.dropped)
+        self.backend.call_log.mark_unusable(first.call_id, f"no usable phrase ({problem}); asked again")
+        repair = [
+            *messages,
+            {"role": "assistant", "content": first.text},
+            user_message(templates.proposal_repair_prompt(request, problem)),
+        ]
+        second = self._ask(repair)
+        repaired, second_problem = _screened_reply(second.text, screen)
+        dropped = screened.dropped + repaired.dropped
+        if second_problem is None:
+            return Proposal(phrases=repaired.kept, dropped=dropped)
+        self.backend.call_log.mark_unusable(
+            second.call_id, f"no usable phrase after a repair request ({second_problem})"
+        )
+        return Proposal(dropped=dropped, unusable=second_problem)
 
     def _ask(self, messages: list[dict]) -> BrainReply:
         return self.backend.complete(
@@ -142,31 +145,16 @@ class LlmProposer:
         )
 
 
-def select_new_phrases(raw_phrases: list[str], request: ProposalRequest) -> list[str]:
-    """Comma-free phrases from `raw_phrases` that are new to this run, capped at max_candidates.
+def _screened_reply(text: str, screen: PhraseScreen) -> tuple[ScreenedPhrases, str | None]:
+    """The reply's phrases after hygiene, and what makes it unusable (None when it is usable).
 
-    A phrase holding commas is split into its parts; parts already tried (case-insensitive) or
-    already present in the current prompt as whole words are dropped.
+    A deliberate empty list is usable: it is the model saying it has nothing new to add.
     """
-    tried = {_normalised(phrase) for phrase in request.tried}
-    prompt = _normalised(request.current_prompt)
-    chosen: list[str] = []
-    seen: set[str] = set()
-    for raw in raw_phrases:
-        for part in raw.split(","):
-            phrase = clean_phrase(part)
-            key = _normalised(phrase)
-            if not key or key in tried or key in seen or _contains_words(prompt, key):
-                continue
-            seen.add(key)
-            chosen.append(phrase)
-    return chosen[: max(request.max_candidates, 0)]
-
-
-def _normalised(text: str) -> str:
-    return " ".join(clean_phrase(text).casefold().split())
-
-
-def _contains_words(text: str, phrase: str) -> bool:
-    """Whether `phrase` occurs in `text` as whole words (so 'art' is not found in 'party')."""
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
+    try:
+        raw_phrases = parse_phrase_list(text, distinct=False)
+    except MalformedReplyError as error:
+        return ScreenedPhrases(), f"it could not be read as a list ({error})"
+    screened = screen.screen(raw_phrases)
+    if raw_phrases and not screened.kept:
+        return screened, screened.problem()
+    return screened, None

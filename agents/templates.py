@@ -62,11 +62,6 @@ renders differently. If the two agree on everything, answer with the single line
 
 _ASPECT_TITLES: dict[Aspect, str] = {"content": "content", "style": "style"}
 
-PROPOSAL_STRICT_REMINDER = """\
-Your previous answer could not be read as a list. Answer again with only a JSON object of the form \
-{"phrases": ["first phrase", "second phrase"]}: no explanation, no code fences, no numbering."""
-
-
 def difference_prompt(aspect: Aspect, reference: str, generated: str) -> str:
     """Ask a text-only model for the differences in one aspect between two image descriptions."""
     return _DIFFERENCE_PROMPT.format(
@@ -74,15 +69,35 @@ def difference_prompt(aspect: Aspect, reference: str, generated: str) -> str:
     )
 
 
+_PROPOSAL_OPENING = (
+    "You are refining a prompt for a text-to-image model so that the picture it makes "
+    "(Image 2) looks more like a reference picture (Image 1)."
+)
+_NO_DIFFERENCES = (
+    "No comparison of the two pictures is available this round. Suggest phrases that make the current "
+    "prompt more specific about medium, style, lighting, colour and composition."
+)
+
+
+def _proposal_closing(request: ProposalRequest) -> str:
+    return (
+        "Write candidate phrases to add to the prompt, one for each difference, each describing "
+        "what Image 1 shows (not what to remove from Image 2). Keep every phrase short, "
+        f"{_words(request.min_words)} to {_words(request.max_words)} words, with no commas, and do not "
+        "repeat what the current prompt already says. "
+        f"Give at most {request.max_candidates} phrases. "
+        'Answer only with JSON of the form {"phrases": ["...", "..."]}.'
+    )
+
+
 def proposal_prompt(request: ProposalRequest) -> str:
     """Ask for short, comma-free candidate phrases that move Image 2 toward Image 1.
 
     The person's feedback, when there is any, comes first so the model treats it as the priority.
+    With no differences listed (no VLM), the model is told so plainly rather than shown an empty
+    section, which weak models copy back as a "phrase".
     """
-    sections = [
-        "You are refining a prompt for a text-to-image model so that the picture it makes "
-        "(Image 2) looks more like a reference picture (Image 1)."
-    ]
+    sections = [_PROPOSAL_OPENING]
     if request.feedback:
         notes = "\n".join(f"- {note.strip()}" for note in request.feedback if note.strip())
         sections.append(
@@ -90,16 +105,39 @@ def proposal_prompt(request: ProposalRequest) -> str:
             + notes
         )
     sections.append(f"Current prompt:\n{request.current_prompt.strip() or '(empty)'}")
-    differences = request.differences.strip() or "(none were listed)"
-    sections.append(f"How Image 2 differs from Image 1:\n{differences}")
+    differences = request.differences.strip()
+    sections.append(f"How Image 2 differs from Image 1:\n{differences}" if differences else _NO_DIFFERENCES)
     if request.tried:
         tried = "\n".join(f"- {phrase}" for phrase in request.tried)
-        sections.append(f"Phrases tried in earlier rounds (never suggest these again):\n{tried}")
-    sections.append(
-        "Write candidate phrases to add to the prompt, one for each difference, each describing "
-        "what Image 1 shows (not what to remove from Image 2). Keep every phrase short, two to six "
-        "words, with no commas, and do not repeat what the current prompt already says. "
-        f"Give at most {request.max_candidates} phrases. "
-        'Answer only with JSON of the form {"phrases": ["...", "..."]}.'
-    )
+        sections.append(f"Phrases already tried with this prompt (do not suggest these again):\n{tried}")
+    if request.banned:
+        banned = "\n".join(f"- {phrase}" for phrase in request.banned)
+        sections.append(f"Phrases the person banned (never suggest these):\n{banned}")
+    sections.append(_proposal_closing(request))
     return "\n\n".join(sections)
+
+
+def proposal_repair_prompt(request: ProposalRequest, problem: str) -> str:
+    """Ask again after a reply that held no usable phrase, saying what was wrong with it."""
+    return (
+        f"Your previous answer gave no phrase that could be used: {problem}. Answer again with only "
+        'a JSON object of the form {"phrases": ["...", "..."]}: no explanation, no code fences, no '
+        f"numbering. Each phrase must have {_words(request.min_words)} to {_words(request.max_words)} "
+        "words, describe something Image 1 shows, and must not copy these instructions, placeholders "
+        "or the current prompt."
+    )
+
+
+def proposal_instructions(request: ProposalRequest) -> str:
+    """Every fixed sentence the proposer is shown (not the prompt, differences or notes), so phrase
+    hygiene can tell a phrase that describes the picture from one that echoes the instructions."""
+    return "\n".join(
+        (_PROPOSAL_OPENING, _NO_DIFFERENCES, _proposal_closing(request), proposal_repair_prompt(request, ""))
+    )
+
+
+_NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _words(count: int) -> str:
+    return _NUMBER_WORDS[count] if 0 <= count < len(_NUMBER_WORDS) else str(count)

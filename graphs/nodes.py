@@ -11,11 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from langgraph.runtime import Runtime
 
+from arpo.agents.phrase_hygiene import BANNED
+from arpo.agents.proposal import DroppedPhrase, Proposal, ProposalRequest
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.prompt_text import phrase_key
 from arpo.graphs.selection import SelectionOutcome, greedy_select
 from arpo.graphs.state import ArpoState
-from arpo.storage.records import CandidateRecord, IterationRecord
+from arpo.storage.records import CandidateRecord, IterationRecord, ProposalRecord
 
 Ctx = Runtime[ArpoContext]
 
@@ -105,30 +107,58 @@ def compare(state: ArpoState, runtime: Ctx) -> dict:
 
 
 def propose(state: ArpoState, runtime: Ctx) -> dict:
-    """Candidate phrases meant to close the differences: from the LLM, or a phrase bank offline."""
-    from arpo.agents.proposal import ProposalRequest
+    """Candidate phrases meant to close the differences: from the LLM, or a phrase bank offline.
 
+    When the LLM's replies hold nothing usable even after its repair request, this round's candidates
+    come from the phrase banks instead ("offline-fallback"), so one bad reply does not end the run.
+    """
     ctx = runtime.context
     feedback = list(state.get("feedback", []))
+    prompt = state["prompt"]
+    # Phrases rejected against an earlier prompt may help this one; only this prompt's are kept out.
+    tried = list(state.get("tried", [])) if state.get("tried_against") == prompt else []
     request = ProposalRequest(
-        current_prompt=state["prompt"],
+        current_prompt=prompt,
         differences=state.get("differences", ""),
-        tried=list(state.get("tried", [])) + list(state.get("banned", [])),
+        tried=tried,
+        banned=list(state.get("banned", [])),
         feedback=feedback,
     )
     if ctx.brains.llm is not None:
-        candidates = ctx.llm_proposer.propose(request)
+        proposal = ctx.llm_proposer.propose(request)
+        if proposal.unusable is not None:
+            fallback = _offline_proposal(ctx, state, request, source="offline-fallback")
+            proposal = fallback.model_copy(update={"dropped": proposal.dropped, "unusable": proposal.unusable})
     else:
-        reference = ctx.reference(state["reference_sha256"])
-        candidates = ctx.offline_proposer.propose(request, reference.embedding)
-    # An LLM may repeat a banned phrase despite being told; the person's ban is the last word.
-    banned = {phrase_key(phrase) for phrase in state.get("banned", [])}
-    candidates = [phrase for phrase in candidates if phrase_key(phrase) not in banned]
+        proposal = _offline_proposal(ctx, state, request, source="offline")
+    proposal = _without_banned(proposal, state.get("banned", []))
     ctx.save_brain_calls(state["run_id"], state["iteration"])
-    update: dict = {"candidates": candidates, "tried": list(state.get("tried", [])) + list(candidates)}
+    update: dict = {
+        "candidates": proposal.phrases,
+        "tried": tried + proposal.phrases,
+        "tried_against": prompt,
+        "proposal": proposal.model_dump(),
+    }
     if feedback:
         update["feedback"] = []  # addressed by this proposal
     return update
+
+
+def _offline_proposal(ctx: ArpoContext, state: ArpoState, request: ProposalRequest, source: str) -> Proposal:
+    reference = ctx.reference(state["reference_sha256"])
+    return Proposal(phrases=ctx.offline_proposer.propose(request, reference.embedding), source=source)
+
+
+def _without_banned(proposal: Proposal, banned: list[str]) -> Proposal:
+    """The person's ban is the last word, whatever a proposer was told."""
+    banned_keys = {phrase_key(phrase) for phrase in banned}
+    if not banned_keys:
+        return proposal
+    kept = [phrase for phrase in proposal.phrases if phrase_key(phrase) not in banned_keys]
+    dropped = [
+        DroppedPhrase(phrase=phrase, reason=BANNED) for phrase in proposal.phrases if phrase_key(phrase) in banned_keys
+    ]
+    return proposal.model_copy(update={"phrases": kept, "dropped": [*proposal.dropped, *dropped]})
 
 
 def select(state: ArpoState, runtime: Ctx) -> dict:
@@ -175,7 +205,10 @@ def iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutco
     if token_count > budget:
         notes.append(f"prompt has {token_count} tokens; the model reads only the first {budget}")
     candidates = []
+    proposal = None
     if outcome is not None:
+        proposal, proposal_note = _proposal_record(state.get("proposal"))
+        notes += [proposal_note] if proposal_note else []
         candidates = [
             CandidateRecord(phrase=v.phrase, score=v.score, selected=v.selected, reason=v.reason)
             for v in outcome.verdicts
@@ -194,7 +227,22 @@ def iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutco
         differences=state.get("differences") if outcome is not None else None,
         candidates=candidates,
         note="; ".join(notes) or None,
+        proposal=proposal,
     )
+
+
+def _proposal_record(proposed: dict | None) -> tuple[ProposalRecord | None, str | None]:
+    """The stored form of a round's proposal, and a note when the LLM had to be replaced."""
+    if not proposed:
+        return None, None
+    record = ProposalRecord.model_validate(proposed)
+    note = None
+    if proposed.get("unusable"):
+        note = (
+            f"the LLM's replies held no usable phrase, even after a repair request ({proposed['unusable']}); "
+            "this round's candidates came from the offline phrase banks"
+        )
+    return record, note
 
 
 def _why_nothing_selected(state: ArpoState, outcome: SelectionOutcome, budget: int) -> str:

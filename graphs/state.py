@@ -47,7 +47,12 @@ class ArpoState(ArpoInput, total=False):
     candidates: list[str]
     """Phrases proposed in the current iteration."""
     tried: list[str]
-    """Every phrase proposed so far in this run; never proposed again."""
+    """Phrases proposed against `tried_against`; not proposed again while the prompt stays the same.
+    Once the prompt changes they may come back: a phrase that did not help one prompt may help the next."""
+    tried_against: str
+    """The prompt `tried` was proposed against."""
+    proposal: dict
+    """Where the current candidates came from and what hygiene dropped (a storage ProposalRecord dump)."""
     best_prompt: str
     """Prompt whose regenerated image scored the highest CLIP-I so far."""
     best_clip_i: float

@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -31,10 +31,33 @@ def create_database_engine(url: str) -> Engine:
         event.listen(engine, "connect", _tune_sqlite_connection)
     try:
         Base.metadata.create_all(engine)
+        add_missing_columns(engine)
     except OperationalError as exc:
         engine.dispose()
         raise ArpoError(f"cannot open database {_shown(parsed)}: {exc.orig}") from exc
     return engine
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a newer arpo declares to tables an older one created.
+
+    `create_all` makes missing tables only; without this, a history written before a column was
+    added could not be read at all. Only nullable columns are added (old rows read back as None).
+    """
+    inspector = inspect(engine)
+    existing_tables = set(inspector.get_table_names())
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in existing_tables:
+                continue
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present or not column.nullable:
+                    continue
+                column_type = column.type.compile(dialect=engine.dialect)
+                connection.exec_driver_sql(
+                    f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {column_type}'
+                )
 
 
 def _parse_url(url: str) -> URL:

@@ -132,6 +132,8 @@ class Iteration(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    # Source of the candidates and the phrases hygiene dropped (storage/records.py ProposalRecord).
+    proposal: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="iterations")
     candidates: Mapped[list["Candidate"]] = relationship(

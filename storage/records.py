@@ -17,6 +17,21 @@ class CandidateRecord(BaseModel):
     reason: str = "not scored"
 
 
+class DroppedCandidateRecord(BaseModel):
+    """A phrase a proposer offered that never became a candidate (phrase hygiene), and why."""
+
+    phrase: str
+    reason: str
+
+
+class ProposalRecord(BaseModel):
+    """Where an iteration's candidates came from and what was dropped before selection saw them."""
+
+    source: str = "llm"
+    """llm, offline (no LLM configured) or offline-fallback (the LLM's replies held nothing usable)."""
+    dropped: list[DroppedCandidateRecord] = Field(default_factory=list)
+
+
 class InversionStepRecord(BaseModel):
     """One step of a prompt-inversion method's trajectory, as stored in the history."""
 
@@ -43,6 +58,8 @@ class IterationRecord(BaseModel):
     candidates: list[CandidateRecord] = Field(default_factory=list)
     note: str | None = None
     wall_seconds: float = 0.0
+    proposal: ProposalRecord | None = None
+    """Source and dropped phrases of this iteration's proposal (None before anything was proposed)."""
 
     @property
     def selected(self) -> list[str]:

@@ -93,21 +93,27 @@ def test_differ_compares_content_and_style_separately(brain_server):
 def test_proposer_never_returns_tried_or_present_phrases(brain_server):
     brain_server.enqueue(ScriptedReply.phrases([
         "golden hour light", "Tabby Cat", "soft focus background, film grain", "rim light",
-        "film grain", "art"]))
+        "film grain", "party art"]))
     backend = scripted_backend(brain_server)
     request = ProposalRequest(current_prompt="a tabby cat on a party hat",
                               tried=["Golden Hour Light", "rim light"])
 
-    phrases = LlmProposer(backend).propose(request)
+    proposal = LlmProposer(backend).propose(request)
 
-    assert phrases == ["soft focus background", "film grain", "art"]
+    # "party art" is not found in "party hat": only whole words count as already present.
+    assert proposal.phrases == ["soft focus background", "film grain", "party art"]
+    assert [(d.phrase, d.reason) for d in proposal.dropped] == [
+        ("golden hour light", "tried with this prompt"), ("Tabby Cat", "already in the prompt"),
+        ("rim light", "tried with this prompt"), ("film grain", "near-duplicate")]
+    assert proposal.source == "llm" and proposal.unusable is None
 
 
 def test_proposer_truncates_to_max_candidates(brain_server):
-    brain_server.enqueue(ScriptedReply.phrases([f"phrase number {n}" for n in range(10)]))
+    colours = ["red", "green", "blue", "ochre", "teal", "violet"]
+    brain_server.enqueue(ScriptedReply.phrases([f"{colour} paper texture" for colour in colours]))
     proposer = LlmProposer(scripted_backend(brain_server))
-    assert proposer.propose(ProposalRequest(current_prompt="x", max_candidates=3)) == [
-        "phrase number 0", "phrase number 1", "phrase number 2"]
+    assert proposer.propose(ProposalRequest(current_prompt="x", max_candidates=3)).phrases == [
+        "red paper texture", "green paper texture", "blue paper texture"]
 
 
 def test_proposer_asks_with_schema_and_feedback_first(brain_server):
@@ -115,15 +121,34 @@ def test_proposer_asks_with_schema_and_feedback_first(brain_server):
     request = ProposalRequest(current_prompt="a cat", differences="Image 1 is warmer.",
                               tried=["golden hour light"], feedback=["it's a watercolour"])
 
-    phrases = LlmProposer(backend).propose(request)
+    phrases = LlmProposer(backend).propose(request).phrases
 
     [sent] = brain_server.requests
     assert sent.response_format["json_schema"]["name"] == "candidate_phrases"
     text = sent.text
     assert text.index("it's a watercolour") < text.index("Image 1 is warmer.")
     assert "golden hour light" in text
+    assert "two to six words" in text
     # the scripted brain skips pool phrases the request mentions, so later rounds get new ones
     assert phrases and "golden hour light" not in phrases
+
+
+def test_word_range_is_asked_for_and_enforced_from_the_request(brain_server):
+    brain_server.enqueue(ScriptedReply.phrases(["misty", "misty harbour", "misty harbour at dawn"]))
+    request = ProposalRequest(current_prompt="a boat", min_words=3, max_words=4)
+
+    proposal = LlmProposer(scripted_backend(brain_server)).propose(request)
+
+    assert "three to four words" in brain_server.requests[0].text
+    assert proposal.phrases == ["misty harbour at dawn"]
+    assert [d.reason for d in proposal.dropped] == ["too short", "too short"]
+
+
+def test_no_differences_are_not_shown_as_a_placeholder(brain_server):
+    LlmProposer(scripted_backend(brain_server)).propose(ProposalRequest(current_prompt="a boat"))
+    text = brain_server.requests[0].text
+    assert "(none were listed)" not in text
+    assert "No comparison of the two pictures is available" in text
 
 
 @pytest.mark.parametrize(
@@ -133,43 +158,60 @@ def test_proposer_reads_malformed_replies_without_reasking(brain_server, shape):
     brain_server.enqueue(ScriptedReply.malformed(shape, ["ink wash", "paper texture"]))
     backend = scripted_backend(brain_server, json_schema_output=False)
 
-    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")) == [
+    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")).phrases == [
         "ink wash", "paper texture"]
     assert len(brain_server.requests) == 1
 
 
-def test_proposer_reasks_once_with_a_stricter_reminder(brain_server):
+def test_proposer_repairs_once_saying_what_was_wrong(brain_server):
     brain_server.enqueue(ScriptedReply.malformed("garbage"), ScriptedReply.phrases(["ink wash"]))
     backend = scripted_backend(brain_server)
 
-    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")) == ["ink wash"]
+    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")).phrases == ["ink wash"]
 
     first, second = brain_server.requests
     assert [m["role"] for m in second.messages] == ["user", "assistant", "user"]
-    assert "could not be read" in second.messages[-1]["content"][0]["text"]
+    repair = second.messages[-1]["content"]
+    repair = repair if isinstance(repair, str) else repair[0]["text"]
+    assert "could not be read as a list" in repair and "no phrase that could be used" in repair
     records = backend.call_log.drain()
     assert [record.ok for record in records] == [False, True]
-    assert "re-asked" in records[0].error
+    assert "asked again" in records[0].error
 
 
-def test_proposer_gives_up_with_empty_list_after_two_malformed_replies(brain_server):
-    brain_server.enqueue(ScriptedReply.malformed("garbage"), ScriptedReply.malformed("garbage"),
+def test_a_reply_whose_every_phrase_is_dropped_is_repaired_naming_the_phrases(brain_server):
+    brain_server.enqueue(ScriptedReply.phrases(["space", "contrast contrast"]),
+                         ScriptedReply.phrases(["misty harbour light"]))
+    proposal = LlmProposer(scripted_backend(brain_server)).propose(ProposalRequest(current_prompt="a heron"))
+
+    assert proposal.phrases == ["misty harbour light"]
+    repair = brain_server.requests[1].messages[-1]["content"]
+    repair = repair if isinstance(repair, str) else repair[0]["text"]
+    assert '"space" (too short)' in repair and '"contrast contrast" (repeated words)' in repair
+    assert [d.reason for d in proposal.dropped] == ["too short", "repeated words"]
+
+
+def test_proposer_reports_unusable_after_a_failed_repair(brain_server):
+    brain_server.enqueue(ScriptedReply.malformed("garbage"), ScriptedReply.phrases(["phrase 1", "<phrase>"]),
                          ScriptedReply.phrases(["never asked for"]))
     backend = scripted_backend(brain_server)
 
-    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")) == []
+    proposal = LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron"))
 
+    assert proposal.phrases == [] and proposal.unusable
+    assert "placeholder" in proposal.unusable
     assert len(brain_server.requests) == 2
     records = backend.call_log.drain()
     assert [record.ok for record in records] == [False, False]
-    assert "proposing none" in records[1].error
+    assert "after a repair request" in records[1].error
 
 
 def test_default_phrase_pool_runs_dry(brain_server):
     pool = ["ink wash", "paper texture"]
     brain_server.brain.phrase_pool = pool
     proposer = LlmProposer(scripted_backend(brain_server))
-    assert proposer.propose(ProposalRequest(current_prompt="a heron", tried=pool)) == []
+    proposal = proposer.propose(ProposalRequest(current_prompt="a heron", tried=pool))
+    assert proposal.phrases == [] and proposal.unusable is None
     assert len(brain_server.requests) == 1  # an explicit empty list is not malformed
 
 
