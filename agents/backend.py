@@ -1,18 +1,35 @@
 """One chat backend over the `openai` SDK, shared by every brain role.
 
-OpenAI and vLLM's OpenAI-compatible server differ only in base URL, model names and capabilities
-(structured output, several images in one message), so a single class covers both. Retries belong to
-tenacity alone: the SDK client is built with `max_retries=0` so the two never stack.
+OpenAI, vLLM, llama.cpp's server, llama-cpp-python, Ollama and LM Studio all speak the same chat
+completions protocol but differ in what they accept, so capabilities are negotiated, not assumed:
 
-Every call, successful or not, leaves a `BrainCallRecord` in the backend's `CallLog`, which is how a
-run's cost and latency become known. The API key never leaves `BackendConfig.api_key`: it is kept out
-of reprs, records, log lines and error messages.
+- Structured output: in `auto` mode a request that wants JSON first asks for a `json_schema`
+  response format; a refusal that names the response format or schema (whatever its status code:
+  llama-cpp-python answers HTTP 500) drops to `json_object`, then to plain text read by the tolerant
+  parser. What a server+model accepted is remembered in a `FormatMemory` for the rest of the run, and
+  every request's format is recorded with it.
+- Every request carries `max_tokens` (per role, see `ROLE_MAX_TOKENS`), `temperature` and `seed`, so a
+  weak model cannot babble until its context is full and identical runs ask identical questions.
+
+Retries belong to tenacity alone: the SDK client is built with `max_retries=0` so the two never stack.
+Whether a failure is worth retrying is read from the reply body, not the status alone (a 500 whose
+body is a validation error will fail the same way again). Every HTTP request, failed ones included,
+leaves one `BrainCallRecord` in the backend's `CallLog` with its status and error.
+
+The SDK call blocks inside httpx, out of reach of Ctrl-C, so each request runs on a daemon thread
+while the caller waits in short, interruptible steps: Ctrl-C stops every waiting call within a fraction
+of a second (see `_Interrupts`), and an abandoned request's connection closes with the process.
+
+The API key never leaves `BackendConfig.api_key`: it is kept out of reprs, records, log lines and
+error messages.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -20,7 +37,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import openai
 from pydantic import BaseModel
@@ -36,16 +53,62 @@ from tenacity import (
 from arpo.errors import BrainError, InvalidInputError
 
 Provider = Literal["openai", "vllm"]
+StructuredOutput = Literal["auto", "json-schema", "json-object", "off"]
+"""What a backend asks for when a caller wants JSON: negotiate (auto), or one fixed response format."""
+ResponseFormat = Literal["json_schema", "json_object", "text"]
+"""What one request really asked for (`text`: no response_format sent)."""
+
+STRUCTURED_OUTPUT_CHOICES: tuple[str, ...] = get_args(StructuredOutput)
+_FORMATS_BY_STRENGTH: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
+_FIXED_FORMAT: dict[str, ResponseFormat] = {
+    "json-schema": "json_schema", "json-object": "json_object", "off": "text",
+}
 
 DEFAULT_VLLM_BASE_URL = "http://127.0.0.1:8000/v1"
 
-# Servers that cannot do structured output answer 400 with one of these words in the message.
-_SCHEMA_REJECTION_WORDS = ("response_format", "json_schema", "guided_json", "structured output")
+DEFAULT_TEMPERATURE = 0.2
+"""Low enough that a run is repeatable on servers that honour `seed`, high enough that a re-asked
+question can get a different answer."""
+DEFAULT_BRAIN_SEED = 0
+
+ROLE_MAX_TOKENS: dict[str, int] = {
+    "proposer": 300,
+    "prompt_writer": 200,
+    "splitter": 300,
+    "inverter": 300,
+    "differ": 400,
+    "describer": 400,
+    "comparer": 500,
+}
+"""Reply budget per role when the config sets none: a phrase list needs a few hundred tokens, a
+description or a comparison a little more. Small models otherwise write until their context is full."""
+DEFAULT_MAX_TOKENS = 512
+"""Reply budget of a role not listed in ROLE_MAX_TOKENS."""
+
+# Words by which a server's refusal names the response format (any status code).
+_FORMAT_REFUSAL_WORDS = (
+    "response_format", "response format", "json_schema", "json schema", "json_object",
+    "guided_json", "structured output", "grammar",
+)
+# Words by which a 5xx body shows an error that a retry cannot fix: request validation, a type error
+# in a chat template, an unsupported feature. llama-cpp-python reports all of these as HTTP 500.
+_DETERMINISTIC_FAILURE_WORDS = (
+    "validation error", "input should be", "field required", "extra inputs are not permitted",
+    "not supported", "unsupported", "can only concatenate", "typeerror", "keyerror", "valueerror",
+    "must be", "invalid", "template",
+)
+_TRANSIENT_STATUSES = (408, 409, 425, 502, 503, 504)
 
 # Shapes that look like API keys, so that server messages echoing a key are scrubbed too.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}")
+# One entry of a pydantic/FastAPI validation error printed as a Python dict.
+_VALIDATION_ENTRY = re.compile(r"\{(?:[^{}]|\{[^{}]*\})*?'msg':(?:[^{}]|\{[^{}]*\})*\}")
 
-_MAX_DETAIL_CHARS = 160
+_MAX_DETAIL_CHARS = 200
+_POLL_S = 0.05
+"""How often a waiting call looks for Ctrl-C when it is not on the main thread."""
+_DEADLINE_GRACE_S = 5.0
+"""Extra wait beyond the SDK timeout before a silent request is abandoned anyway."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +121,13 @@ class BackendConfig:
     api_key: str = field(repr=False)
     timeout_s: float = 120
     max_attempts: int = 5
-    json_schema_output: bool = True
-    """Send `response_format` with a JSON schema when a caller asks for structured output."""
+    structured_output: StructuredOutput = "auto"
+    """How a caller's wish for JSON is sent: auto negotiates json_schema > json_object > text."""
+    max_tokens: int | None = None
+    """Reply budget of every request; None takes the asking role's default (ROLE_MAX_TOKENS)."""
+    temperature: float = DEFAULT_TEMPERATURE
+    seed: int | None = DEFAULT_BRAIN_SEED
+    """Sent with every request (servers that honour it answer identical requests identically)."""
     multi_image: bool = True
     """The server accepts two images in one message (vLLM needs `--limit-mm-per-prompt`)."""
     retry_wait_s: float = 1.0
@@ -72,6 +140,15 @@ class BackendConfig:
             raise InvalidInputError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.timeout_s <= 0:
             raise InvalidInputError(f"the brain timeout must be positive, not {self.timeout_s:g} s")
+        if self.structured_output not in STRUCTURED_OUTPUT_CHOICES:
+            raise InvalidInputError(
+                f"unknown structured output {self.structured_output!r}; choose "
+                + ", ".join(STRUCTURED_OUTPUT_CHOICES)
+            )
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise InvalidInputError(f"max_tokens must be at least 1, not {self.max_tokens}")
+        if not 0 <= self.temperature <= 2:
+            raise InvalidInputError(f"the temperature must be between 0 and 2, not {self.temperature:g}")
 
     def safe_description(self) -> dict[str, Any]:
         """Everything about this backend except its key: what a run's history records."""
@@ -81,6 +158,17 @@ class BackendConfig:
     def key_variable(self) -> str:
         """The environment variable a person sets to give this provider its key."""
         return "OPENAI_API_KEY" if self.provider == "openai" else "VLLM_API_KEY"
+
+    @property
+    def server(self) -> str:
+        """Where requests go, as records and the format memory name it."""
+        return self.base_url or "https://api.openai.com/v1"
+
+    def max_tokens_for(self, role: str) -> int:
+        """The reply budget a request of `role` carries."""
+        if self.max_tokens is not None:
+            return self.max_tokens
+        return ROLE_MAX_TOKENS.get(role, DEFAULT_MAX_TOKENS)
 
     @classmethod
     def from_provider(
@@ -113,7 +201,11 @@ class BackendConfig:
 
 
 class BrainCallRecord(BaseModel):
-    """One brain call as the history stores it: who asked, which model, how long, how many tokens."""
+    """One HTTP request to a brain as the history stores it: who asked, which model, how it went.
+
+    A `complete()` call that needed retries or a format fallback leaves one record per request, all
+    with the same `call_id`.
+    """
 
     call_id: str
     role: str
@@ -124,9 +216,17 @@ class BrainCallRecord(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempts: int
+    """Which attempt of its call this request was (1 for the first); format fallbacks share one."""
     ok: bool
     error: str | None = None
     """One line, never containing the key. Set on failure, or when the reply was unusable."""
+    status_code: int | None = None
+    """HTTP status of the reply; None when none came (timeout, connection error, interrupted)."""
+    response_format: ResponseFormat | None = None
+    """What the request asked for; None when the caller wanted no JSON."""
+    finish_reason: str | None = None
+    """Why the model stopped ("stop", "length" when it ran out of max_tokens, ...)."""
+    server: str | None = None
 
 
 class BrainReply(BaseModel):
@@ -139,10 +239,12 @@ class BrainReply(BaseModel):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     attempts: int
+    response_format: ResponseFormat | None = None
+    finish_reason: str | None = None
 
 
 class CallLog:
-    """Thread-safe list of call records plus running telemetry for benchmarks.
+    """Thread-safe list of request records plus running telemetry for benchmarks.
 
     `total_wait_s` is the summed wall time callers spent inside `complete()` (compare it with elapsed
     time to see overlap), `total_backoff_s` the part of it spent sleeping between retries, `calls` the
@@ -161,11 +263,15 @@ class CallLog:
         self.peak_in_flight = 0
 
     def append(self, record: BrainCallRecord) -> None:
-        """Keep one finished call and add its latency to the totals."""
+        """Keep the record of one finished request."""
         with self._lock:
             self._records.append(record)
+
+    def count_call(self, seconds: float) -> None:
+        """Count one finished `complete()` call and the wall time its caller waited."""
+        with self._lock:
             self.calls += 1
-            self.total_wait_s += record.latency_s
+            self.total_wait_s += seconds
 
     def drain(self) -> list[BrainCallRecord]:
         """Hand over the records gathered so far and forget them (telemetry keeps counting)."""
@@ -179,15 +285,17 @@ class CallLog:
             return list(self._records)
 
     def mark_unusable(self, call_id: str, reason: str) -> None:
-        """Flag a call whose reply arrived but could not be used (e.g. no phrases in it)."""
+        """Flag a call whose reply arrived but could not be used (e.g. no phrases in it): its last
+        request, the one that answered, is marked failed with `reason`."""
         with self._lock:
-            for index, record in enumerate(self._records):
+            for index in range(len(self._records) - 1, -1, -1):
+                record = self._records[index]
                 if record.call_id == call_id:
                     self._records[index] = record.model_copy(update={"ok": False, "error": reason})
                     return
 
     def count_request(self) -> None:
-        """Count one HTTP request (an attempt)."""
+        """Count one HTTP request (an attempt or a format fallback)."""
         with self._lock:
             self.requests += 1
 
@@ -209,6 +317,74 @@ class CallLog:
                 self.in_flight -= 1
 
 
+class FormatMemory:
+    """The strongest response format each server+model has not refused, shared by a run's backends.
+
+    Two backends on one server and model (the VLM and LLM roles with different budgets, say) learn
+    from each other's refusals, so a refused format is never asked for twice in a run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._strongest: dict[tuple[str, str], int] = {}
+
+    def usable(self, server: str, model: str) -> ResponseFormat:
+        """The strongest format not refused yet by this server and model."""
+        with self._lock:
+            return _FORMATS_BY_STRENGTH[self._strongest.get((server, model), 0)]
+
+    def refused(self, server: str, model: str, refused: ResponseFormat) -> ResponseFormat:
+        """Note a refusal of `refused`; return the next weaker format to try."""
+        weaker = min(_FORMATS_BY_STRENGTH.index(refused) + 1, len(_FORMATS_BY_STRENGTH) - 1)
+        with self._lock:
+            key = (server, model)
+            self._strongest[key] = max(self._strongest.get(key, 0), weaker)
+            return _FORMATS_BY_STRENGTH[self._strongest[key]]
+
+    def learned(self) -> dict[str, str]:
+        """'model @ server' -> the format in use, for every pair that refused something."""
+        with self._lock:
+            return {f"{model} @ {server}": _FORMATS_BY_STRENGTH[level]
+                    for (server, model), level in self._strongest.items()}
+
+
+class _Interrupts:
+    """Ctrl-C reaches only the main thread; this lets calls waiting on other threads see it too.
+
+    A SIGINT handler chained in front of Python's default one bumps a counter before the default
+    handler raises KeyboardInterrupt in the main thread; every waiting call compares the counter with
+    the value it started with and gives up when it has moved.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self._installed = False
+
+    def bump(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def install(self) -> None:
+        """Chain the handler in once, from the main thread, only over Python's default handler."""
+        if self._installed or threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                return
+            signal.signal(signal.SIGINT, self._on_sigint)
+        except ValueError:  # not the main interpreter
+            return
+        self._installed = True
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.bump()
+        signal.default_int_handler(signum, frame)
+
+
+_INTERRUPTS = _Interrupts()
+
+
 class _TransientFailure(Exception):
     """An attempt failed in a way worth retrying; carries a short, key-free reason."""
 
@@ -217,9 +393,17 @@ class _TransientFailure(Exception):
         self.reason = reason
 
 
+class _FormatRefused(Exception):
+    """The server refused the response format a request asked for."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 @dataclass
 class _Call:
-    """One `complete()` call in progress: what to send, and how many requests it has made."""
+    """One `complete()` call in progress: what to send, and how many attempts it has made."""
 
     messages: list[dict]
     role: str
@@ -228,22 +412,32 @@ class _Call:
     temperature: float | None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
+    interrupts_at_start: int = field(default_factory=lambda: _INTERRUPTS.count)
+
+
+@dataclass
+class _Outcome:
+    """What one HTTP request came to, before it becomes a record."""
+
+    status_code: int | None = None
+    error: str | None = None
+    reply: BrainReply | None = None
 
 
 class ChatBackend:
     """Chat completions against one OpenAI-compatible server and model, with retries and a call log."""
 
-    def __init__(self, config: BackendConfig) -> None:
+    def __init__(self, config: BackendConfig, formats: FormatMemory | None = None) -> None:
         self.config = config
         self.call_log = CallLog()
-        self._schema_lock = threading.Lock()
-        self._schema_supported = config.json_schema_output
+        self.formats = formats or FormatMemory()
         self._client = openai.OpenAI(
             base_url=config.base_url,
             api_key=config.api_key,
             max_retries=0,
             timeout=config.timeout_s,
         )
+        _INTERRUPTS.install()
 
     def __repr__(self) -> str:
         return f"ChatBackend({self.config!r})"
@@ -254,9 +448,12 @@ class ChatBackend:
 
     @property
     def supports_json_schema(self) -> bool:
-        """Whether structured output is still being sent (False once the server has rejected it)."""
-        with self._schema_lock:
-            return self._schema_supported
+        """Whether a request wanting JSON would still ask for a json_schema response format."""
+        return self._format_for(wants_json=True) == "json_schema"
+
+    def response_format_in_use(self) -> ResponseFormat:
+        """What a request wanting JSON asks for now (after any refusals this run)."""
+        return self._format_for(wants_json=True)
 
     def complete(
         self,
@@ -269,49 +466,21 @@ class ChatBackend:
     ) -> BrainReply:
         """Send one chat request, retrying transient failures; raise BrainError when it fails for good.
 
-        `role` names the asking role (describer, comparer, ...) in records and error messages.
-        `json_schema` is sent as a strict `response_format` when the backend supports it; callers
-        must still parse the text tolerantly, since some servers ignore it.
+        `role` names the asking role (describer, comparer, ...) in records and error messages and
+        picks its default reply budget. `json_schema` asks for JSON in the strongest response format
+        the server accepts; callers must still parse the text tolerantly, since some servers ignore
+        it. `temperature` overrides the config's for this call. KeyboardInterrupt (Ctrl-C) stops the
+        call within a fraction of a second, on any thread.
         """
         call = _Call(messages, role, json_schema, schema_name, temperature)
-        started_at = datetime.now(timezone.utc)
         clock_start = time.monotonic()
-        reply: BrainReply | None = None
-        error: str | None = None
         with self.call_log.tracking_in_flight():
             try:
                 reply = self._complete_with_retries(call)
-            except BrainError as exc:
-                error = str(exc)
-                raise
-            except Exception as exc:  # a bug or an SDK surprise: record it, then let it surface
-                error = f"{self._who(role)}: unexpected {type(exc).__name__}"
-                raise
             finally:
-                latency = time.monotonic() - clock_start
-                self.call_log.append(self._record(call, started_at, latency, reply, error))
-        return reply.model_copy(update={"latency_s": latency, "attempts": call.attempts})
-
-    def _record(
-        self,
-        call: _Call,
-        started_at: datetime,
-        latency: float,
-        reply: BrainReply | None,
-        error: str | None,
-    ) -> BrainCallRecord:
-        return BrainCallRecord(
-            call_id=call.call_id,
-            role=call.role,
-            model=self.config.model,
-            provider=self.config.provider,
-            started_at=started_at,
-            latency_s=latency,
-            prompt_tokens=reply.prompt_tokens if reply else None,
-            completion_tokens=reply.completion_tokens if reply else None,
-            attempts=call.attempts,
-            ok=reply is not None,
-            error=None if reply is not None else error,
+                self.call_log.count_call(time.monotonic() - clock_start)
+        return reply.model_copy(
+            update={"latency_s": time.monotonic() - clock_start, "attempts": call.attempts}
         )
 
     def _complete_with_retries(self, call: _Call) -> BrainReply:
@@ -323,6 +492,7 @@ class ChatBackend:
                 max=self.config.retry_max_wait_s,
                 jitter=self.config.retry_wait_s,
             ),
+            sleep=lambda seconds: self._sleep(call, seconds),
             before_sleep=self._note_backoff,
         )
         try:
@@ -338,30 +508,91 @@ class ChatBackend:
         if retry_state.next_action is not None:
             self.call_log.add_backoff(retry_state.next_action.sleep)
 
+    def _sleep(self, call: _Call, seconds: float) -> None:
+        """Back off between attempts, giving up at once on Ctrl-C."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, _POLL_S))
+            self._check_interrupted(call)
+
     def _attempt(self, call: _Call) -> BrainReply:
-        """One try; a schema rejection is re-sent at once without the schema inside the same try."""
-        use_schema = call.json_schema is not None and self.supports_json_schema
-        try:
-            return self._send(call, with_schema=use_schema)
-        except openai.BadRequestError as exc:
-            if not (use_schema and _mentions_schema(exc)):
-                raise self._permanent_error(call.role, exc) from None
-        with self._schema_lock:
-            self._schema_supported = False
-        try:
-            return self._send(call, with_schema=False)
-        except openai.BadRequestError as exc:
-            raise self._permanent_error(call.role, exc) from None
+        """One attempt. A refused response format is re-sent at once in the next weaker format
+        (json_schema > json_object > text) within the same attempt, so it costs no retry."""
+        call.attempts += 1
+        response_format = self._format_for(wants_json=call.json_schema is not None)
+        while True:
+            try:
+                return self._send(call, response_format)
+            except _FormatRefused as refusal:
+                weaker = self._weaker_format(response_format)
+                if weaker is None:
+                    raise BrainError(
+                        f"{self._who(call.role)}: the server refused response_format "
+                        f"{response_format} ({refusal.detail}); try --structured-output auto"
+                    ) from None
+                response_format = weaker
 
-    def _send(self, call: _Call, *, with_schema: bool) -> BrainReply:
-        """One HTTP request: transient trouble raises _TransientFailure, other API errors BrainError.
+    def _format_for(self, *, wants_json: bool) -> ResponseFormat | None:
+        if not wants_json:
+            return None
+        mode = self.config.structured_output
+        if mode != "auto":
+            return _FIXED_FORMAT[mode]
+        return self.formats.usable(self.config.server, self.config.model)
 
-        BadRequestError is left to the caller, which decides between schema fallback and failure.
-        """
-        request: dict[str, Any] = {"model": self.config.model, "messages": call.messages}
-        if call.temperature is not None:
-            request["temperature"] = call.temperature
-        if with_schema:
+    def _weaker_format(self, refused: ResponseFormat | None) -> ResponseFormat | None:
+        """The format to try after a refusal of `refused`, or None when none may be tried."""
+        if refused in (None, "text") or self.config.structured_output != "auto":
+            return None
+        return self.formats.refused(self.config.server, self.config.model, refused)
+
+    def _send(self, call: _Call, response_format: ResponseFormat | None) -> BrainReply:
+        """One HTTP request, recorded whatever happens. Transient trouble raises _TransientFailure,
+        a refused response format _FormatRefused, anything else for good BrainError."""
+        started_at = datetime.now(timezone.utc)
+        clock_start = time.monotonic()
+        outcome = _Outcome()
+        self.call_log.count_request()
+        try:
+            try:
+                completion = self._post(call, self._request_body(call, response_format))
+            except openai.APIStatusError as exc:
+                outcome.status_code = exc.status_code
+                self._judge_status_error(call, exc, response_format)
+            outcome.status_code = 200
+            outcome.reply = self._reply_from(completion, call.call_id, response_format)
+            return outcome.reply
+        except _TransientFailure as failure:
+            outcome.error = failure.reason
+            raise
+        except _FormatRefused as refusal:
+            outcome.error = f"response_format {response_format} refused: {refusal.detail}"
+            raise
+        except BrainError as error:
+            outcome.error = str(error)
+            raise
+        except KeyboardInterrupt:
+            outcome.error = "interrupted (Ctrl-C)"
+            raise
+        except Exception as exc:  # a bug or an SDK surprise: record it, then let it surface
+            outcome.error = f"unexpected {type(exc).__name__}"
+            raise
+        finally:
+            self.call_log.append(
+                self._record(call, started_at, time.monotonic() - clock_start, response_format, outcome)
+            )
+
+    def _request_body(self, call: _Call, response_format: ResponseFormat | None) -> dict[str, Any]:
+        config = self.config
+        request: dict[str, Any] = {
+            "model": config.model,
+            "messages": call.messages,
+            "max_tokens": config.max_tokens_for(call.role),
+            "temperature": call.temperature if call.temperature is not None else config.temperature,
+        }
+        if config.seed is not None:
+            request["seed"] = config.seed
+        if response_format == "json_schema":
             request["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
@@ -370,39 +601,88 @@ class ChatBackend:
                     "strict": True,
                 },
             }
-        call.attempts += 1
-        self.call_log.count_request()
+        elif response_format == "json_object":
+            request["response_format"] = {"type": "json_object"}
+        return request
+
+    def _post(self, call: _Call, request: dict[str, Any]) -> Any:
+        """The SDK call, run on a daemon thread so the caller can be interrupted while it waits.
+
+        SDK errors other than API status errors become _TransientFailure or BrainError here; an API
+        status error is re-raised for `_judge_status_error` to judge from its body.
+        """
+        result: dict[str, Any] = {}
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                result["completion"] = self._client.chat.completions.create(**request)
+            except BaseException as exc:  # handed to the waiting caller
+                result["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="arpo-brain-request", daemon=True).start()
+        deadline = time.monotonic() + self.config.timeout_s + _DEADLINE_GRACE_S
         try:
-            completion = self._client.chat.completions.create(**request)
-        except openai.RateLimitError as exc:
-            if exc.code == "insufficient_quota":
+            while not done.wait(_POLL_S):
+                self._check_interrupted(call)
+                if time.monotonic() > deadline:
+                    raise _TransientFailure(f"timed out after {self.config.timeout_s:g} s")
+        except KeyboardInterrupt:
+            _INTERRUPTS.bump()  # so calls waiting on other threads stop too
+            raise
+        if "error" in result:
+            self._raise_sdk_error(call, result["error"])
+        return result["completion"]
+
+    def _check_interrupted(self, call: _Call) -> None:
+        if _INTERRUPTS.count != call.interrupts_at_start:
+            raise KeyboardInterrupt
+
+    def _raise_sdk_error(self, call: _Call, exc: BaseException) -> None:
+        if isinstance(exc, openai.APITimeoutError):
+            raise _TransientFailure(f"timed out after {self.config.timeout_s:g} s") from None
+        if isinstance(exc, openai.APIConnectionError):
+            raise _TransientFailure(f"cannot connect to {self._where()}") from None
+        if isinstance(exc, openai.APIStatusError):
+            raise exc
+        if isinstance(exc, openai.OpenAIError):
+            raise BrainError(
+                f"{self._who(call.role)}: unexpected reply ({type(exc).__name__})"
+            ) from None
+        raise exc
+
+    def _judge_status_error(
+        self, call: _Call, exc: openai.APIStatusError, response_format: ResponseFormat | None
+    ) -> None:
+        """Judge an HTTP error from its body: raise _FormatRefused, _TransientFailure or BrainError."""
+        message = _server_message(exc)
+        detail = self._scrub(message)
+        status = exc.status_code
+        if response_format not in (None, "text") and _names_response_format(message, exc):
+            raise _FormatRefused(f"{status}: {detail}") from None
+        if status == 429:
+            if _is_quota_exhausted(exc):
                 raise BrainError(
                     f"{self._who(call.role)}: quota exhausted (insufficient_quota); check the "
                     "account's plan and billing"
                 ) from None
-            raise _TransientFailure("429 rate limited") from None
-        except openai.APITimeoutError:
-            raise _TransientFailure(f"timed out after {self.config.timeout_s:g} s") from None
-        except openai.APIConnectionError:
-            raise _TransientFailure(f"cannot connect to {self._where()}") from None
-        except openai.BadRequestError:
-            raise
-        except openai.APIStatusError as exc:
-            if exc.status_code >= 500 or exc.status_code in (408, 409):
-                raise _TransientFailure(f"{exc.status_code} server error") from None
-            raise self._permanent_error(call.role, exc) from None
-        except openai.OpenAIError as exc:
-            raise BrainError(
-                f"{self._who(call.role)}: unexpected reply ({type(exc).__name__})"
-            ) from None
-        return self._reply_from(completion, call.call_id)
+            raise _TransientFailure(_with_detail("429 rate limited", detail)) from None
+        if status in _TRANSIENT_STATUSES or (status >= 500 and not _is_deterministic(message)):
+            raise _TransientFailure(_with_detail(f"{status} server error", detail)) from None
+        raise self._permanent_error(call.role, exc, detail) from None
 
-    def _reply_from(self, completion: Any, call_id: str) -> BrainReply:
+    def _reply_from(
+        self, completion: Any, call_id: str, response_format: ResponseFormat | None
+    ) -> BrainReply:
         """The reply text and usage; an empty reply is transient (worth asking again)."""
         choices = getattr(completion, "choices", None) or []
         text = choices[0].message.content if choices and choices[0].message else None
+        finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         if not text or not text.strip():
-            raise _TransientFailure("empty reply")
+            raise _TransientFailure("empty reply" + (f" (finish_reason {finish_reason})"
+                                                     if finish_reason not in (None, "stop") else ""))
         usage = getattr(completion, "usage", None)
         return BrainReply(
             call_id=call_id,
@@ -412,9 +692,38 @@ class ChatBackend:
             prompt_tokens=getattr(usage, "prompt_tokens", None),
             completion_tokens=getattr(usage, "completion_tokens", None),
             attempts=0,
+            response_format=response_format,
+            finish_reason=finish_reason,
         )
 
-    def _permanent_error(self, role: str, exc: openai.APIStatusError) -> BrainError:
+    def _record(
+        self,
+        call: _Call,
+        started_at: datetime,
+        latency: float,
+        response_format: ResponseFormat | None,
+        outcome: _Outcome,
+    ) -> BrainCallRecord:
+        reply = outcome.reply
+        return BrainCallRecord(
+            call_id=call.call_id,
+            role=call.role,
+            model=self.config.model,
+            provider=self.config.provider,
+            started_at=started_at,
+            latency_s=latency,
+            prompt_tokens=reply.prompt_tokens if reply else None,
+            completion_tokens=reply.completion_tokens if reply else None,
+            attempts=call.attempts,
+            ok=reply is not None,
+            error=None if reply is not None else (outcome.error or "unknown failure"),
+            status_code=outcome.status_code,
+            response_format=response_format,
+            finish_reason=reply.finish_reason if reply else None,
+            server=self.config.server,
+        )
+
+    def _permanent_error(self, role: str, exc: openai.APIStatusError, detail: str) -> BrainError:
         """Translate a non-retryable API error into a one-line, key-free BrainError."""
         who = self._who(role)
         if isinstance(exc, openai.AuthenticationError):
@@ -425,14 +734,12 @@ class ChatBackend:
                 "cannot use this model)"
             )
         if isinstance(exc, openai.NotFoundError):
-            return BrainError(
-                f"{who}: not found at {self._where()} (check the model name and base URL)"
-            )
-        detail = self._scrub(_server_message(exc))
-        suffix = f": {detail}" if detail else ""
+            return BrainError(_with_detail(
+                f"{who}: not found at {self._where()} (check the model name and base URL)", detail
+            ))
         if isinstance(exc, openai.BadRequestError):
-            return BrainError(f"{who}: request rejected (400){suffix}")
-        return BrainError(f"{who}: request failed ({exc.status_code}){suffix}")
+            return BrainError(_with_detail(f"{who}: request rejected (400)", detail))
+        return BrainError(_with_detail(f"{who}: request failed ({exc.status_code})", detail))
 
     def _who(self, role: str) -> str:
         return f"{role} brain {self.config.model}"
@@ -451,16 +758,61 @@ class ChatBackend:
         return text
 
 
+def _with_detail(summary: str, detail: str) -> str:
+    return f"{summary}: {detail}" if detail else summary
+
+
 def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own explanation, without the SDK's 'Error code: ... - {body}' wrapping."""
+    """The server's own explanation, without the SDK's 'Error code: ... - {body}' wrapping.
+
+    The SDK hands over the body's `error` object when there is one (OpenAI, vLLM, Ollama,
+    llama-cpp-python) or the whole body (FastAPI's `{"detail": ...}`, old vLLM's flat error).
+    A printed pydantic validation error is boiled down to "where: what" per problem.
+    """
     body = exc.body
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
-    if isinstance(body, str):
-        return body
-    return ""
+    message = ""
+    if isinstance(body, dict):
+        candidate = body.get("message", body.get("detail", body.get("error")))
+        if isinstance(candidate, dict):
+            candidate = candidate.get("message")
+        if isinstance(candidate, list):
+            candidate = "; ".join(_validation_item(item) for item in candidate)
+        message = candidate if isinstance(candidate, str) else ""
+    elif isinstance(body, str):
+        message = body
+    return _condensed_validation(message)
 
 
-def _mentions_schema(exc: openai.BadRequestError) -> bool:
-    text = f"{_server_message(exc)} {exc.param or ''}".lower()
-    return any(word in text for word in _SCHEMA_REJECTION_WORDS)
+def _validation_item(item: Any) -> str:
+    if isinstance(item, dict) and "msg" in item:
+        where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+        return f"{where}: {item['msg']}" if where else str(item["msg"])
+    return str(item)
+
+
+def _condensed_validation(message: str) -> str:
+    """'response_format.type: Input should be ...' for a printed list of pydantic error dicts."""
+    entries = _VALIDATION_ENTRY.findall(message)
+    readable = []
+    for entry in entries:
+        try:
+            readable.append(_validation_item(ast.literal_eval(entry)))
+        except (ValueError, SyntaxError):
+            continue
+    return "; ".join(readable) if readable else message
+
+
+def _names_response_format(message: str, exc: openai.APIStatusError) -> bool:
+    text = f"{message} {getattr(exc, 'param', None) or ''}".lower()
+    return any(word in text for word in _FORMAT_REFUSAL_WORDS)
+
+
+def _is_deterministic(message: str) -> bool:
+    """Whether a 5xx body describes a failure that the same request would meet again."""
+    text = message.lower()
+    return any(word in text for word in _DETERMINISTIC_FAILURE_WORDS)
+
+
+def _is_quota_exhausted(exc: openai.APIStatusError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return "insufficient_quota" in (getattr(exc, "code", None), body.get("code"), body.get("type"))

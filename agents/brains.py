@@ -1,15 +1,16 @@
 """Choosing the brains for a run: a vision-language model and a language model, or none (offline).
 
 One vLLM server can serve both roles, so when the two configurations are identical a single backend
-(and a single call log) is shared.
+(and a single call log) is shared. Backends of one run share one `FormatMemory`, so a response format
+refused by a server and model is not asked for again by the other role.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from arpo.agents.backend import BackendConfig, BrainCallRecord, ChatBackend
+from arpo.agents.backend import BackendConfig, BrainCallRecord, ChatBackend, FormatMemory
 from arpo.errors import InvalidInputError
 
 BrainProvider = Literal["openai", "vllm", "offline"]
@@ -34,6 +35,11 @@ class Brains:
             "llm": self.llm.config.safe_description() if self.llm else None,
         }
 
+    def negotiated_formats(self) -> dict[str, str]:
+        """What each brain now asks for when it wants JSON (after the server's refusals, if any)."""
+        return {name: backend.response_format_in_use()
+                for name, backend in (("vlm", self.vlm), ("llm", self.llm)) if backend is not None}
+
     def drain_calls(self) -> list[BrainCallRecord]:
         """Records of every call since the last drain, from both brains, oldest first."""
         backends = {id(backend): backend for backend in (self.vlm, self.llm) if backend is not None}
@@ -50,24 +56,56 @@ def build_brains(
     base_url: str | None = None,
     vlm_base_url: str | None = None,
     llm_base_url: str | None = None,
+    vlm_options: dict[str, Any] | None = None,
+    llm_options: dict[str, Any] | None = None,
 ) -> Brains:
     """Backends for the chosen providers; a model or URL left as None takes the provider default.
 
     `base_url` applies to both brains unless `vlm_base_url` / `llm_base_url` override it.
-    Raises InvalidInputError for an unknown provider and BrainError when a needed key is missing.
+    `vlm_options` / `llm_options` are further BackendConfig fields (structured_output, max_tokens,
+    temperature, seed, ...); a None value takes the backend's default.
+    Raises InvalidInputError for an unknown provider or option and BrainError when a needed key is
+    missing.
     """
-    vlm_config = _config_for(vlm_provider, "vlm", vlm_model, vlm_base_url or base_url)
-    llm_config = _config_for(llm_provider, "llm", llm_model, llm_base_url or base_url)
-    vlm = ChatBackend(vlm_config) if vlm_config else None
+    vlm_config = _config_for(vlm_provider, "vlm", vlm_model, vlm_base_url or base_url, vlm_options)
+    llm_config = _config_for(llm_provider, "llm", llm_model, llm_base_url or base_url, llm_options)
+    formats = FormatMemory()
+    vlm = ChatBackend(vlm_config, formats) if vlm_config else None
     if llm_config is not None and llm_config == vlm_config:
         llm = vlm
     else:
-        llm = ChatBackend(llm_config) if llm_config else None
+        llm = ChatBackend(llm_config, formats) if llm_config else None
     return Brains(vlm=vlm, llm=llm)
 
 
+def build_run_brains(vlm: Any, llm: Any) -> Brains:
+    """Backends for a run's two brain choices (`arpo.graphs.run_config.BrainChoice`)."""
+    return build_brains(
+        vlm.provider,
+        llm.provider,
+        vlm_model=vlm.model,
+        llm_model=llm.model,
+        vlm_base_url=vlm.base_url,
+        llm_base_url=llm.base_url,
+        vlm_options=tuning_of(vlm),
+        llm_options=tuning_of(llm),
+    )
+
+
+def tuning_of(choice: Any) -> dict[str, Any]:
+    """The BackendConfig options a brain choice sets (structured output, budget, sampling)."""
+    return {name: getattr(choice, name, None) for name in _TUNING_FIELDS}
+
+
+_TUNING_FIELDS = ("structured_output", "max_tokens", "temperature", "seed")
+
+
 def _config_for(
-    provider: str, brain: Literal["vlm", "llm"], model: str | None, base_url: str | None
+    provider: str,
+    brain: Literal["vlm", "llm"],
+    model: str | None,
+    base_url: str | None,
+    options: dict[str, Any] | None,
 ) -> BackendConfig | None:
     if provider == "offline":
         return None
@@ -75,6 +113,10 @@ def _config_for(
         raise InvalidInputError(
             f"unknown {brain} provider {provider!r}; choose openai, vllm or offline"
         )
-    return BackendConfig.from_provider(
-        provider, model or DEFAULT_MODELS[provider][brain], base_url=base_url
-    )
+    given = {name: value for name, value in (options or {}).items() if value is not None}
+    try:
+        return BackendConfig.from_provider(
+            provider, model or DEFAULT_MODELS[provider][brain], base_url=base_url, **given
+        )
+    except TypeError as exc:  # an option BackendConfig does not have
+        raise InvalidInputError(f"unknown {brain} brain option: {exc}") from None

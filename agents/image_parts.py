@@ -21,7 +21,15 @@ _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def user_message(*parts: str | dict) -> dict:
-    """One user chat message from text pieces and image parts, in the order given."""
+    """One user chat message from text pieces and image parts, in the order given.
+
+    A message without images carries its text as one plain string (pieces joined by blank lines):
+    some OpenAI-compatible servers drop a list of content parts (llama-cpp-python's built-in chat
+    formats) or fail on it (chat templates that concatenate strings). Only a message with an image
+    is sent as a list of parts.
+    """
+    if all(isinstance(part, str) for part in parts):
+        return {"role": "user", "content": "\n\n".join(parts)}
     content = [{"type": "text", "text": part} if isinstance(part, str) else part for part in parts]
     return {"role": "user", "content": content}
 

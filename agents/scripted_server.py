@@ -14,7 +14,13 @@ The phrase pool is read statelessly: each proposal gets the first few pool phras
 already appear in the request (the current prompt and earlier-tried phrases are in it), so proposals
 change from one iteration to the next, and an exhausted pool answers `{"phrases": []}`.
 
-Every request is recorded (headers, JSON body, kind) so tests can check what the client sent.
+Every request is recorded (headers, JSON body, kind) so tests can check what the client sent, and
+when the client hung up on it (`ReceivedRequest.disconnected_at`: a timed-out request must be
+cancelled, not left generating).
+
+A personality (`arpo.agents.server_personalities`) makes the server behave like llama-cpp-python,
+Ollama, vLLM or a model that babbles to its context limit: which requests it refuses and how, what
+the model sees, how long it writes and where it stops. The default, "openai", accepts everything.
 
 Usable without pytest:
 
@@ -29,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import select
+import socket
 import threading
 import time
 import uuid
@@ -37,6 +45,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+
+from arpo.agents.server_personalities import (
+    DROPPED_PROMPT_REPLY,
+    PERSONALITY_NAMES,
+    OpenAiPersonality,
+    personality_named,
+)
 
 RequestKind = Literal["phrases", "comparison", "description", "differences"]
 MalformedShape = Literal[
@@ -211,6 +226,8 @@ class ReceivedRequest:
     body: dict | None
     kind: RequestKind | None
     received_at: float = field(default_factory=time.monotonic)
+    disconnected_at: float | None = None
+    """When the client closed the connection before the answer was sent (None: it waited)."""
 
     @property
     def authorization(self) -> str | None:
@@ -275,6 +292,7 @@ class ScriptedBrain:
     """Decides what each request gets: queued overrides first, then the default responder.
 
     latency_s: fixed wait before every answer (for benchmarks).
+    personality: which real server to imitate (a name from PERSONALITY_NAMES or an instance).
     phrase_pool / phrases_per_reply: where default proposals come from and how many per reply.
     comparisons / content_descriptions / style_descriptions / differences: replies cycled per kind.
     """
@@ -289,8 +307,12 @@ class ScriptedBrain:
         content_descriptions: Iterable[str] = DEFAULT_CONTENT_DESCRIPTIONS,
         style_descriptions: Iterable[str] = DEFAULT_STYLE_DESCRIPTIONS,
         differences: Iterable[str] = DEFAULT_DIFFERENCES,
+        personality: OpenAiPersonality | str = "openai",
     ) -> None:
         self.latency_s = latency_s
+        self.personality = (
+            personality_named(personality) if isinstance(personality, str) else personality
+        )
         self.phrase_pool = list(phrase_pool)
         self.phrases_per_reply = phrases_per_reply
         self._text_pools = {
@@ -336,10 +358,21 @@ class ScriptedBrain:
         delay = self.latency_s + reply.delay_s
         if reply.status_code != 200:
             return _Answer(reply.status_code, self._error_body(reply, request), delay)
+        body = request.body or {}
+        refusal = self.personality.refusal(body)
+        if refusal is not None:
+            return _Answer(refusal.status, refusal.body, delay)
         if reply.no_choices:
             return _Answer(200, _completion(request, None), delay)
-        content = reply.content if reply.content is not None else self.default_text(request)
-        return _Answer(200, _completion(request, content), delay)
+        if reply.content is not None:
+            content = reply.content
+        elif self.personality.sees_prompt(body):
+            content = self.default_text(request)
+        else:
+            content = DROPPED_PROMPT_REPLY
+        generation = self.personality.generate(body, content)
+        completion = _completion(request, generation.text, generation.finish_reason)
+        return _Answer(200, completion, delay + generation.seconds)
 
     def default_text(self, request: ReceivedRequest) -> str:
         """The default responder: a plausible reply for the request's kind."""
@@ -381,7 +414,7 @@ def _rough_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _completion(request: ReceivedRequest, content: str | None) -> dict:
+def _completion(request: ReceivedRequest, content: str | None, finish_reason: str = "stop") -> dict:
     """An OpenAI chat.completion body with rough token counts (85 per image)."""
     prompt_tokens = _rough_tokens(request.text) + 85 * len(request.image_urls)
     choices = []
@@ -389,7 +422,7 @@ def _completion(request: ReceivedRequest, content: str | None) -> dict:
     if content is not None:
         completion_tokens = _rough_tokens(content) if content else 0
         choices = [{"index": 0, "message": {"role": "assistant", "content": content},
-                    "finish_reason": "stop", "logprobs": None}]
+                    "finish_reason": finish_reason, "logprobs": None}]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",
@@ -424,9 +457,29 @@ class _Handler(BaseHTTPRequestHandler):
             return
         request = self._record(body)
         answer = self.server.brain.answer(request)
-        if answer.delay_s and self.server.stopping.wait(answer.delay_s):
-            return  # shutting down: drop the reply
+        if answer.delay_s and not self._wait_for_client(request, answer.delay_s):
+            return  # the client hung up, or the server is shutting down: drop the reply
         self._send(answer.status, answer.body)
+
+    def _wait_for_client(self, request: ReceivedRequest, seconds: float) -> bool:
+        """Wait `seconds` as a generating model would, watching the connection; False when the
+        client closed it (recorded on the request) or the server stopped."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self.server.stopping.is_set():
+                return False
+            readable, _, _ = select.select([self.connection], [], [], min(left, 0.02))
+            if readable and self._peer_closed():
+                request.disconnected_at = time.monotonic()
+                self.close_connection = True
+                return False
+        return True
+
+    def _peer_closed(self) -> bool:
+        try:
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _record(self, body: dict | None) -> ReceivedRequest:
         request = ReceivedRequest(
@@ -551,8 +604,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
+    parser.add_argument("--personality", choices=PERSONALITY_NAMES, default="openai",
+                        help="which real server to imitate")
     options = parser.parse_args()
-    with BrainServer(ScriptedBrain(latency_s=options.latency), port=options.port) as server:
+    brain = ScriptedBrain(latency_s=options.latency, personality=options.personality)
+    with BrainServer(brain, port=options.port) as server:
         print(server.base_url, flush=True)
         try:
             threading.Event().wait()

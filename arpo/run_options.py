@@ -29,6 +29,14 @@ Seed = Annotated[Optional[int], typer.Option(help="Noise seed for every generati
 ClipModel = Annotated[Optional[str], typer.Option(help="open_clip NAME/PRETRAINED for scoring (default: ViT-L-14/openai).")]
 CaptionerModel = Annotated[Optional[str], typer.Option("--captioner", help="Captioner id for the initial prompt (default: Salesforce/blip2-opt-2.7b).")]
 Device = Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")]
+StructuredOutput = Annotated[Optional[str], typer.Option(help="How JSON replies are asked for: auto (try json_schema, fall back to json_object, then plain text; remembered per server and model) | json-schema | json-object | off (default: auto).")]
+VlmStructuredOutput = Annotated[Optional[str], typer.Option(help="--structured-output for the VLM role only.")]
+LlmStructuredOutput = Annotated[Optional[str], typer.Option(help="--structured-output for the LLM role only.")]
+MaxTokens = Annotated[Optional[int], typer.Option(help="Reply budget (max_tokens) of every brain request (default per role: proposer 300, differ and describer 400, comparer 500).")]
+VlmMaxTokens = Annotated[Optional[int], typer.Option(help="--max-tokens for the VLM role only.")]
+LlmMaxTokens = Annotated[Optional[int], typer.Option(help="--max-tokens for the LLM role only.")]
+Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature sent to the brains (default: 0.2).")]
+BrainSeed = Annotated[Optional[int], typer.Option(help="Sampling seed sent to the brains, for repeatable replies where the server honours it (default: 0).")]
 Database = Annotated[Optional[str], typer.Option("--db", help="History database URL (default: sqlite under $ARPO_HOME or ~/.local/share/arpo).")]
 
 
@@ -47,6 +55,14 @@ def build_run_config(
     framework: str | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    structured_output: str | None = None,
+    vlm_structured_output: str | None = None,
+    llm_structured_output: str | None = None,
+    max_tokens: int | None = None,
+    vlm_max_tokens: int | None = None,
+    llm_max_tokens: int | None = None,
+    temperature: float | None = None,
+    brain_seed: int | None = None,
     **fields: Any,
 ):
     """A RunConfig from flags (None = not given) over settings; a bad value is one InvalidInputError.
@@ -57,11 +73,25 @@ def build_run_config(
 
     default_brain = brain or settings.brain
     shared_url = base_url or settings.base_url
+    shared_format = structured_output or settings.structured_output
+    shared_budget = max_tokens if max_tokens is not None else settings.max_tokens
+    sampling = {
+        "temperature": temperature if temperature is not None else settings.temperature,
+        "seed": brain_seed if brain_seed is not None else settings.brain_seed,
+    }
     try:
         return RunConfig(
             models=models or settings.models,
-            vlm=BrainChoice(provider=vlm_brain or default_brain, model=vlm or settings.vlm, base_url=vlm_base_url or shared_url),
-            llm=BrainChoice(provider=llm_brain or default_brain, model=llm or settings.llm, base_url=llm_base_url or shared_url),
+            vlm=BrainChoice(
+                provider=vlm_brain or default_brain, model=vlm or settings.vlm, base_url=vlm_base_url or shared_url,
+                structured_output=vlm_structured_output or shared_format,
+                max_tokens=vlm_max_tokens if vlm_max_tokens is not None else shared_budget, **sampling,
+            ),
+            llm=BrainChoice(
+                provider=llm_brain or default_brain, model=llm or settings.llm, base_url=llm_base_url or shared_url,
+                structured_output=llm_structured_output or shared_format,
+                max_tokens=llm_max_tokens if llm_max_tokens is not None else shared_budget, **sampling,
+            ),
             framework=framework or settings.framework,
             steps=steps if steps is not None else settings.steps,
             seed=seed if seed is not None else settings.seed,

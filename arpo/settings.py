@@ -24,3 +24,10 @@ class ArpoSettings(BaseSettings):
     framework: Literal["vanilla", "enhanced"] = "vanilla"
     steps: int = 10
     seed: int = 0
+    structured_output: Literal["auto", "json-schema", "json-object", "off"] = "auto"
+    max_tokens: int | None = None
+    """Reply budget of every brain request (None: each role's default)."""
+    temperature: float | None = None
+    """Brain sampling temperature (None: the backend's default, 0.2)."""
+    brain_seed: int | None = None
+    """Brain sampling seed (None: the backend's default, 0)."""

@@ -37,19 +37,12 @@ class RunHandle:
 
 def build_context(config: RunConfig, history: History, models: ModelStack | None = None) -> ArpoContext:
     """Models and brains for a config. Fails before anything is stored if either cannot be had."""
-    from arpo.agents.brains import build_brains
+    from arpo.agents.brains import build_run_brains
     from arpo.tools.model_stack import build_model_stack
 
     if config.framework == "enhanced" and config.vlm.provider != "offline" and config.llm.provider == "offline":
         raise InvalidInputError("the enhanced framework needs an LLM brain to compare descriptions; set --llm-brain")
-    brains = build_brains(
-        config.vlm.provider,
-        config.llm.provider,
-        vlm_model=config.vlm.model,
-        llm_model=config.llm.model,
-        vlm_base_url=config.vlm.base_url,
-        llm_base_url=config.llm.base_url,
-    )
+    brains = build_run_brains(config.vlm, config.llm)
     if models is None:
         models = build_model_stack(
             config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device
@@ -111,7 +104,7 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     pauses, marking the run failed or interrupted in the history when it cannot go on."""
     history = handle.context.history
     thread = thread_config(handle.run_id)
-    with failures_recorded(history, handle.run_id):
+    with failures_recorded(history, handle.run_id), brain_calls_kept(handle):
         history.set_status(handle.run_id, "running")
         for chunk in graph.stream(
             start, thread, context=handle.context, stream_mode="updates", durability="sync"
@@ -119,6 +112,20 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
             for node, update in chunk.items():
                 if on_update is not None and node != "__interrupt__":
                     on_update(node, update or {})
+
+
+@contextmanager
+def brain_calls_kept(handle: RunHandle) -> Iterator[None]:
+    """On any failure or Ctrl-C, store the brain calls made since the last save (failed requests
+    included) before the run is marked, so the history shows what the brains answered."""
+    try:
+        yield
+    except BaseException:
+        try:
+            handle.context.save_brain_calls(handle.run_id, None)
+        except Exception:  # noqa: BLE001 - never hide the original failure behind this one
+            pass
+        raise
 
 
 @contextmanager

@@ -21,6 +21,14 @@ class BrainChoice(BaseModel):
     """Model name on that backend; None takes the provider's default."""
     base_url: str | None = None
     """Server URL for vLLM (or an OpenAI-compatible proxy); None takes the provider's default."""
+    structured_output: Literal["auto", "json-schema", "json-object", "off"] = "auto"
+    """How JSON replies are asked for: auto negotiates json_schema > json_object > plain text."""
+    max_tokens: int | None = Field(None, ge=1)
+    """Reply budget of every request of this brain; None takes each role's default."""
+    temperature: float | None = Field(None, ge=0, le=2)
+    """Sampling temperature sent with every request; None takes the backend's default (0.2)."""
+    seed: int | None = None
+    """Sampling seed sent with every request; None takes the backend's default (0)."""
 
 
 class RunConfig(BaseModel):

@@ -38,6 +38,7 @@ from arpo.storage.models import (
 )
 from arpo.storage.records import (
     BrainCallLike,
+    BrainCallView,
     InversionStepRecord,
     IterationRecord,
     RenderRecord,
@@ -243,6 +244,15 @@ class History:
                 completion_tokens=completion_tokens,
             )
 
+    def brain_calls(self, run_id: str) -> list[BrainCallView]:
+        """Every brain request of a run, failed ones included, oldest first; accepts an id prefix."""
+        with self._sessions() as session:
+            run = _run_by_id_or_prefix(session, run_id)
+            rows = session.scalars(
+                select(BrainCall).where(BrainCall.run_id == run.id).order_by(BrainCall.id)
+            ).all()
+            return [BrainCallView.model_validate(row, from_attributes=True) for row in rows]
+
     def record_inversion_steps(self, run_id: str, steps: Iterable[InversionStepRecord]) -> None:
         """Store steps of an inversion trajectory; a step written again (after a resume) replaces the old."""
         with self._sessions.begin() as session:
@@ -384,6 +394,12 @@ def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallLik
         attempts=call.attempts,
         ok=bool(call.ok),
         error=call.error,
+        # Optional on BrainCallLike: a caller from before these fields existed leaves them unset.
+        call_id=getattr(call, "call_id", None),
+        status_code=getattr(call, "status_code", None),
+        response_format=getattr(call, "response_format", None),
+        finish_reason=getattr(call, "finish_reason", None),
+        server=getattr(call, "server", None),
     )
 
 

@@ -178,8 +178,18 @@ class BrainCall(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=1)
+    """Which attempt of its call this request was (one row per HTTP request, failed ones included)."""
     ok: Mapped[bool] = mapped_column(Boolean, default=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Added after the first release: nullable, so storage/database.py adds them to older histories.
+    call_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """Shared by the requests of one call (its retries and format fallbacks)."""
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """HTTP status of the reply; None when none came (timeout, connection error, Ctrl-C)."""
+    response_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    """json_schema, json_object or text as negotiated with the server; None when no JSON was wanted."""
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    server: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="brain_calls")
 

@@ -137,5 +137,30 @@ class BrainCallLike(Protocol):
     prompt_tokens: int | None
     completion_tokens: int | None
     attempts: int
+    """Which attempt of its call the request was: one record per HTTP request, failed ones included.
+    Optional further attributes are stored when present: call_id, status_code, response_format,
+    finish_reason, server."""
     ok: bool
     error: str | None
+
+
+class BrainCallView(BaseModel):
+    """One stored brain request, as `History.brain_calls` reads it back."""
+
+    role: str
+    model: str
+    provider: str
+    started_at: datetime
+    latency_s: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    attempts: int
+    """Which attempt of its call this request was."""
+    ok: bool
+    error: str | None = None
+    iteration_index: int | None = None
+    call_id: str | None = None
+    status_code: int | None = None
+    response_format: str | None = None
+    finish_reason: str | None = None
+    server: str | None = None

@@ -44,5 +44,7 @@ def scripted_backend(server: BrainServer, **config: Any) -> ChatBackend:
         "retry_wait_s": 0.01,
         "retry_max_wait_s": 0.05,
     }
+    if config.pop("json_schema_output", True) is False:  # the older spelling of "off"
+        settings["structured_output"] = "off"
     settings.update(config)
     return ChatBackend(BackendConfig(**settings))

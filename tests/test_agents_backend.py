@@ -35,8 +35,12 @@ def test_rate_limit_is_retried_until_success(brain_server):
     assert backend.call_log.requests == 3
     assert backend.call_log.calls == 1
     assert backend.call_log.total_backoff_s > 0
-    [record] = backend.call_log.drain()
-    assert record.ok and record.attempts == 3 and record.error is None
+    records = backend.call_log.drain()
+    # One record per request, failed ones included, all of one call.
+    assert [(r.attempts, r.ok, r.status_code) for r in records] == [(1, False, 429), (2, False, 429),
+                                                                    (3, True, 200)]
+    assert len({r.call_id for r in records}) == 1
+    assert "429 rate limited: Rate limit reached" in records[0].error and records[2].error is None
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -58,8 +62,9 @@ def test_gives_up_after_max_attempts_with_reason(brain_server):
 
     assert "proposer brain scripted-model" in str(caught.value)
     assert len(brain_server.requests) == 3
-    [record] = backend.call_log.drain()
-    assert not record.ok and record.attempts == 3 and "429" in record.error
+    records = backend.call_log.drain()
+    assert [r.attempts for r in records] == [1, 2, 3]
+    assert all(not r.ok and r.status_code == 429 and "429" in r.error for r in records)
 
 
 def test_insufficient_quota_fails_at_once(brain_server):
@@ -115,7 +120,7 @@ def test_not_found_names_model_and_url(brain_server):
         backend.complete(HELLO, role="differ")
 
 
-def test_schema_rejection_falls_back_to_plain_output_and_remembers(brain_server):
+def test_schema_rejection_falls_back_to_json_object_and_remembers(brain_server):
     brain_server.enqueue(ScriptedReply.schema_rejected(), ScriptedReply.text('{"phrases": ["x"]}'))
     backend = scripted_backend(brain_server)
 
@@ -123,12 +128,19 @@ def test_schema_rejection_falls_back_to_plain_output_and_remembers(brain_server)
     first = backend.complete(HELLO, **ask)
     second = backend.complete(HELLO, **ask)
 
-    assert first.text == '{"phrases": ["x"]}' and first.attempts == 2
+    # The fallback is part of the first attempt, not a retry.
+    assert first.text == '{"phrases": ["x"]}' and first.attempts == 1
+    assert first.response_format == "json_object"
     sent = brain_server.requests
     assert sent[0].response_format["json_schema"]["name"] == "candidate_phrases"
-    assert sent[1].response_format is None and sent[2].response_format is None
+    assert sent[1].response_format == {"type": "json_object"}
+    assert sent[2].response_format == {"type": "json_object"}
     assert second.attempts == 1
     assert backend.supports_json_schema is False
+    refused, answered, _ = backend.call_log.drain()
+    assert (refused.response_format, refused.status_code, refused.ok) == ("json_schema", 400, False)
+    assert "response_format json_schema refused" in refused.error
+    assert (answered.response_format, answered.ok, answered.attempts) == ("json_object", True, 1)
 
 
 def test_schema_is_sent_strict_when_supported(brain_server):
@@ -196,8 +208,10 @@ def test_record_carries_tokens_and_latency(brain_server):
 
     [record] = backend.call_log.drain()
     assert record.prompt_tokens == 100 == reply.prompt_tokens
+    assert (record.status_code, record.finish_reason, record.response_format) == (200, "stop", None)
     assert record.completion_tokens == len(reply.text) // 4 == reply.completion_tokens
-    assert 0.1 <= record.latency_s < 2 and record.latency_s == reply.latency_s
+    # The record times its request; the reply the whole call (one request here, plus thread hand-offs).
+    assert 0.1 <= record.latency_s <= reply.latency_s < record.latency_s + 0.5
     assert (record.role, record.model, record.provider) == ("differ", "scripted-model", "vllm")
     assert backend.call_log.drain() == []
     assert backend.call_log.total_wait_s >= 0.1

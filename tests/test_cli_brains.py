@@ -56,13 +56,17 @@ def test_vanilla_framework_survives_429_500_and_malformed_replies(capsys, arpo_h
 
     rows = brain_call_rows(arpo_home, result["run_id"])
     rounds = sum(1 for it in result["iterations"] if it["candidates"])
-    assert [row[0] for row in rows].count("comparer") == rounds
     assert all(row[3] and row[4] and row[5] > 0 for row in rows if row[2]), "tokens and latency recorded"
-    comparer_attempts = sqlite3.connect(arpo_home / "arpo.db").execute(
-        "SELECT attempts FROM brain_calls WHERE run_id = ? AND role = 'comparer' ORDER BY id", (result["run_id"],)
-    ).fetchone()[0]
-    assert comparer_attempts == 3
-    assert result["brain_calls"] == len(rows)
+    with sqlite3.connect(arpo_home / "arpo.db") as db:
+        comparer = db.execute(
+            "SELECT call_id, attempts, status_code, ok, error FROM brain_calls "
+            "WHERE run_id = ? AND role = 'comparer' ORDER BY id", (result["run_id"],)
+        ).fetchall()
+    assert len({row[0] for row in comparer}) == rounds
+    # Every request is a row, failed ones included, with its status and the server's reason.
+    assert [row[1:4] for row in comparer[:3]] == [(1, 429, 0), (2, 500, 0), (3, 200, 1)]
+    assert "429 rate limited" in comparer[0][4] and "500 server error" in comparer[1][4]
+    assert result["brain_calls"] == len(rows) == len(server.requests)
 
 
 def test_enhanced_framework_describes_once_per_image_and_compares_in_text(capsys, arpo_home, server):

@@ -39,6 +39,14 @@ def session(
     framework: opt.Framework = None,
     steps: Annotated[Optional[int], typer.Option(help="Iterations allowed per 'run N' before asking again is forced (default: 10).")] = None,
     seed: opt.Seed = None,
+    structured_output: opt.StructuredOutput = None,
+    vlm_structured_output: opt.VlmStructuredOutput = None,
+    llm_structured_output: opt.LlmStructuredOutput = None,
+    max_tokens: opt.MaxTokens = None,
+    vlm_max_tokens: opt.VlmMaxTokens = None,
+    llm_max_tokens: opt.LlmMaxTokens = None,
+    temperature: opt.Temperature = None,
+    brain_seed: opt.BrainSeed = None,
     init_prompt: Annotated[Optional[str], typer.Option("--init-prompt", help="Start from this prompt instead of a caption.")] = None,
     clip_model: opt.ClipModel = None,
     captioner: opt.CaptionerModel = None,
@@ -67,7 +75,10 @@ def session(
         config = opt.build_run_config(
             settings, models=models, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain, base_url=base_url,
             vlm_base_url=vlm_base_url, llm_base_url=llm_base_url, vlm=vlm, llm=llm, framework=framework,
-            steps=steps, seed=seed, initial_prompt=init_prompt, clip_model=clip_model, captioner=captioner,
+            steps=steps, seed=seed, initial_prompt=init_prompt, structured_output=structured_output,
+            vlm_structured_output=vlm_structured_output, llm_structured_output=llm_structured_output,
+            max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens, llm_max_tokens=llm_max_tokens,
+            temperature=temperature, brain_seed=brain_seed, clip_model=clip_model, captioner=captioner,
             device=device,
         )
         reference = load_reference_image(image)

@@ -1,0 +1,267 @@
+"""ChatBackend against server personalities: negotiated structured output, errors judged from the
+reply body, bounded and reproducible requests, cancelled timeouts, interruptible waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import openai
+import pytest
+from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from fixtures_brain import scripted_backend
+
+from arpo.agents import backend as backend_module
+from arpo.agents.backend import ROLE_MAX_TOKENS, BackendConfig, ChatBackend, FormatMemory
+from arpo.agents.image_parts import user_message
+from arpo.agents.server_personalities import (
+    LLAMA_CPP_LIST_REFUSAL,
+    BabblerPersonality,
+    LlamaCppPersonality,
+    OllamaPersonality,
+    VllmPersonality,
+)
+from arpo.errors import BrainError, InvalidInputError
+
+SCHEMA = {"type": "object", "properties": {"phrases": {"type": "array", "items": {"type": "string"}}},
+          "required": ["phrases"], "additionalProperties": False}
+ASK_PHRASES = {"role": "proposer", "json_schema": SCHEMA, "schema_name": "candidate_phrases"}
+PROPOSAL = [user_message('List candidate phrases as {"phrases": [...]}.')]
+
+
+@pytest.fixture
+def serve():
+    """Start a scripted server with the given personality; every one is stopped after the test."""
+    servers = []
+
+    def start(personality="openai", **options) -> BrainServer:
+        server = BrainServer(ScriptedBrain(personality=personality, **options)).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def test_llama_cpp_500_on_json_schema_falls_back_to_json_object_within_one_attempt(serve):
+    server = serve(LlamaCppPersonality())
+    backend = scripted_backend(server, max_attempts=5)
+
+    first = backend.complete(PROPOSAL, **ASK_PHRASES)
+    second = backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    assert first.attempts == 1 and first.response_format == "json_object"
+    assert '"phrases"' in first.text
+    formats = [(r.response_format or {}).get("type") for r in server.requests]
+    assert formats == ["json_schema", "json_object", "json_object"], "refused once, remembered after"
+    refused, answered, again = backend.call_log.drain()
+    assert (refused.status_code, refused.ok, refused.response_format) == (500, False, "json_schema")
+    assert "Input should be 'text' or 'json_object'" in refused.error
+    assert (answered.ok, answered.attempts, again.attempts) == (True, 1, 1)
+
+
+def test_a_refused_json_object_falls_back_to_plain_text(serve):
+    server = serve()
+    server.enqueue(ScriptedReply.schema_rejected(),
+                   ScriptedReply.status(400, "response_format json_object is not supported"),
+                   ScriptedReply.text("golden hour light\nrim lighting"))
+    backend = scripted_backend(server)
+
+    reply = backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    assert reply.response_format == "text" and reply.attempts == 1
+    assert server.requests[-1].response_format is None
+    assert backend.response_format_in_use() == "text"
+
+
+def test_backends_on_one_server_and_model_share_what_was_refused(serve):
+    server = serve(LlamaCppPersonality())
+    memory = FormatMemory()
+    proposer = scripted_backend(server)
+    splitter = ChatBackend(proposer.config, memory)
+    proposer = ChatBackend(proposer.config, memory)
+
+    proposer.complete(PROPOSAL, **ASK_PHRASES)
+    splitter.complete(PROPOSAL, **ASK_PHRASES)
+
+    assert [(r.response_format or {}).get("type") for r in server.requests] == [
+        "json_schema", "json_object", "json_object"]
+    assert memory.learned() == {f"scripted-model @ {server.base_url}": "json_object"}
+
+
+@pytest.mark.parametrize("mode, sent", [("off", None), ("json-object", {"type": "json_object"})])
+def test_fixed_structured_output_modes(serve, mode, sent):
+    server = serve()
+    backend = scripted_backend(server, structured_output=mode)
+    backend.complete(PROPOSAL, **ASK_PHRASES)
+    assert server.requests[0].response_format == sent
+
+
+def test_a_fixed_json_schema_mode_refused_fails_at_once_quoting_the_server(serve):
+    server = serve(LlamaCppPersonality())
+    backend = scripted_backend(server, structured_output="json-schema", max_attempts=5)
+
+    with pytest.raises(BrainError) as caught:
+        backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    message = str(caught.value)
+    assert "refused response_format json_schema" in message
+    assert "response_format.type: Input should be 'text' or 'json_object'" in message
+    assert "\n" not in message
+    assert len(server.requests) == 1
+
+
+def test_unknown_structured_output_mode_is_refused():
+    with pytest.raises(InvalidInputError, match="unknown structured output 'xml'"):
+        BackendConfig(provider="vllm", model="m", base_url=None, api_key="k", structured_output="xml")
+
+
+def test_text_only_messages_are_plain_strings_and_image_messages_parts():
+    assert user_message("a", "b") == {"role": "user", "content": "a\n\nb"}
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert user_message("look", image)["content"] == [{"type": "text", "text": "look"}, image]
+
+
+def test_list_content_refused_by_a_chat_template_is_permanent_and_quoted(serve):
+    server = serve(LlamaCppPersonality(list_content="refuse"))
+    backend = scripted_backend(server, max_attempts=5)
+    listed = [{"role": "user", "content": [{"type": "text", "text": "hello"}]}]
+
+    with pytest.raises(BrainError, match=r"request failed \(500\): can only concatenate str"):
+        backend.complete(listed, role="differ")
+
+    assert len(server.requests) == 1, "a 500 whose body is a type error is not retried"
+    backend.complete([user_message("hello")], role="differ")  # a plain string passes
+    assert server.requests[1].body["messages"][0]["content"] == "hello"
+    assert LLAMA_CPP_LIST_REFUSAL in backend.call_log.drain()[0].error
+
+
+def test_a_plain_500_is_transient(serve):
+    server = serve()
+    server.enqueue(ScriptedReply.status(500), ScriptedReply.text("ok now"))
+    assert scripted_backend(server).complete(PROPOSAL, role="differ").attempts == 2
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_gateway_errors_are_transient(serve, status):
+    server = serve()
+    server.enqueue(ScriptedReply.status(status), ScriptedReply.text("ok now"))
+    assert scripted_backend(server).complete(PROPOSAL, role="differ").text == "ok now"
+
+
+def test_attempt_count_excludes_format_fallback_and_every_request_is_recorded(serve):
+    server = serve()
+    server.enqueue(ScriptedReply.schema_rejected(), *[ScriptedReply.status(503)] * 5)
+    backend = scripted_backend(server, max_attempts=5)
+
+    with pytest.raises(BrainError, match=r"gave up after 5 attempts: 503 server error: The server is overloaded"):
+        backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    records = backend.call_log.drain()
+    assert len(records) == len(server.requests) == 6
+    assert [r.attempts for r in records] == [1, 1, 2, 3, 4, 5]
+    assert [r.status_code for r in records] == [400, 503, 503, 503, 503, 503]
+    assert not any(r.ok for r in records) and all(r.error for r in records)
+
+
+def test_vllm_flat_error_body_is_quoted(serve):
+    server = serve(VllmPersonality(images_per_prompt=1))
+    backend = scripted_backend(server)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+    with pytest.raises(BrainError, match=r"rejected \(400\): At most 1 image\(s\) may be provided"):
+        backend.complete([user_message("compare", image, image)], role="comparer")
+
+
+def test_vllm_context_overflow_names_the_limit(serve):
+    server = serve(VllmPersonality(context_tokens=200))
+    backend = scripted_backend(server, max_tokens=500)
+    with pytest.raises(BrainError, match="maximum context length is 200 tokens"):
+        backend.complete(PROPOSAL, role="differ")
+
+
+def test_ollama_missing_model_is_a_404_with_its_advice(serve):
+    server = serve(OllamaPersonality(models=("qwen2.5:1.5b",)))
+    backend = scripted_backend(server, model="llama3")
+    with pytest.raises(BrainError, match='not found at .*model "llama3" not found, try pulling it first'):
+        backend.complete(PROPOSAL, role="differ")
+    assert len(server.requests) == 1
+
+
+def test_ollama_honours_json_schema(serve):
+    server = serve(OllamaPersonality())
+    reply = scripted_backend(server).complete(PROPOSAL, **ASK_PHRASES)
+    assert reply.response_format == "json_schema" and len(server.requests) == 1
+
+
+def test_requests_carry_role_budget_temperature_and_seed(serve):
+    server = serve()
+    scripted_backend(server).complete(PROPOSAL, **ASK_PHRASES)
+    scripted_backend(server, max_tokens=77, temperature=0.0, seed=42).complete(PROPOSAL, role="comparer")
+    first, second = (request.body for request in server.requests)
+    assert (first["max_tokens"], first["temperature"], first["seed"]) == (ROLE_MAX_TOKENS["proposer"], 0.2, 0)
+    assert (second["max_tokens"], second["temperature"], second["seed"]) == (77, 0.0, 42)
+
+
+def test_a_babbling_model_stops_at_max_tokens(serve):
+    server = serve(BabblerPersonality())
+    backend = scripted_backend(server, max_tokens=120)
+
+    reply = backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    assert reply.finish_reason == "length"
+    assert len(reply.text) == 120 * 4
+    assert reply.text.lstrip().startswith('{"phrases"')
+
+
+def test_a_babbling_model_asked_without_max_tokens_runs_into_the_timeout(serve):
+    server = serve(BabblerPersonality())
+    client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0, timeout=0.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "describe"}])
+
+
+def test_a_timed_out_request_is_cancelled_on_the_server(serve):
+    server = serve()
+    server.enqueue(ScriptedReply.delay(5.0))
+    backend = scripted_backend(server, timeout_s=0.4, max_attempts=1)
+
+    started = time.monotonic()
+    with pytest.raises(BrainError, match="gave up after 1 attempts: timed out after 0.4 s"):
+        backend.complete(PROPOSAL, role="differ")
+    assert time.monotonic() - started < 2
+
+    [request] = server.requests
+    deadline = time.monotonic() + 2
+    while request.disconnected_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert request.disconnected_at is not None, "the server never saw the client hang up"
+    assert request.disconnected_at - request.received_at < 1.5
+    [record] = backend.call_log.drain()
+    assert (record.ok, record.status_code) == (False, None) and "timed out" in record.error
+
+
+def test_ctrl_c_stops_a_call_waiting_on_another_thread(serve):
+    server = serve()
+    server.enqueue(ScriptedReply.delay(10.0))
+    backend = scripted_backend(server, timeout_s=30)
+    outcome: dict[str, BaseException] = {}
+
+    def call() -> None:
+        try:
+            backend.complete(PROPOSAL, role="describer")
+        except BaseException as exc:  # noqa: BLE001 - the test wants to see exactly what escaped
+            outcome["raised"] = exc
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.3)
+    stopped_at = time.monotonic()
+    backend_module._INTERRUPTS.bump()  # what the SIGINT handler does before KeyboardInterrupt
+    worker.join(timeout=2)
+
+    assert not worker.is_alive() and time.monotonic() - stopped_at < 1
+    assert isinstance(outcome.get("raised"), KeyboardInterrupt)
+    [record] = backend.call_log.drain()
+    assert record.error == "interrupted (Ctrl-C)"
