@@ -67,6 +67,22 @@ def test_train_then_predict_from_the_command_line(capsys, trained):
                             "--checkpoint", root / "ckpt", "--adapter", root / "adapter.npz", "--json")
     assert with_adapter.exit_code == 0 and with_adapter.json()["kernel_adapted"] is True
 
+    # Default settings (γ from the data): different images keep different adapted predictions. With the
+    # paper's γ = 0.001 as the default, both got the same five prompts with scores 1e-7 apart.
+    adapted = run_arpo(capsys, "regressor", "adapt", manifest, root / "shapes", "--checkpoint", root / "ckpt",
+                       "--out", root / "default-adapter.npz", "--clusters", "6")
+    assert adapted.exit_code == 0, adapted.stderr
+    scores = {}
+    for name in ("red-circle-0", "yellow-square-0"):
+        predicted = run_arpo(capsys, "regressor", "predict", root / "shapes" / f"{name}.png", "--checkpoint",
+                             root / "ckpt", "--adapter", root / "default-adapter.npz", "--json")
+        assert predicted.exit_code == 0, predicted.stderr
+        scores[name] = {match["prompt"]: match["similarity"] for match in predicted.json()["top_k"]}
+    shared = scores["red-circle-0"].keys() & scores["yellow-square-0"].keys()
+    assert shared != scores["red-circle-0"].keys() or max(
+        abs(scores["red-circle-0"][prompt] - scores["yellow-square-0"][prompt]) for prompt in shared
+    ) > 1e-3
+
     # The same checkpoint initialises the loop through RunConfig (--init/--method regressor).
     inverter = RegressorInverter.from_config(RunConfig(models="tiny", regressor=str(root / "ckpt"),
                                                        prompt_bank=str(bank)))

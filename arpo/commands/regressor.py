@@ -107,8 +107,14 @@ def adapt(
     checkpoint: Annotated[list[Path], typer.Option(help="Checkpoint folder; repeat for an ensemble (median embedding).")],
     out: Annotated[Path, typer.Option(help="Adapter file to write (.npz).")],
     clusters: Annotated[int, typer.Option(help="k-means centroids summarising the training set (paper: 10000).")] = 10_000,
-    gamma: Annotated[float, typer.Option(help="γ of the RBF transform (paper: 0.001).")] = 0.001,
-    ridge: Annotated[float, typer.Option(help="L2 regularisation of the kernel ridge regression.")] = 1.0,
+    gamma: Annotated[
+        Optional[float],
+        typer.Option(help="γ of the RBF transform (default: 1 / median anchor distance; the paper's 0.001 "
+                          "suits only its own data, see tools/regressor/kernel_adaptation.py)."),
+    ] = None,
+    ridge: Annotated[
+        float, typer.Option(help="L2 regularisation of the kernel ridge regression, relative to its Gram matrix's scale.")
+    ] = 0.01,
     seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")] = None,
 ) -> None:
@@ -117,7 +123,7 @@ def adapt(
     from arpo.tools.regressor.kernel_adaptation import fit_kernel_adapter
     from arpo.tools.regressor.sentence_space import load_sentence_space
 
-    if clusters < 1 or gamma <= 0 or ridge <= 0:
+    if clusters < 1 or (gamma is not None and gamma <= 0) or ridge <= 0:
         raise InvalidInputError("--clusters must be at least 1, --gamma and --ridge positive.")
     pairs = load_training_pairs(manifest)
     target_images = _target_images(target)
@@ -136,7 +142,10 @@ def adapt(
         seed=seed,
     )
     fitted.save(out)
-    print(f"saved {out} ({fitted.centroid_count} centroids, {len(target_images)} target images)")
+    print(
+        f"saved {out} ({fitted.centroid_count} centroids, {len(target_images)} target images, "
+        f"gamma {fitted.gamma:.4g})"
+    )
 
 
 def _target_images(target: Path) -> list[Path]:
