@@ -56,6 +56,8 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
                 "clip_i": record.clip_i,
                 "image": str(image_path),
                 "note": record.note,
+                "candidate_source": record.proposal.source if record.proposal else None,
+                "dropped": [d.model_dump() for d in record.proposal.dropped] if record.proposal else [],
             }
         )
     result = {
@@ -65,6 +67,7 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
         "best_clip_i": detail.best_clip_i,
         "last_prompt": detail.last_prompt,
         "stopped_because": detail.stopped_because,
+        "error": detail.error,
         "reference": detail.reference_name,
         "iterations": iterations,
         "brain_calls": detail.brain_calls,
@@ -87,6 +90,24 @@ def _copy_into(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     return target
+
+
+def _proposal_lines(record) -> list[str]:
+    """Where a round's candidates came from (when not the configured proposer) and what was dropped,
+    counted by reason."""
+    proposal = record.proposal
+    if proposal is None:
+        return []
+    lines = []
+    if proposal.source == "offline-fallback":
+        lines.append("     candidates from the offline phrase banks (the LLM's replies were unusable)")
+    by_reason: dict[str, list[str]] = {}
+    for dropped in proposal.dropped:
+        by_reason.setdefault(dropped.reason, []).append(dropped.phrase)
+    for reason, phrases in by_reason.items():
+        shown = ", ".join(f'"{phrase}"' for phrase in phrases)
+        lines.append(f"     - dropped {len(phrases)} ({reason}): {shown}")
+    return lines
 
 
 def summary_text(result: dict) -> str:
@@ -117,7 +138,9 @@ def runs_table(runs: list[RunSummary]) -> str:
 
 def iterations_text(detail: RunDetail, history: History | None = None) -> str:
     """A run's iterations for a person; a session's replies appear where they were given."""
-    lines = [f"run {detail.id} ({detail.status}) on {detail.reference_name}: {detail.stopped_because or ''}"]
+    lines = [f"run {detail.id} ({detail.status}) on {detail.reference_name}: {detail.stopped_because or ''}".rstrip()]
+    if detail.error and detail.status in ("failed", "interrupted"):
+        lines.append(f"{detail.status}: {detail.error}")
     turns = history.session_turns(detail.id) if history is not None and detail.kind == "session" else []
     for record in detail.iterations_detail:
         lines.append(f"[{record.index}] CLIP-I {record.clip_i:.4f}  CLIP-T {record.clip_t:.4f}  {record.prompt}")
@@ -125,6 +148,7 @@ def iterations_text(detail: RunDetail, history: History | None = None) -> str:
             mark = "+" if candidate.selected else " "
             score = f"{candidate.score:.4f}" if candidate.score is not None else "  -   "
             lines.append(f"     {mark} {score}  {candidate.phrase}  ({candidate.reason})")
+        lines += _proposal_lines(record)
         if record.note:
             lines.append(f"     note: {record.note}")
         for turn in (t for t in turns if t.iteration_index == record.index):

@@ -5,6 +5,7 @@ The CLI, batch runs and sessions all go through here, so a run started one way c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,15 +39,20 @@ class RunHandle:
 def build_context(config: RunConfig, history: History, models: ModelStack | None = None) -> ArpoContext:
     """Models and brains for a config. Fails before anything is stored if either cannot be had."""
     from arpo.agents.brains import build_run_brains
-    from arpo.tools.model_stack import build_model_stack
+    from arpo.tools.model_stack import model_stack_for
 
-    if config.framework == "enhanced" and config.vlm.provider != "offline" and config.llm.provider == "offline":
+    if config.framework == "enhanced" and config.vlm.provider == "offline":
+        # Without a describing VLM the enhanced loop has nothing to compare and would quietly run as a
+        # blind proposer; say so instead.
+        raise InvalidInputError(
+            "the enhanced framework needs a VLM to describe the images, but the VLM brain is offline; "
+            "set --vlm-brain (or --brain) to openai or vllm, or use --framework vanilla"
+        )
+    if config.framework == "enhanced" and config.llm.provider == "offline":
         raise InvalidInputError("the enhanced framework needs an LLM brain to compare descriptions; set --llm-brain")
     brains = build_run_brains(config.vlm, config.llm)
     if models is None:
-        models = build_model_stack(
-            config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device
-        )
+        models = model_stack_for(config)
     initial_inverter = None
     if config.init != "caption" and not config.initial_prompt:
         from arpo.tools.inversion.registry import build_inverter
@@ -114,6 +120,13 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
                     on_update(node, update or {})
 
 
+class RunFailedError(ArpoError):
+    """A run stopped by an error that is not arpo's own (a model, a library, the disk): the run is
+    marked failed with the reason and stays resumable from its last checkpoint."""
+
+    exit_code = 3
+
+
 @contextmanager
 def brain_calls_kept(handle: RunHandle) -> Iterator[None]:
     """On any failure or Ctrl-C, store the brain calls made since the last save (failed requests
@@ -130,7 +143,12 @@ def brain_calls_kept(handle: RunHandle) -> Iterator[None]:
 
 @contextmanager
 def failures_recorded(history: History, run_id: str) -> Iterator[None]:
-    """Mark the run failed (an arpo error) or interrupted (Ctrl-C) in the history, and re-raise."""
+    """Mark the run failed (any error) or interrupted (Ctrl-C) in the history, and re-raise.
+
+    An arpo error goes on as it is; any other exception becomes a one-line RunFailedError that names
+    the step it happened in and how to continue (with ARPO_DEBUG set, the original is re-raised for
+    its traceback).
+    """
     try:
         yield
     except ArpoError as error:
@@ -139,6 +157,33 @@ def failures_recorded(history: History, run_id: str) -> Iterator[None]:
     except KeyboardInterrupt:
         history.set_status(run_id, "interrupted")
         raise
+    except Exception as error:  # noqa: BLE001 - whatever broke, the run must not stay "running"
+        reason = failure_reason(error)
+        history.fail_run(run_id, reason)
+        if os.environ.get("ARPO_DEBUG"):
+            raise
+        raise RunFailedError(f"run {run_id} failed: {reason}; {_how_to_continue(history, run_id)}") from error
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line saying what failed and where: the graph node (from LangGraph's note), type and message."""
+    message = " ".join(str(error).split()) or "(no message)"
+    reason = f"{type(error).__name__}: {message}"
+    if len(reason) > 300:
+        reason = reason[:299] + "…"
+    for note in getattr(error, "__notes__", ()):
+        # LangGraph notes the task an exception escaped from: "During task with name 'select' and id ..."
+        if note.startswith("During task with name '"):
+            node = note.split("'")[1]
+            return f"in step {node}: {reason}"
+    return reason
+
+
+def _how_to_continue(history: History, run_id: str) -> str:
+    kind = history.get_run(run_id).kind
+    if kind == "session":
+        return f"once the cause is fixed, continue with: arpo session --resume {run_id}"
+    return f"once the cause is fixed, continue with: arpo resume {run_id}"
 
 
 def initial_input(handle: RunHandle) -> ArpoInput:
