@@ -56,6 +56,8 @@ def invert(
     clip_model: opt.ClipModel = None,
     captioner: opt.CaptionerModel = None,
     device: opt.Device = None,
+    scheduler: opt.Scheduler = None,
+    dtype: opt.Dtype = None,
     db: opt.Database = None,
     out: Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
@@ -74,7 +76,7 @@ def invert(
         steps=steps, seed=seed, structured_output=structured_output, vlm_structured_output=vlm_structured_output,
         llm_structured_output=llm_structured_output, max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens,
         llm_max_tokens=llm_max_tokens, temperature=temperature, brain_seed=brain_seed, initial_prompt=init_prompt, clip_model=clip_model, captioner=captioner,
-        device=device, method=method or "arpo", init=init or "caption", inversion_steps=inversion_steps,
+        device=device, scheduler=scheduler, dtype=dtype, method=method or "arpo", init=init or "caption", inversion_steps=inversion_steps,
         inversion_seconds=inversion_seconds, regressor=regressor, prompt_bank=prompt_bank,
         editor_inverter=editor_inverter,
     )

@@ -29,6 +29,8 @@ Seed = Annotated[Optional[int], typer.Option(help="Noise seed for every generati
 ClipModel = Annotated[Optional[str], typer.Option(help="open_clip NAME/PRETRAINED for scoring (default: ViT-L-14/openai).")]
 CaptionerModel = Annotated[Optional[str], typer.Option("--captioner", help="Captioner id for the initial prompt (default: Salesforce/blip2-opt-2.7b).")]
 Device = Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")]
+Scheduler = Annotated[Optional[str], typer.Option(help="Noise scheduler of the text-to-image model: ddim | pndm | euler | euler-a | dpm++ (default: the model's own: PNDM for SD 1.5, Euler for SDXL, DPM-Solver++ for PixArt).")]
+Dtype = Annotated[Optional[str], typer.Option("--dtype", help="Precision of the text-to-image model, scorer and captioner: float32 | float16 | bfloat16 (default: float16 on CUDA, float32 elsewhere).")]
 StructuredOutput = Annotated[Optional[str], typer.Option(help="How JSON replies are asked for: auto (try json_schema, fall back to json_object, then plain text; remembered per server and model) | json-schema | json-object | off (default: auto).")]
 VlmStructuredOutput = Annotated[Optional[str], typer.Option(help="--structured-output for the VLM role only.")]
 LlmStructuredOutput = Annotated[Optional[str], typer.Option(help="--structured-output for the LLM role only.")]
@@ -55,6 +57,8 @@ def build_run_config(
     framework: str | None = None,
     steps: int | None = None,
     seed: int | None = None,
+    scheduler: str | None = None,
+    dtype: str | None = None,
     structured_output: str | None = None,
     vlm_structured_output: str | None = None,
     llm_structured_output: str | None = None,
@@ -95,6 +99,8 @@ def build_run_config(
             framework=framework or settings.framework,
             steps=steps if steps is not None else settings.steps,
             seed=seed if seed is not None else settings.seed,
+            scheduler=_lower(scheduler) or settings.scheduler,
+            dtype=_dtype_name(dtype) or settings.dtype,
             **fields,
         )
     except ValueError as error:
@@ -109,3 +115,19 @@ def first_validation_problem(error: ValueError) -> str:
         where = ".".join(str(part) for part in first["loc"])
         return f"invalid value for {where}: {first['msg']}"
     return str(error)
+
+
+def _lower(name: str | None) -> str | None:
+    return name.strip().lower() if name else None
+
+
+def _dtype_name(name: str | None) -> str | None:
+    """--dtype as RunConfig stores it; the short forms people type (fp16, bf16) are read too."""
+    if not name:
+        return None
+    from arpo.tools.devices import DTYPE_NAMES, parse_dtype
+
+    try:
+        return str(parse_dtype(name)).removeprefix("torch.")
+    except InvalidInputError:
+        raise InvalidInputError(f"invalid value for --dtype: '{name}'; choose one of: {', '.join(DTYPE_NAMES)}") from None

@@ -24,6 +24,10 @@ class ArpoSettings(BaseSettings):
     framework: Literal["vanilla", "enhanced"] = "vanilla"
     steps: int = 10
     seed: int = 0
+    scheduler: Literal["ddim", "pndm", "euler", "euler-a", "dpm++"] | None = None
+    """Noise scheduler of the text-to-image model (None: the model's own)."""
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    """Precision of the models (None: float16 on CUDA, float32 elsewhere)."""
     structured_output: Literal["auto", "json-schema", "json-object", "off"] = "auto"
     max_tokens: int | None = None
     """Reply budget of every brain request (None: each role's default)."""

@@ -42,6 +42,11 @@ class RunConfig(BaseModel):
     """Captioner model id for the initial prompt; None takes the stack's default."""
     device: str | None = None
     """Torch device; None picks the best available."""
+    scheduler: Literal["ddim", "pndm", "euler", "euler-a", "dpm++"] | None = None
+    """Noise scheduler of the text-to-image model; None keeps the model's own (PNDM for SD 1.5, Euler
+    for SDXL, DPM-Solver++ for PixArt-α). The names are tools/schedulers.SCHEDULER_NAMES."""
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    """Precision the three models load in; None: float16 on CUDA, float32 elsewhere."""
     vlm: BrainChoice = Field(default_factory=BrainChoice)
     llm: BrainChoice = Field(default_factory=BrainChoice)
     framework: Literal["vanilla", "enhanced"] = "vanilla"

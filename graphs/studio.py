@@ -113,16 +113,14 @@ class _Resources:
             return self._histories[database_url]
 
     def models(self, config: RunConfig) -> ModelStack:
-        from arpo.tools.model_stack import build_model_stack
+        from arpo.tools.model_stack import model_stack_for, model_stack_key
 
         if self._given_models is not None:
             return self._given_models
-        spec = (config.models, config.clip_model, config.captioner, config.device)
+        spec = model_stack_key(config)
         with self._lock:
             if spec not in self._models:
-                self._models[spec] = build_model_stack(
-                    config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device
-                )
+                self._models[spec] = model_stack_for(config)
             return self._models[spec]
 
 

@@ -58,11 +58,11 @@ def test_real_stack_defaults_name_vit_l_14_and_blip2(monkeypatch):
         asked["text_to_image"] = name
         return cls.tiny()
 
-    def fake_clip(cls, model, pretrained, device=None):
+    def fake_clip(cls, model, pretrained, device=None, **kwargs):
         asked["clip"] = (model, pretrained)
         return cls.tiny()
 
-    def fake_captioner(cls, name, device=None):
+    def fake_captioner(cls, name, device=None, **kwargs):
         asked["captioner"] = name
         return cls.tiny()
 

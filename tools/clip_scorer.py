@@ -20,7 +20,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from arpo.errors import InvalidInputError
-from arpo.tools.devices import pick_device
+from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import MISSING_WEIGHTS_ERRORS, load_or_fail
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
@@ -65,6 +65,7 @@ class ClipScorer:
         # Separate from the forward lock so counting tokens never waits behind a long forward pass.
         self._tokenizer_lock = threading.Lock()
         self._embed_dim = _embed_dim(model)
+        self.dtype = next(model.parameters()).dtype
 
     # ---- embeddings -------------------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ class ClipScorer:
         with self._forward_lock:
             started = time.perf_counter()
             with torch.inference_mode():
-                embeddings = self.model.encode_image(pixels.to(self.device), normalize=True)
+                embeddings = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=True)
             self.forward_seconds += time.perf_counter() - started
             self.image_forward_passes += 1
         return embeddings.float().cpu()
@@ -143,6 +144,7 @@ class ClipScorer:
             **self._description,
             "context_length": self.context_length,
             "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
             "open_clip_version": open_clip.__version__,
             "torch_version": torch.__version__,
         }
@@ -155,15 +157,18 @@ class ClipScorer:
         model: str = DEFAULT_CLIP_MODEL,
         pretrained: str | None = DEFAULT_CLIP_WEIGHTS,
         device: str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> "ClipScorer":
         """Load an open_clip model with its weights.
 
         `model` is an open_clip architecture ("ViT-L-14"), "hf-hub:org/repo" or "local-dir:/path";
         `pretrained` a weights tag ("openai", "laion2b_s32b_b82k"), a checkpoint file, or None for the
         architecture's default tag. Weights come from the local cache unless the hub is allowed and
-        reachable; otherwise ModelUnavailableError is raised at once.
+        reachable; otherwise ModelUnavailableError is raised at once. `dtype` defaults to float16 on
+        CUDA and float32 elsewhere; embeddings come back float32 either way.
         """
         torch_device = pick_device(device)
+        torch_dtype = pick_dtype(torch_device, dtype)
         source = _weights_source(model, pretrained)
 
         def load(local_files_only: bool) -> tuple[torch.nn.Module, Any, Any]:
@@ -173,6 +178,7 @@ class ClipScorer:
             return built, preprocess, open_clip.get_tokenizer(factory_kwargs["model_name"])
 
         built, preprocess, tokenizer = load_or_fail(source.display_name, load)
+        built.to(dtype=torch_dtype)
         description = {
             "model": source.model,
             "pretrained": source.pretrained,
@@ -189,17 +195,18 @@ class ClipScorer:
         )
 
     @classmethod
-    def tiny(cls, seed: int = 0) -> "ClipScorer":
+    def tiny(cls, seed: int = 0, *, dtype: torch.dtype | None = None) -> "ClipScorer":
         """A small random CLIP (32-pixel images, width-32 towers) with the real 49408-token tokenizer.
 
         The same `seed` always builds the same weights; the name carries the seed so caches of its
-        embeddings never mix two different tiny models.
+        embeddings never mix two different tiny models. `dtype` defaults to float32 (it runs on the CPU).
         """
         vision = open_clip.CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32)
         text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = open_clip.CLIP(embed_dim=32, vision_cfg=vision, text_cfg=text)
+        model.to(dtype=dtype or torch.float32)
         preprocess = open_clip.image_transform(32, is_train=False)
         description = {"model": "tiny", "pretrained": None, "seed": seed, "embed_dim": 32, "image_size": 32}
         return cls(

@@ -1,11 +1,17 @@
 """The three models one ARPO run needs (generator, CLIP scorer, captioner), chosen by name together."""
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from arpo.tools.captioner import DEFAULT_CAPTIONER, Captioner
 from arpo.tools.clip_scorer import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipScorer, parse_clip_spec
+from arpo.tools.devices import parse_dtype
 from arpo.tools.text_to_image import TINY_PRESETS, TextToImage
+
+if TYPE_CHECKING:
+    from arpo.graphs.run_config import RunConfig
 
 TINY = "tiny"
 DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"
@@ -43,6 +49,7 @@ def build_model_stack(
     captioner: str | None = None,
     device: str | None = None,
     scheduler: str | None = None,
+    dtype: str | None = None,
 ) -> ModelStack:
     """Load the models for a run.
 
@@ -52,34 +59,63 @@ def build_model_stack(
     (OPT-2.7b) for real models, to their tiny versions for tiny presets; either can be named
     explicitly ("tiny" works for each on its own). `clip_model` reads "MODEL/TAG", "MODEL",
     "hf-hub:org/repo" or "local-dir:/path". `scheduler` (tools/schedulers.SCHEDULER_NAMES) replaces
-    the text-to-image model's own scheduler.
+    the text-to-image model's own scheduler. `dtype` ("float32", "float16", "bfloat16") is the
+    precision all three models load in; None means float16 on CUDA and float32 elsewhere (tiny models
+    always run on the CPU, so float32).
     """
     is_tiny_default = models in TINY_PRESETS
     clip_choice = clip_model or (TINY if is_tiny_default else DEFAULT_CLIP_SPEC)
     captioner_choice = captioner or (TINY if is_tiny_default else DEFAULT_CAPTIONER)
+    torch_dtype = parse_dtype(dtype) if dtype else None  # an unknown name fails before anything loads
 
     return ModelStack(
         name=models,
-        text_to_image=load_text_to_image(models, device, scheduler=scheduler),
-        clip=_load_clip(clip_choice, device),
-        captioner=_load_captioner(captioner_choice, device),
+        text_to_image=load_text_to_image(models, device, scheduler=scheduler, dtype=torch_dtype),
+        clip=_load_clip(clip_choice, device, torch_dtype),
+        captioner=_load_captioner(captioner_choice, device, torch_dtype),
         is_tiny=is_tiny_default or TINY in (clip_choice, captioner_choice),
     )
 
 
-def load_text_to_image(choice: str, device: str | None = None, *, scheduler: str | None = None) -> TextToImage:
+def model_stack_for(config: "RunConfig") -> ModelStack:
+    """The model stack a run configuration names (models, scorer, captioner, device, scheduler, dtype)."""
+    return build_model_stack(
+        config.models,
+        clip_model=config.clip_model,
+        captioner=config.captioner,
+        device=config.device,
+        scheduler=config.scheduler,
+        dtype=config.dtype,
+    )
+
+
+def model_stack_key(config: "RunConfig") -> tuple:
+    """What two configurations must share to share one loaded model stack."""
+    return (config.models, config.clip_model, config.captioner, config.device, config.scheduler, config.dtype)
+
+
+def load_text_to_image(
+    choice: str,
+    device: str | None = None,
+    *,
+    scheduler: str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> TextToImage:
     """The text-to-image model alone: a tiny preset, a preset, a diffusers id or a local folder."""
+    torch_dtype = parse_dtype(dtype) if dtype else None
     if choice in TINY_PRESETS:
-        return TextToImage.tiny(family=TINY_PRESETS[choice], scheduler=scheduler)
-    return TextToImage.from_pretrained(choice, device=device, scheduler=scheduler)
+        return TextToImage.tiny(family=TINY_PRESETS[choice], scheduler=scheduler, dtype=torch_dtype)
+    return TextToImage.from_pretrained(choice, device=device, scheduler=scheduler, dtype=torch_dtype)
 
 
-def _load_captioner(choice: str, device: str | None) -> Captioner:
-    return Captioner.tiny() if choice == TINY else Captioner.from_pretrained(choice, device=device)
-
-
-def _load_clip(choice: str, device: str | None) -> ClipScorer:
+def _load_captioner(choice: str, device: str | None, dtype: torch.dtype | None) -> Captioner:
     if choice == TINY:
-        return ClipScorer.tiny()
+        return Captioner.tiny(dtype=dtype) if dtype else Captioner.tiny()
+    return Captioner.from_pretrained(choice, device=device, dtype=dtype)
+
+
+def _load_clip(choice: str, device: str | None, dtype: torch.dtype | None) -> ClipScorer:
+    if choice == TINY:
+        return ClipScorer.tiny(dtype=dtype)
     model, pretrained = parse_clip_spec(choice)
-    return ClipScorer.from_pretrained(model, pretrained, device=device)
+    return ClipScorer.from_pretrained(model, pretrained, device=device, dtype=dtype)

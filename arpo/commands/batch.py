@@ -56,6 +56,8 @@ def batch(
     llm_max_tokens: options.LlmMaxTokens = None,
     temperature: options.Temperature = None,
     brain_seed: options.BrainSeed = None,
+    scheduler: options.Scheduler = None,
+    dtype: options.Dtype = None,
     db: options.Database = None,
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
@@ -87,6 +89,8 @@ def batch(
         llm_max_tokens=llm_max_tokens,
         temperature=temperature,
         brain_seed=brain_seed,
+        scheduler=scheduler,
+        dtype=dtype,
     )
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be at least 1, not {concurrency}")

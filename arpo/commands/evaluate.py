@@ -48,6 +48,8 @@ def evaluate(
     clip_model: opt.ClipModel = None,
     captioner: opt.CaptionerModel = None,
     device: opt.Device = None,
+    scheduler: opt.Scheduler = None,
+    dtype: opt.Dtype = None,
     db: opt.Database = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of Markdown.")] = False,
 ) -> None:
@@ -64,6 +66,7 @@ def evaluate(
     config = opt.build_run_config(
         settings, models=models, steps=steps, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain,
         base_url=base_url, vlm=vlm, llm=llm, clip_model=clip_model, captioner=captioner, device=device,
+        scheduler=scheduler, dtype=dtype,
         inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
     )
     out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
@@ -78,7 +81,8 @@ def _run_evaluation(dataset, method_names, metric_names, seeds, config, database
     from arpo.eval.runner import EvalRunner, stderr_progress
     from arpo.storage.evaluations import EvaluationStore
     from arpo.storage.history import History
-    from arpo.tools.model_stack import build_model_stack
+    from arpo.tools.model_stack import model_stack_for
+    from arpo.tools.text_to_image import TINY_PRESETS
 
     history = History.open(database_url)
     store = EvaluationStore(history.engine)
@@ -89,10 +93,10 @@ def _run_evaluation(dataset, method_names, metric_names, seeds, config, database
     cells = store.cells(evaluation.id, status="done")
     if len(cells) < len(dataset.cases) * len(method_names) * len(seeds):
         # Models are loaded only when some cell is left: a finished evaluation just rewrites its reports.
-        stack = build_model_stack(config.models, clip_model=config.clip_model, captioner=config.captioner, device=config.device)
+        stack = model_stack_for(config)
         if stack.is_tiny:
             print(TINY_NOTE, file=sys.stderr)
-        suite = build_metric_suite(stack.clip, tiny=config.models == "tiny", names=metric_names, device=config.device)
+        suite = build_metric_suite(stack.clip, tiny=config.models in TINY_PRESETS, names=metric_names, device=config.device)
         context = MethodContext(models=stack, history=history, base_config=config)
         methods = [build_method(name, context) for name in method_names]
         runner = EvalRunner(history=history, models=stack, suite=suite, methods=methods)
@@ -131,13 +135,18 @@ def make_eval_set(
     models: opt.Models = None,
     seed: Annotated[int, typer.Option(help="Seed of the first image; each next image uses the next seed.")] = 0,
     device: opt.Device = None,
+    scheduler: opt.Scheduler = None,
+    dtype: opt.Dtype = None,
 ) -> None:
     from arpo.eval.datasets import make_self_consistent_set, read_prompt_lines
     from arpo.tools.model_stack import load_text_to_image
 
     texts = read_prompt_lines(prompts)
-    choice = models or ArpoSettings().models
-    text_to_image = load_text_to_image(choice, device)
+    settings = ArpoSettings()
+    choice = models or settings.models
+    text_to_image = load_text_to_image(
+        choice, device, scheduler=scheduler or settings.scheduler, dtype=dtype or settings.dtype
+    )
     dataset = make_self_consistent_set(texts, text_to_image, out, seed=seed)
     print(f"wrote {len(dataset.cases)} reference image(s) and {dataset.location}", file=sys.stderr)
     print(str(dataset.location))

@@ -51,6 +51,8 @@ def session(
     clip_model: opt.ClipModel = None,
     captioner: opt.CaptionerModel = None,
     device: opt.Device = None,
+    scheduler: opt.Scheduler = None,
+    dtype: opt.Dtype = None,
     db: opt.Database = None,
 ) -> None:
     from arpo.graphs.session_driver import SessionDriver
@@ -79,7 +81,7 @@ def session(
             vlm_structured_output=vlm_structured_output, llm_structured_output=llm_structured_output,
             max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens, llm_max_tokens=llm_max_tokens,
             temperature=temperature, brain_seed=brain_seed, clip_model=clip_model, captioner=captioner,
-            device=device,
+            device=device, scheduler=scheduler, dtype=dtype,
         )
         reference = load_reference_image(image)
         view = driver.start(reference, config, on_update=print_progress)

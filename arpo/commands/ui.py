@@ -32,6 +32,8 @@ def ui(
     llm: opt.Llm = None,
     framework: opt.Framework = None,
     seed: opt.Seed = None,
+    scheduler: opt.Scheduler = None,
+    dtype: opt.Dtype = None,
     db: opt.Database = None,
 ) -> None:
     # A local tool has no business reporting usage to Gradio's servers; the user can still opt in.
@@ -40,6 +42,7 @@ def ui(
     from arpo.web_ui import UiDefaults, build_ui
 
     settings = ArpoSettings()
+    _models_settings_from_flags(settings, scheduler, dtype)
     defaults = UiDefaults.from_settings(
         settings, models=models, brain=brain, base_url=base_url, vlm=vlm, llm=llm, framework=framework, seed=seed
     )
@@ -47,3 +50,12 @@ def ui(
     app = build_ui(history, defaults)
     print(f"arpo ui on http://{host}:{port} (Ctrl-C to stop)", file=sys.stderr)
     app.queue().launch(server_name=host, server_port=port, footer_links=[], quiet=True)
+
+
+def _models_settings_from_flags(settings: ArpoSettings, scheduler: str | None, dtype: str | None) -> None:
+    """Make --scheduler/--dtype this server's settings: the UI reads ArpoSettings for every run it
+    starts, so the checked values go into this process's ARPO_* environment."""
+    checked = opt.build_run_config(settings, scheduler=scheduler, dtype=dtype)  # one-line error if bad
+    for variable, value in (("ARPO_SCHEDULER", scheduler and checked.scheduler), ("ARPO_DTYPE", dtype and checked.dtype)):
+        if value:
+            os.environ[variable] = value
