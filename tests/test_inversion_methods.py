@@ -11,7 +11,7 @@ from arpo.tools.inversion.editor import EditorInverter
 from arpo.tools.inversion.pez import PezInverter
 from arpo.tools.inversion.ph2p import Ph2pInverter
 from arpo.tools.inversion.training_free_inverter import TrainingFreeInverter
-from arpo.tools.inversion.vocabulary_projection import undecodable_token_ids
+from arpo.tools.inversion.vocabulary_projection import slot_token_ids, undecodable_token_ids
 from arpo.tools.model_stack import build_model_stack
 
 PHRASES = ["a cat", "a dog", "oil painting", "in the snow", "portrait", "blue sky", "red barn", "at night"]
@@ -93,38 +93,88 @@ def test_ph2p_lbfgs_lowers_the_denoising_loss_and_returns_vocabulary_tokens(mode
     banned = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     assert len(result.details["final_token_ids"]) == 5
     assert not banned & set(result.details["final_token_ids"])
-    # The winner was chosen by regenerating candidates and comparing images with the reference.
+    # The winner was chosen by regenerating the shortlist and comparing images with the reference.
     rescored = result.details["rescored"]
     assert 1 <= len(rescored) <= 2 and rescored[0]["prompt"] == result.prompt
+    assert {entry["prompt"] for entry in rescored} == {entry["prompt"] for entry in result.details["shortlist"]}
     assert result.score == pytest.approx(max(entry["clip_i"] for entry in rescored))
     assert all(step.prompt and "\ufffd" not in step.prompt for step in result.steps)
 
 
-def test_delayed_and_immediate_projection_agree_at_the_start_and_then_part(models, reference):
-    budget = InversionBudget(max_steps=2)
-    delayed = _ph2p("delayed").invert(reference, models, seed=5, budget=budget)
-    immediate = _ph2p("immediate").invert(reference, models, seed=5, budget=budget)
-    # Same seed: the slots start on the same vocabulary tokens, where both objectives coincide.
-    assert delayed.steps[0].details["timestep"] == immediate.steps[0].details["timestep"]
-    assert delayed.steps[0].details["optimised_loss_before"] == pytest.approx(
-        immediate.steps[0].details["optimised_loss_before"], rel=1e-5
-    )
-    # Delayed projection descends in continuous space; immediate projection only ever sees tokens,
-    # whose loss is flat under small moves, so L-BFGS cannot lower it within a step.
-    assert delayed.steps[0].details["optimised_loss_after"] < delayed.steps[0].details["optimised_loss_before"]
-    for step in immediate.steps:
-        assert step.details["optimised_loss_after"] == pytest.approx(step.details["optimised_loss_before"])
-    assert [s.details["optimised_loss_after"] for s in delayed.steps] != [
-        s.details["optimised_loss_after"] for s in immediate.steps
-    ]
+def test_delayed_projection_snaps_the_slots_back_onto_tokens_after_every_update(models, reference):
+    search = _ph2p("delayed").start_search(reference, models, seed=1)
+    table = models.text_to_image.pipeline.text_encoder.get_input_embeddings().weight
+    assert torch.equal(search.soft.detach(), table[search.ids].float())
+    changed = 0
+    for index in range(4):
+        outcome = search.step(index)
+        # L-BFGS moved the slots in continuous space, then they were put back exactly on real tokens:
+        # the point the next step starts from is one a written prompt reaches.
+        assert outcome["moved"] > 0
+        assert torch.equal(search.soft.detach(), table[search.ids].float())
+        assert outcome["projected_loss"] >= outcome["optimised_loss_after"] - 1e-6 or outcome["tokens_changed"] > 0
+        changed += outcome["tokens_changed"]
+    assert changed > 0  # the updates are large enough to reach other tokens
+
+
+def test_immediate_projection_is_the_first_order_baseline_on_projected_tokens(models, reference):
+    delayed = _ph2p("delayed").start_search(reference, models, seed=5)
+    immediate = _ph2p("immediate", first_order_lr=0.1).start_search(reference, models, seed=5)
+    start = immediate.soft.detach().clone()
+    first = immediate.step(0)
+    # Same seed: both start on the same tokens and draw the same timestep, so the loss the first
+    # gradient is taken at (the projected tokens') is the same number.
+    assert first["optimised_loss_before"] == pytest.approx(delayed.step(0)["optimised_loss_before"], rel=1e-5)
+    # One Adam step on the continuous slots: every coordinate moves by about the learning rate, and the
+    # slots are not snapped (the baseline keeps its continuous vectors between steps).
+    moved = (immediate.soft.detach() - start).abs()
+    assert moved.max() <= 0.1 + 1e-4 and moved.mean() > 0.05
+    table = models.text_to_image.pipeline.text_encoder.get_input_embeddings().weight
+    assert not torch.equal(immediate.soft.detach(), table[immediate.ids].float())
+    assert torch.equal(immediate.ids, immediate.projector.nearest(immediate.soft))
+    outcomes = [first] + [immediate.step(index) for index in range(1, 4)]
+    assert sum(outcome["tokens_changed"] for outcome in outcomes) > 0
+
+
+def test_ph2p_shortlist_is_ordered_by_the_loss_averaged_over_fixed_timesteps(models, reference):
+    inverter = Ph2pInverter(prompt_len=4, lbfgs_iterations=3, rescored=3, ranking_timesteps=3)
+    search = inverter.start_search(reference, models, seed=4)
+    assert search.timestep_range == (500, 900)
+    assert search.ranking.timesteps.tolist() == [500, 700, 899]  # evenly spread, fixed for the run
+    recorded = []
+    for index in range(5):
+        recorded.append((search.step(index), search.ids.clone()))
+    parts = search.parts
+
+    def averaged_loss(prompt_ids):
+        # One timestep at a time, independently of the batched evaluation the search uses.
+        conditioning = parts.encode_ids(slot_token_ids(prompt_ids, **search.markers))
+        losses = []
+        for index in range(3):
+            timesteps, noisy, target = search.noised(search.ranking.timesteps[index : index + 1], search.ranking.noise[index : index + 1])
+            with torch.no_grad():
+                losses.append(float(search.denoising_loss(conditioning, timesteps, noisy, target)))
+        return sum(losses) / len(losses)
+
+    for outcome, ids in recorded:
+        assert outcome["loss"] == pytest.approx(averaged_loss(ids), rel=1e-4)
+    shortlist = search.shortlist(3)
+    assert [loss for _, loss in shortlist] == sorted(loss for _, loss in shortlist)
+    assert [loss for _, loss in shortlist] == sorted(search.candidates.values())[:3]
+    # The ranking does not depend on the random timestep each step drew: the same run again gives the
+    # same shortlist, and a candidate's loss is the same whichever step produced it.
+    again = inverter.start_search(reference, models, seed=4)
+    for index in range(5):
+        again.step(index)
+    assert again.shortlist(3) == shortlist
 
 
 def test_ph2p_and_editor_refuse_two_encoder_pipelines(models, reference):
     pipeline = models.text_to_image.pipeline
     pipeline.text_encoder_2 = pipeline.text_encoder  # what an SDXL pipeline carries
     try:
-        for inverter in (_ph2p("delayed"), EditorInverter(initial_prompt="a cat")):
-            with pytest.raises(InvalidInputError, match="two \\(SDXL\\)"):
+        for inverter, method in ((_ph2p("delayed"), "PH2P"), (EditorInverter(initial_prompt="a cat"), "EDITOR")):
+            with pytest.raises(InvalidInputError, match=f"^{method} does not support SDXL-family pipelines"):
                 inverter.invert(reference, models, budget=InversionBudget(max_steps=1))
     finally:
         del pipeline.text_encoder_2

@@ -2,17 +2,26 @@
 
 1. Initialise: caption the reference and encode the caption with the pipeline's text encoder; the
    optimised variable is the encoder's output (77 x width), not token embeddings.
-2. Reverse-engineer: from a fixed noise (the run's seed), run a short denoising loop (default 5 DDIM
-   steps, with the generator's guidance) conditioned on that embedding, and minimise the distance of
-   the result to the reference with Adam. `reconstruction="latent"` compares VAE latents (cheap; the
+2. Reverse-engineer: from a fixed noise (the run's seed), run a short denoising loop (default 5 steps
+   of the pipeline's own sampler, with its guidance) conditioned on that embedding, and minimise the
+   distance of the result to the reference with Adam. `reconstruction="latent"` compares VAE latents (cheap; the
    default), `"pixel"` decodes and compares images as the paper's loss does.
 3. Embedding-to-text: a backend (`TrainingFreeInverter` by default, or a trained vec2text-style
    `TrainedInverter`) turns the best embedding back into a prompt.
+
+Every generation in step 2 starts from a fresh scheduler (`DiffusionParts.fresh_scheduler`): samplers
+such as PNDM and DPM-Solver keep the previous steps' outputs, and reusing one object across
+optimisation steps would mix graphs of earlier steps into the next (and crash its backward pass). The
+embedding, Adam's state and the loss are float32 whatever the models' dtype; a step whose gradient is
+not finite is skipped and marked in the trajectory (`precision.GradientGuard`); the UNet recomputes
+activations in the backward pass (gradient checkpointing) where it supports that, because the graph
+through several denoising steps at full size is what limits memory.
 """
 
 from __future__ import annotations
 
-import copy
+import inspect
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -21,6 +30,7 @@ import torch
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.embedding_to_text import EmbeddingToText, embedding_distance
+from arpo.tools.inversion.precision import GradientGuard
 from arpo.tools.inversion.trajectory import TrajectoryTracker
 
 if TYPE_CHECKING:
@@ -68,10 +78,10 @@ class EditorInverter:
             torch.manual_seed(seed)
             reconstruction = Reconstruction(parts, reference, seed, self.denoising_steps, self.reconstruction)
             start = parts.encode_prompts([caption])
-            best, initial_loss, best_loss = self._optimise(reconstruction, start, tracker)
+            optimised = self._optimise(reconstruction, start, tracker)
             stopped_because = tracker.stop_reason()
             recovery = text_recovery.recover(
-                best[0],
+                optimised.best[0],
                 parts,
                 start_prompts=[caption],
                 seed=seed,
@@ -90,9 +100,12 @@ class EditorInverter:
             details={
                 "caption": caption,
                 "optimisation_steps": optimised_steps,
-                "initial_reconstruction_loss": initial_loss,
-                "best_reconstruction_loss": best_loss,
-                "caption_distance": float(embedding_distance(best[0], start)[0]),
+                "initial_reconstruction_loss": optimised.initial_loss,
+                "best_reconstruction_loss": optimised.best_loss,
+                "skipped_steps": optimised.skipped,
+                "gradient_checkpointing": optimised.checkpointed,
+                "model_dtype": str(parts.dtype).removeprefix("torch."),
+                "caption_distance": float(embedding_distance(optimised.best[0], start)[0]),
                 "embedding_distance": recovery.distance,
                 "text_recovery": getattr(text_recovery, "name", "custom"),
                 "denoising_steps": self.denoising_steps,
@@ -111,28 +124,38 @@ class EditorInverter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             reconstruction = Reconstruction(parts, reference, seed, self.denoising_steps, self.reconstruction)
-            best, _, _ = self._optimise(reconstruction, parts.encode_prompts([start_prompt]), tracker)
-        return best, [step.loss for step in tracker.steps]
+            optimised = self._optimise(reconstruction, parts.encode_prompts([start_prompt]), tracker)
+        return optimised.best, [step.loss for step in tracker.steps]
 
-    def _optimise(
-        self, reconstruction: Reconstruction, start: torch.Tensor, tracker: TrajectoryTracker
-    ) -> tuple[torch.Tensor, float, float]:
-        embedding = start.clone().requires_grad_(True)
+    def _optimise(self, reconstruction: Reconstruction, start: torch.Tensor, tracker: TrajectoryTracker) -> _Optimised:
+        parts = reconstruction.parts
+        guard = GradientGuard(parts.dtype, "EDITOR")
+        embedding = start.detach().float().clone().requires_grad_(True)  # the float32 master copy
         optimizer = torch.optim.Adam([embedding], lr=self.lr)
-        best, best_loss, initial_loss = start.clone(), float("inf"), None
-        while tracker.may_continue():
-            optimizer.zero_grad(set_to_none=True)
-            loss = reconstruction.loss(embedding)
-            loss.backward()
-            value = float(loss.detach())
-            initial_loss = value if initial_loss is None else initial_loss
-            if value < best_loss:  # the loss belongs to the embedding before this update
-                best, best_loss = embedding.detach().clone(), value
-            optimizer.step()
-            tracker.record(value, None, phase="reconstruction")
-        if initial_loss is None:  # no step allowed: the caption's embedding is the result
-            initial_loss = best_loss = float(reconstruction.loss(start).detach())
-        return best, initial_loss, best_loss
+        result = _Optimised(best=embedding.detach().clone())
+        with parts.gradient_checkpointing() as checkpointed:
+            result.checkpointed = checkpointed
+            while tracker.may_continue():
+                optimizer.zero_grad(set_to_none=True)
+                loss = reconstruction.loss(embedding)
+                finite = guard.backward(loss, [embedding])
+                value = float(loss.detach())
+                details: dict = {"phase": "reconstruction"}
+                if math.isfinite(value):
+                    result.initial_loss = value if result.initial_loss is None else result.initial_loss
+                    if value < result.best_loss:  # the loss belongs to the embedding before this update
+                        result.best, result.best_loss = embedding.detach().clone(), value
+                if finite and math.isfinite(value):
+                    optimizer.step()
+                    guard.applied()
+                else:
+                    details.update(guard.skip(tracker.taken))
+                tracker.record(value if math.isfinite(value) else None, None, **details)
+        result.skipped = guard.skipped
+        if result.initial_loss is None:  # no usable step: the caption's embedding is the result
+            with torch.no_grad():
+                result.initial_loss = result.best_loss = float(reconstruction.loss(start.float()))
+        return result
 
     def _text_recovery(self, parts: DiffusionParts) -> EmbeddingToText:
         if self.text_recovery is None and self.trained_inverter_folder:
@@ -146,39 +169,54 @@ class EditorInverter:
         return self.text_recovery
 
 
+@dataclass
+class _Optimised:
+    """Step 2's outcome: the lowest-loss embedding seen, and how the optimisation went."""
+
+    best: torch.Tensor
+    initial_loss: float | None = None
+    best_loss: float = float("inf")
+    skipped: int = 0
+    checkpointed: bool = False
+
+
 class Reconstruction:
     """Few-step generation from a fixed noise, differentiable in the conditioning, and its loss."""
 
     def __init__(self, parts: DiffusionParts, reference: Image.Image, seed: int, steps: int, space: str):
         self.parts = parts
         self.space = space
-        t2i = parts.text_to_image
-        self.guidance = t2i.guidance_scale
-        self.scheduler = copy.deepcopy(parts.scheduler)  # its step counter must not disturb generation
-        self.scheduler.set_timesteps(steps, device=parts.device)
+        self.steps = steps
+        self.seed = int(seed)
+        self.guidance = parts.text_to_image.guidance_scale
         self.reference_latents = parts.reference_latents(reference)
-        # The same starting noise the pipeline draws for this seed (CPU generator, then moved).
-        generator = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(self.reference_latents.shape, generator=generator)
-        self.start = (noise * self.scheduler.init_noise_sigma).to(parts.device)
+        # The same starting noise the pipeline draws for this seed (CPU generator, then moved); each
+        # generation scales it by its own fresh scheduler's initial sigma.
+        generator = torch.Generator(device="cpu").manual_seed(self.seed)
+        self.noise = torch.randn(self.reference_latents.shape, generator=generator).to(parts.device)
         self.unconditional = parts.encode_prompts([""])
         if space == "pixel":
             self.reference_pixels = parts.reference_pixels(reference).to(parts.device).float()
 
     def generate_latents(self, embedding: torch.Tensor) -> torch.Tensor:
-        parts, latents = self.parts, self.start
+        """A few denoising steps from the fixed noise, conditioned on `embedding` (float32 latents)."""
+        parts = self.parts
+        scheduler = parts.fresh_scheduler()  # no history from the previous optimisation step
+        scheduler.set_timesteps(self.steps, device=parts.device)
+        step_options = _step_options(scheduler, self.seed)
+        latents = self.noise * scheduler.init_noise_sigma
         guided = self.guidance > 1.0
-        conditioning = torch.cat([self.unconditional, embedding]) if guided else embedding
-        for timestep in self.scheduler.timesteps:
+        conditioning = torch.cat([self.unconditional, embedding.float()]) if guided else embedding.float()
+        for timestep in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = self.scheduler.scale_model_input(model_input, timestep)
+            model_input = scheduler.scale_model_input(model_input, timestep)
             noise = parts.unet(
                 model_input.to(parts.dtype), timestep, encoder_hidden_states=conditioning.to(parts.dtype)
             ).sample.float()
             if guided:
                 unconditional, conditional = noise.chunk(2)
                 noise = unconditional + self.guidance * (conditional - unconditional)
-            latents = self.scheduler.step(noise, timestep, latents).prev_sample
+            latents = scheduler.step(noise, timestep, latents, **step_options).prev_sample
         return latents
 
     def loss(self, embedding: torch.Tensor) -> torch.Tensor:
@@ -188,3 +226,11 @@ class Reconstruction:
         vae = self.parts.vae
         pixels = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample.float()
         return torch.nn.functional.mse_loss(pixels, self.reference_pixels)
+
+
+def _step_options(scheduler, seed: int) -> dict:
+    """A generator for samplers that draw noise while stepping (Euler ancestral, DDIM with eta), seeded
+    the same way for every generation, so the loss is a function of the embedding alone."""
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        return {}
+    return {"generator": torch.Generator(device="cpu").manual_seed(seed)}

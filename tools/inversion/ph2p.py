@@ -2,18 +2,39 @@
 diffusion model's own denoising loss.
 
 Token-slot vectors in the pipeline's text-encoder input space condition the UNet, which must predict
-the noise added to the reference latent at a timestep from the later, semantic part of the schedule.
-L-BFGS updates the vectors in continuous space and only then are they projected onto the vocabulary
-("delayed projection"); each step's projected prompt becomes a candidate. At the end the best
-candidates (by their own denoising loss) are regenerated with the run's seed and the one whose image
-is closest to the reference in CLIP space is returned.
+the noise added to the reference latent at a timestep from the later, semantic part of the schedule
+([500, 900) of 1000 by default).
 
-`projection="immediate"` is the ablation the paper compares against: the loss is taken at the
-projected tokens (straight-through, as PEZ does) inside every L-BFGS evaluation.
+`projection="delayed"` (the method): each step, L-BFGS updates the vectors in continuous space, and
+only after that update are they projected onto the vocabulary and snapped back to those tokens'
+embeddings. Every step therefore starts from a point a written prompt can reach, and each step's
+tokens are a candidate prompt.
+
+`projection="immediate"` is the paper's first-order baseline: the vectors are projected before every
+gradient step, the gradient is taken at the projected tokens and applied to the continuous vectors
+(straight through, as PEZ does). The continuous vectors are not snapped, so small steps accumulate
+until they cross into another token.
+
+At the end the candidates are put in order by their denoising loss averaged over a fixed set of
+timesteps and noises (the same for every candidate, so the order depends on the prompts alone, not on
+which random timestep a step happened to draw); the best few are regenerated with the run's seed and
+the one whose image is closest to the reference in CLIP space is returned.
+
+Deliberate deviations from the authors' code, and why:
+- A fresh L-BFGS each step. Snapping moves the vectors after the optimiser's update and every step
+  draws a new timestep and noise, so curvature pairs kept from the previous step would describe
+  neither the current point nor the current objective.
+- The first-order baseline uses Adam (as PEZ does) rather than plain SGD: its step size does not
+  depend on the gradient's scale, which differs by orders of magnitude between model sizes.
+- Only a shortlist (`rescored`, ranked by the averaged loss) is regenerated for CLIP re-ranking, not
+  every candidate: each regeneration is a full sampling run.
+- Vectors, optimiser state and losses are float32 whatever the models' dtype, with loss scaling for
+  float16 models and non-finite gradients skipped (`precision.GradientGuard`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -22,6 +43,7 @@ import torch
 from arpo.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
+from arpo.tools.inversion.precision import GradientGuard, NonFiniteGradient
 from arpo.tools.inversion.trajectory import TrajectoryTracker
 from arpo.tools.inversion.vocabulary_projection import (
     VocabularyProjector,
@@ -43,6 +65,10 @@ DEFAULT_LBFGS_ITERATIONS = 20
 DEFAULT_TIMESTEPS = (500, 900)
 DEFAULT_STEPS = 1000
 DEFAULT_RESCORED = 3
+DEFAULT_RANKING_TIMESTEPS = 4
+DEFAULT_FIRST_ORDER_LR = 0.1
+# The ranking noises come from their own stream, so drawing them does not shift the search's draws.
+_RANKING_SEED_OFFSET = 1_000_003
 
 Projection = Literal["delayed", "immediate"]
 
@@ -54,11 +80,16 @@ class Ph2pInverter:
     prompt_len: int = DEFAULT_PROMPT_LEN
     lbfgs_iterations: int = DEFAULT_LBFGS_ITERATIONS
     lr: float = 1.0
+    """L-BFGS learning rate (delayed projection)."""
     timesteps: tuple[int, int] = DEFAULT_TIMESTEPS
     """Range of timesteps, out of 1000 (rescaled to the scheduler's own training length)."""
     projection: Projection = "delayed"
+    first_order_lr: float = DEFAULT_FIRST_ORDER_LR
+    """Adam learning rate of the first-order baseline (immediate projection)."""
+    ranking_timesteps: int = DEFAULT_RANKING_TIMESTEPS
+    """How many fixed timesteps (evenly spread over `timesteps`) the shortlist's loss is averaged over."""
     rescored: int = DEFAULT_RESCORED
-    """How many candidates (lowest denoising loss first) are regenerated and compared by CLIP."""
+    """How many candidates (lowest averaged denoising loss first) are regenerated and compared by CLIP."""
     budget: InversionBudget = field(default_factory=InversionBudget)
     name: str = "ph2p"
 
@@ -71,17 +102,15 @@ class Ph2pInverter:
         budget: InversionBudget | None = None,
         on_step: OnStep | None = None,
     ) -> InversionResult:
-        parts = DiffusionParts(models.text_to_image, "PH2P")
-        if self.prompt_len + 2 > parts.context_length:
-            raise InvalidInputError(f"PH2P prompt length {self.prompt_len} does not fit {parts.context_length - 2} tokens")
         tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            search = _Search(self, parts, parts.reference_latents(reference), torch.Generator().manual_seed(seed))
+            search = self.start_search(reference, models, seed=seed)
             while tracker.may_continue():
-                outcome = search.step()
+                outcome = search.step(tracker.taken)
                 tracker.record(outcome.pop("loss"), outcome.pop("prompt"), **outcome)
-            ranked = self._rescore(search.best_candidates(self.rescored), reference, models, seed)
+            shortlist = search.shortlist(self.rescored)
+            ranked = self._rescore([prompt for prompt, _ in shortlist], reference, models, seed)
         prompt, clip_i = ranked[0] if ranked else ("", None)
         return InversionResult(
             method=self.name,
@@ -91,14 +120,28 @@ class Ph2pInverter:
             seconds=tracker.seconds,
             details={
                 "rescored": [{"prompt": p, "clip_i": s} for p, s in ranked],
-                "final_token_ids": search.last_ids,
+                "shortlist": [{"prompt": p, "ranking_loss": loss} for p, loss in shortlist],
+                "final_token_ids": search.token_ids,
                 "prompt_len": self.prompt_len,
                 "projection": self.projection,
                 "lbfgs_iterations": self.lbfgs_iterations,
                 "timesteps": list(self.timesteps),
+                "ranking_timesteps": search.ranking.timesteps.tolist(),
+                "skipped_steps": search.guard.skipped,
+                "model_dtype": str(search.parts.dtype).removeprefix("torch."),
                 "stopped_because": tracker.stop_reason(),
             },
         )
+
+    def start_search(self, reference: Image.Image, models: ModelStack, *, seed: int = 0) -> Ph2pSearch:
+        """The optimisation alone, ready to `step()`: what `invert` runs before its CLIP re-ranking
+        (benchmarks time one step of it)."""
+        parts = DiffusionParts(models.text_to_image, "PH2P")
+        if self.prompt_len + 2 > parts.context_length:
+            raise InvalidInputError(f"PH2P prompt length {self.prompt_len} does not fit {parts.context_length - 2} tokens")
+        if self.ranking_timesteps < 1:
+            raise InvalidInputError("PH2P needs at least one ranking timestep")
+        return Ph2pSearch(self, parts, parts.reference_latents(reference), seed)
 
     def _rescore(self, prompts: list[str], reference: Image.Image, models: ModelStack, seed: int) -> list[tuple[str, float]]:
         """Candidates by CLIP image similarity of their regenerated image to the reference, best first."""
@@ -112,80 +155,169 @@ class Ph2pInverter:
         return sorted(zip(prompts, scores), key=lambda pair: -pair[1])
 
 
-class _Search:
-    """The optimisation state of one PH2P run: continuous slots, their optimiser, the candidates."""
+class Ph2pSearch:
+    """The optimisation state of one PH2P run: token-slot vectors, their tokens, the candidates."""
 
-    def __init__(self, settings: Ph2pInverter, parts: DiffusionParts, latents: torch.Tensor, generator: torch.Generator):
+    def __init__(self, settings: Ph2pInverter, parts: DiffusionParts, latents: torch.Tensor, seed: int):
         self.settings = settings
         self.parts = parts
         self.latents = latents
-        self.generator = generator
+        self.generator = torch.Generator().manual_seed(int(seed))
         start, end, pad = parts.markers
         self.markers = {"start_id": start, "end_id": end, "pad_id": pad, "context_length": parts.context_length}
         self.projector = VocabularyProjector(
             parts.token_embedding.weight, banned_ids={start, end, pad, *undecodable_token_ids(parts.tokenizer)}
         )
-        start_ids = self.projector.random_ids(settings.prompt_len, generator)
-        self.soft = self.projector.embed(start_ids).float().requires_grad_(True)
-        self.last_ids = [int(token) for token in start_ids.tolist()]
-        self.optimizer = torch.optim.LBFGS(
-            [self.soft], lr=settings.lr, max_iter=settings.lbfgs_iterations, line_search_fn="strong_wolfe"
+        self.ids = self.projector.random_ids(settings.prompt_len, self.generator)
+        self.soft = self.projector.embed(self.ids).float().requires_grad_(True)  # the float32 master copy
+        self.guard = GradientGuard(parts.dtype, "PH2P")
+        self.first_order = (
+            torch.optim.Adam([self.soft], lr=settings.first_order_lr) if settings.projection == "immediate" else None
         )
-        self.candidates: dict[str, float] = {}
         low, high = settings.timesteps
         scale = parts.train_timesteps() / 1000
         self.timestep_range = (int(low * scale), max(int(low * scale) + 1, int(high * scale)))
+        self.ranking = RankingSet(self, settings.ranking_timesteps, int(seed) + _RANKING_SEED_OFFSET)
+        self.candidates: dict[str, float] = {}
+        """Prompt -> its loss averaged over the ranking set (the lowest over the token sequences that
+        decode to it)."""
 
-    def step(self) -> dict:
-        """One L-BFGS step at a freshly drawn timestep and noise, then the projection."""
+    @property
+    def token_ids(self) -> list[int]:
+        return [int(token) for token in self.ids.tolist()]
+
+    def step(self, index: int = 0) -> dict:
+        """One optimisation step at a freshly drawn timestep and noise; its tokens become a candidate.
+
+        Returns plain values: `loss` (the tokens' averaged ranking loss), `prompt`, and details.
+        """
         timestep, noisy, target = self._draw_noise()
-        start_ids = self.projector.nearest(self.soft)
+        before = self.soft.detach().clone()
+        try:
+            if self.settings.projection == "delayed":
+                details = self._delayed_step(timestep, noisy, target)
+            else:
+                details = self._first_order_step(timestep, noisy, target)
+            self.guard.applied()
+        except NonFiniteGradient:
+            with torch.no_grad():
+                self.soft.copy_(before)  # nothing of the step is kept; the tokens stay as they were
+            details = self.guard.skip(index)
+        prompt = decode_tokens(self.parts.tokenizer, self.ids)
+        ranking_loss = self.ranking.loss(self.ids)
+        if prompt and ranking_loss < self.candidates.get(prompt, math.inf):
+            self.candidates[prompt] = ranking_loss
+        return {"loss": ranking_loss, "prompt": prompt, "timestep": int(timestep), **details}
+
+    def shortlist(self, count: int) -> list[tuple[str, float]]:
+        """The `count` candidates with the lowest averaged loss, lowest first (ties: first found first)."""
+        ordered = sorted(self.candidates.items(), key=lambda item: item[1])
+        return ordered[: max(1, count)]
+
+    # ---- the two update rules --------------------------------------------------------------------
+
+    def _delayed_step(self, timestep, noisy, target) -> dict:
+        """L-BFGS in continuous space from the current tokens, then snap to the nearest tokens."""
+        start_ids = self.ids
+        optimizer = torch.optim.LBFGS(
+            [self.soft], lr=self.settings.lr, max_iter=self.settings.lbfgs_iterations, line_search_fn="strong_wolfe"
+        )
 
         def closure() -> torch.Tensor:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(self._conditioning_vectors(), start_ids, timestep, noisy, target)
-            loss.backward()
-            return loss
+            optimizer.zero_grad(set_to_none=True)
+            loss = self._loss(self.soft, start_ids, timestep, noisy, target)
+            if not self.guard.backward(loss, [self.soft]) or not torch.isfinite(loss):
+                raise NonFiniteGradient
+            return loss.detach()
 
-        before = float(self.optimizer.step(closure).detach())
+        start_vectors = self.soft.detach().clone()
+        loss_before = float(optimizer.step(closure))
         with torch.no_grad():
+            loss_after = float(self._loss(self.soft, start_ids, timestep, noisy, target))
+            moved = float((self.soft - start_vectors).norm())
             ids, hard = self.projector.project(self.soft)
-            hard_loss = float(self._loss(hard, ids, timestep, noisy, target))
-            after = float(self._loss(self._conditioning_vectors(), ids, timestep, noisy, target))
-        prompt = decode_tokens(self.parts.tokenizer, ids)
-        self.last_ids = [int(token) for token in ids.tolist()]
-        if prompt and hard_loss < self.candidates.get(prompt, float("inf")):
-            self.candidates[prompt] = hard_loss
+            self.soft.copy_(hard.float())  # the delayed projection: back onto real tokens
+            projected_loss = float(self._loss(self.soft, ids, timestep, noisy, target))
+        self.ids = ids
         return {
-            "loss": hard_loss,
-            "prompt": prompt,
-            "timestep": int(timestep),
-            "optimised_loss_before": before,
-            "optimised_loss_after": after,
+            "optimised_loss_before": loss_before,
+            "optimised_loss_after": loss_after,
+            "projected_loss": projected_loss,
+            "moved": moved,
+            "tokens_changed": int((ids != start_ids).sum()),
         }
 
-    def best_candidates(self, count: int) -> list[str]:
-        return sorted(self.candidates, key=self.candidates.__getitem__)[: max(1, count)]
+    def _first_order_step(self, timestep, noisy, target) -> dict:
+        """The baseline: gradient at the projected tokens, applied to the continuous vectors."""
+        start_ids, hard = self.projector.project(self.soft)
+        hard = hard.float().requires_grad_(True)
+        loss = self._loss(hard, start_ids, timestep, noisy, target)
+        (gradient,) = torch.autograd.grad(self.guard.scaled(loss), [hard])
+        if not self.guard.unscale_([gradient]) or not torch.isfinite(loss):
+            raise NonFiniteGradient
+        self.first_order.zero_grad(set_to_none=True)
+        self.soft.grad = gradient
+        self.first_order.step()
+        with torch.no_grad():
+            ids, hard_after = self.projector.project(self.soft)
+            projected_loss = float(self._loss(hard_after.float(), ids, timestep, noisy, target))
+        self.ids = ids
+        return {
+            "optimised_loss_before": float(loss.detach()),
+            "projected_loss": projected_loss,
+            "tokens_changed": int((ids != start_ids).sum()),
+        }
 
-    def _conditioning_vectors(self) -> torch.Tensor:
-        """What the loss sees: the continuous slots (delayed) or their projection (immediate)."""
-        if self.settings.projection == "delayed":
-            return self.soft
-        _, hard = self.projector.project(self.soft)
-        return self.soft + (hard - self.soft).detach()  # value of the tokens, gradient to the slots
+    # ---- the objective ---------------------------------------------------------------------------
 
     def _draw_noise(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         low, high = self.timestep_range
         timestep = torch.randint(low, high, (1,), generator=self.generator)
-        noise = torch.randn(self.latents.shape, generator=self.generator).to(self.latents.device)
-        timestep = timestep.to(self.latents.device)
-        noisy = self.parts.scheduler.add_noise(self.latents, noise, timestep)
-        return timestep, noisy, self.parts.noise_target(self.latents, noise, timestep)
+        noise = torch.randn(self.latents.shape, generator=self.generator)
+        return self.noised(timestep, noise)
 
-    def _loss(self, vectors: torch.Tensor, ids: torch.Tensor, timestep, noisy, target) -> torch.Tensor:
+    def noised(self, timesteps: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(timesteps, the reference latents noised to them, the UNet's training target), on the device."""
+        device = self.latents.device
+        timesteps, noise = timesteps.to(device), noise.to(device)
+        latents = self.latents.expand(noise.shape[0], *self.latents.shape[1:])
+        return timesteps, self.parts.add_noise(latents, noise, timesteps), self.parts.noise_target(latents, noise, timesteps)
+
+    def _loss(self, vectors: torch.Tensor, ids: torch.Tensor, timesteps, noisy, target) -> torch.Tensor:
+        """Denoising loss (float32) with the slots' vectors substituted into the prompt [start, slots, end]."""
         parts = self.parts
         token_ids = slot_token_ids(ids, **self.markers)
         with substituted_slots(parts.token_embedding, vectors):
             conditioning = parts.encode_ids(token_ids)
-        prediction = parts.unet(noisy.to(parts.dtype), timestep, encoder_hidden_states=conditioning).sample
+        return self.denoising_loss(conditioning, timesteps, noisy, target)
+
+    def denoising_loss(self, conditioning: torch.Tensor, timesteps, noisy, target) -> torch.Tensor:
+        parts = self.parts
+        conditioning = conditioning.expand(noisy.shape[0], *conditioning.shape[1:]).to(parts.dtype)
+        prediction = parts.unet(noisy.to(parts.dtype), timesteps, encoder_hidden_states=conditioning).sample
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+
+class RankingSet:
+    """Fixed timesteps (evenly spread over the search's range) and noises, drawn once per run, at which
+    every candidate's denoising loss is averaged: the order of the shortlist depends on the prompts only."""
+
+    def __init__(self, search: Ph2pSearch, count: int, seed: int):
+        self.search = search
+        low, high = search.timestep_range
+        self.timesteps = torch.linspace(low, high - 1, count).round().long()
+        generator = torch.Generator().manual_seed(seed)
+        self.noise = torch.randn((count, *search.latents.shape[1:]), generator=generator)
+        self._cache: dict[tuple[int, ...], float] = {}
+
+    @torch.no_grad()
+    def loss(self, token_ids: torch.Tensor) -> float:
+        """Mean denoising loss of the prompt [start, tokens, end] over the fixed timesteps and noises."""
+        key = tuple(int(token) for token in token_ids.tolist())
+        if key not in self._cache:
+            search = self.search
+            conditioning = search.parts.encode_ids(slot_token_ids(token_ids, **search.markers))
+            timesteps, noisy, target = search.noised(self.timesteps, self.noise)
+            # One batch: the mean over equal-sized samples is the mean of the per-timestep losses.
+            self._cache[key] = float(search.denoising_loss(conditioning, timesteps, noisy, target))
+        return self._cache[key]
