@@ -250,3 +250,25 @@ def test_ph2p_and_editor_refuse_sdxl_and_pixart_in_one_line(models, reference, f
             inverter.invert(reference, stack, budget=InversionBudget(max_steps=1))
         message = str(refused.value)
         assert message.startswith(f"{method} does not support {label} pipelines") and "\n" not in message
+
+
+def test_pez_skips_a_step_whose_gradient_is_not_finite(models, reference):
+    from arpo.tools.inversion.pez import PezInverter
+
+    seen = []
+
+    def poison_first(_module, _args, output):
+        seen.append(1)
+        if len(seen) == 1:
+            output.register_hook(lambda gradient: torch.full_like(gradient, float("inf")))
+        return output
+
+    handle = models.clip.model.ln_final.register_forward_hook(poison_first)
+    try:
+        result = PezInverter(prompt_len=4).invert(reference, models, seed=3, budget=InversionBudget(max_steps=3))
+    finally:
+        handle.remove()
+    first, second = result.steps[0], result.steps[1]
+    assert first.details["skipped"] == SKIPPED_NON_FINITE and "skipped" not in second.details
+    # Nothing was applied: the second step starts from the same vectors, so the same tokens and score.
+    assert second.prompt == first.prompt and second.loss == first.loss

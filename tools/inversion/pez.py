@@ -4,10 +4,15 @@ A few continuous vectors live in the CLIP text tower's token-embedding space. Ea
 onto their nearest vocabulary tokens, runs the text tower on those tokens, and applies the gradient
 taken at the projected point to the continuous vectors (AdamW). The loss at each step is therefore the
 loss of a real, decodable prompt, and the best such prompt by similarity is the result.
+
+The vectors, AdamW's state and the loss are float32 even when the CLIP model runs in half precision;
+a float16 model gets loss scaling, and a step whose gradient is not finite is skipped and marked in
+the trajectory, never applied (`precision.GradientGuard`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +20,7 @@ import torch
 
 from arpo.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
+from arpo.tools.inversion.precision import GradientGuard
 from arpo.tools.inversion.trajectory import TrajectoryTracker
 from arpo.tools.inversion.vocabulary_projection import (
     VocabularyProjector,
@@ -89,20 +95,29 @@ class PezInverter:
         start_ids = text.projector.random_ids(self.prompt_len, generator)
         soft = text.projector.embed(start_ids).float().requires_grad_(True)
         optimizer = torch.optim.AdamW([soft], lr=self.lr, weight_decay=self.weight_decay)
+        guard = GradientGuard(text.embedding.weight.dtype, "PEZ")
         best = _BestPrompt()
         while tracker.may_continue():
             ids, hard = text.projector.project(soft)
             hard = hard.float().requires_grad_(True)
-            similarity = torch.nn.functional.cosine_similarity(text.encode(hard, ids), target.unsqueeze(0)).mean()
+            similarity = torch.nn.functional.cosine_similarity(
+                text.encode(hard, ids).float(), target.float().unsqueeze(0)
+            ).mean()
             loss = 1.0 - similarity
-            (gradient,) = torch.autograd.grad(loss, [hard])
-            similarity = similarity.detach()
-            optimizer.zero_grad(set_to_none=True)
-            soft.grad = gradient
-            optimizer.step()
+            (gradient,) = torch.autograd.grad(guard.scaled(loss), [hard])
+            similarity = float(similarity.detach())
+            details: dict = {"similarity": similarity}
+            if guard.unscale_([gradient]) and torch.isfinite(loss):
+                optimizer.zero_grad(set_to_none=True)
+                soft.grad = gradient
+                optimizer.step()
+                guard.applied()
+            else:
+                details.update(guard.skip(tracker.taken))
             prompt = text.decode(ids)
-            best.consider(tracker.taken, float(similarity), prompt, ids)
-            tracker.record(1.0 - float(similarity), prompt, similarity=float(similarity))
+            if math.isfinite(similarity):
+                best.consider(tracker.taken, similarity, prompt, ids)
+            tracker.record(1.0 - similarity if math.isfinite(similarity) else None, prompt, **details)
         return best
 
 
