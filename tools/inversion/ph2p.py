@@ -20,14 +20,14 @@ timesteps and noises (the same for every candidate, so the order depends on the 
 which random timestep a step happened to draw); the best few are regenerated with the run's seed and
 the one whose image is closest to the reference in CLIP space is returned.
 
-Deliberate deviations from the authors' code, and why:
+Deliberate choices, where this departs from the paper or fills in what it leaves open, and why:
 - A fresh L-BFGS each step. Snapping moves the vectors after the optimiser's update and every step
   draws a new timestep and noise, so curvature pairs kept from the previous step would describe
   neither the current point nor the current objective.
 - The first-order baseline uses Adam (as PEZ does) rather than plain SGD: its step size does not
   depend on the gradient's scale, which differs by orders of magnitude between model sizes.
 - Only a shortlist (`rescored`, ranked by the averaged loss) is regenerated for CLIP re-ranking, not
-  every candidate: each regeneration is a full sampling run.
+  every saved prompt as the authors' selection script does: each regeneration is a full sampling run.
 - Vectors, optimiser state and losses are float32 whatever the models' dtype, with loss scaling for
   float16 models and non-finite gradients skipped (`precision.GradientGuard`).
 """
