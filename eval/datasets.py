@@ -4,17 +4,19 @@ Two shapes are read:
 
 - a folder of images, optionally with `prompts.jsonl` beside them (one `{"image": "cat.png",
   "prompt": "..."}` per line) giving ground-truth prompts;
-- a JSONL manifest file, one `{"image": PATH, "prompt": TEXT?, "id": KEY?, "source": TEXT?}` per
-  line, image paths relative to the manifest's folder.
+- a JSONL manifest file, one `{"image": PATH, "prompt": TEXT?, "id": KEY?, "source": TEXT?,
+  "generation_seed": INT?}` per line, image paths relative to the manifest's folder. The seed that
+  generated a reference, when known, is checked against the evaluation's seeds (eval/seeds.py).
 
 A "self-consistent" set (`make_self_consistent_set`) is generated from known prompts with the same
 text-to-image model that will regenerate the recovered prompts. Its references are reachable by that
 model by construction, and BERTScore against the true prompt measures how much of the prompt a
-method recovered.
+method recovered. Its references use seeds from `REFERENCE_SEED_BASE` (one million) up, far from the
+search and evaluation seeds, so no evaluation render shares the noise its reference was made with.
 
 The reference protocol is the ARPO thesis's benchmark (chapter 4): 100 images, 50 AI-generated (from
 DiffusionDB, with their real prompts) and 50 made by people (WikiArt paintings and photographs), each
-method run with 3 seeds on Stable Diffusion 1.5, scored by CLIP-T, CLIP-I, DINO and ViT. Write such a
+method scored at 3 seeds on Stable Diffusion 1.5, scored by CLIP-T, CLIP-I, DINO and ViT. Write such a
 set as a manifest with `"source": "ai"` or `"source": "human"` per line; the report then shows the
 table for all images and for each source.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from arpo.errors import InvalidInputError
+from arpo.eval.seeds import REFERENCE_SEED_BASE
 from arpo.tools.reference_image import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
@@ -48,6 +51,8 @@ class EvalCase:
     ground_truth: str | None = None
     source: str | None = None
     """Where the image came from ("ai", "human", ...), when the manifest says."""
+    generation_seed: int | None = None
+    """The seed the reference was generated with, when the manifest says (self-consistent sets do)."""
 
     def load(self) -> ReferenceImage:
         from arpo.tools.reference_image import load_reference_image
@@ -115,20 +120,25 @@ def _manifest_case(manifest: Path, number: int, line: str) -> EvalCase:
     for field in ("prompt", "id", "source"):
         if entry.get(field) is not None and not isinstance(entry[field], str):
             raise InvalidInputError(f'{where}: "{field}" must be text')
+    seed = entry.get("generation_seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidInputError(f'{where}: "generation_seed" must be a whole number')
     image = (manifest.parent / entry["image"]).expanduser()
     if not image.is_file():
         raise InvalidInputError(f"{where}: image {entry['image']} not found")
     prompt = (entry.get("prompt") or "").strip() or None
-    return EvalCase(key=entry.get("id") or entry["image"], path=image, ground_truth=prompt, source=entry.get("source"))
+    return EvalCase(key=entry.get("id") or entry["image"], path=image, ground_truth=prompt, source=entry.get("source"),
+                    generation_seed=seed)
 
 
 def make_self_consistent_set(
-    prompts: Iterable[str], text_to_image: TextToImage, folder: str | Path, *, seed: int = 0
+    prompts: Iterable[str], text_to_image: TextToImage, folder: str | Path, *, seed: int = REFERENCE_SEED_BASE
 ) -> EvalDataset:
     """Generate one reference per prompt with `text_to_image` and write them with a manifest.
 
-    Files are `ref-000.png`, ... and `manifest.jsonl` (image, prompt, id, source "self") in `folder`.
-    The seed used for generation is recorded too, but methods do not see it.
+    Reference k is generated with seed `seed + k` (from one million by default, a range no search or
+    evaluation seed uses). Files are `ref-000.png`, ... and `manifest.jsonl` (image, prompt, id, source
+    "self", generation_seed) in `folder`. Methods never see the generation seed; the runner checks it.
     """
     texts = [" ".join(prompt.split()) for prompt in prompts]
     texts = [text for text in texts if text]

@@ -1,7 +1,9 @@
 """The prompt-recovery methods an evaluation compares, behind one small interface.
 
-Each method takes a reference image and a seed and returns a prompt with what it cost: wall time,
-text-to-image calls, brain calls and tokens. Methods are named on the command line:
+Each method takes a reference image and a search seed and returns a prompt with what it cost (wall
+time, text-to-image calls, brain calls and tokens) and the seeds it rendered or sampled with while
+searching (`search_seeds`), so the runner can prove its evaluation seeds are not among them. Methods
+are named on the command line:
 
 | name | what it does |
 | --- | --- |
@@ -59,6 +61,9 @@ class RecoveredPrompt:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     """Per iteration or step: scores along the way ({"step", "clip_i", "clip_t"} or {"step", "loss"})."""
     details: dict[str, Any] = field(default_factory=dict)
+    search_seeds: list[int] = field(default_factory=list)
+    """Every seed the method rendered or sampled noise with while choosing the prompt; empty for
+    methods that render nothing (caption, VLM caption, CLIP-Interrogator)."""
 
 
 RunStarted = Callable[[str], None]
@@ -70,7 +75,7 @@ class PromptMethod(Protocol):
 
     name: str
     seed_dependent: bool
-    """False when the method returns the same prompt for every seed (it is then run once per image)."""
+    """False when the method returns the same prompt for every seed (it searches nothing)."""
 
     def recover(
         self,
@@ -277,7 +282,8 @@ class InversionMethod:
         result = self.inverter.invert(reference.image, self.context.models, seed=seed)
         trajectory = [{"step": step.step, "loss": step.loss} for step in result.steps if step.loss is not None]
         details = {"score": result.score, **_plain(result.details)}
-        return RecoveredPrompt(result.prompt, clock.cost(), trajectory=trajectory, details=details)
+        # Inverters draw their noise (and render, where they do) with this one seed only.
+        return RecoveredPrompt(result.prompt, clock.cost(), trajectory=trajectory, details=details, search_seeds=[seed])
 
 
 class ArpoMethod:
@@ -334,7 +340,9 @@ class ArpoMethod:
         prompt = detail.best_prompt or detail.last_prompt or (iterations[-1].prompt if iterations else "")
         details = {"stopped_because": detail.stopped_because, "framework": self.framework,
                    "brains": {"vlm": handle.config.vlm.provider, "llm": handle.config.llm.provider}}
-        return RecoveredPrompt(prompt, cost, run_id=handle.run_id, trajectory=trajectory, details=details)
+        # The loop renders every iteration (and its initial prompt) with the run's one seed.
+        return RecoveredPrompt(prompt, cost, run_id=handle.run_id, trajectory=trajectory, details=details,
+                               search_seeds=[handle.config.seed])
 
 
 def _with_provider(choice: BrainChoice, provider: str) -> BrainChoice:

@@ -1,7 +1,9 @@
 """What an evaluation writes: the Table 4.2-style table (Markdown, CSV, JSON) and an HTML report.
 
-Each metric's entry is mean ± std over seeds of the per-seed mean over images, the way the thesis
-reports three seeded runs. Costs are the mean per recovered prompt. When the data set marks images
+Each metric's entry is mean ± std over evaluation seeds of the per-seed mean over images, the way the
+thesis reports three seeded runs. Evaluation seeds are never seeds a method searched with nor seeds
+that made the references (eval/seeds.py); every row records both (`search_seeds`, `eval_seeds`) and
+the files state the protocol. Costs are the mean per recovered prompt. When the data set marks images
 with a source ("ai", "human"), the table is repeated for each source.
 """
 
@@ -47,7 +49,8 @@ def summarize(cells: Sequence[CellRecord], methods: Sequence[str]) -> list[dict[
         rows.append({
             "method": method,
             "images": len({cell.image_key for cell in own}),
-            "seeds": sorted({cell.seed for cell in own}),
+            "search_seeds": sorted({seed for cell in own for seed in cell.details.get("search_seeds", [])}),
+            "eval_seeds": sorted({cell.seed for cell in own}),
             "metrics": {metric: _over_seeds(own, metric) for metric in METRIC_NAMES if _has(own, metric)},
             "cost": {name: statistics.fmean(getattr(cell, name) for cell in own) for name in COST_FIELDS},
         })
@@ -77,11 +80,33 @@ def metric_models(cells: Iterable[CellRecord]) -> dict[str, str]:
     return {metric: ", ".join(sorted(found[metric])) for metric in METRIC_NAMES if metric in found}
 
 
+def protocol_statement(cells: Sequence[CellRecord]) -> str:
+    """One paragraph saying how the scores were obtained, with the seeds actually used."""
+    search = sorted({seed for cell in cells for seed in cell.details.get("search_seeds", [])})
+    evaluation = sorted({cell.seed for cell in cells})
+    references = sorted({cell.details["reference_seed"] for cell in cells if cell.details.get("reference_seed") is not None})
+    made = f"seeds {_seed_list(references)}" if references else "seeds not recorded"
+    return (
+        f"Protocol: each method recovered one prompt per image, searching with seed(s) {_seed_list(search) or 'none'} "
+        "and choosing its final prompt from its own renders at those seeds only. That prompt was then rendered "
+        f"with evaluation seeds {_seed_list(evaluation)}, which no method searched with and no reference "
+        f"was made with (references: {made}). Each entry is mean ± std over the evaluation seeds of the "
+        "per-seed mean over images; costs are per recovered prompt."
+    )
+
+
+def _seed_list(seeds: Sequence[int]) -> str:
+    if len(seeds) > 6 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(str(seed) for seed in seeds)
+
+
 def table_data(evaluation_id: str, cells: Sequence[CellRecord], methods: Sequence[str], config: dict[str, Any]) -> dict[str, Any]:
     """Everything the table files hold, as one JSON-ready object."""
     sources = sorted({cell.details.get("source") for cell in cells if cell.details.get("source")})
     data: dict[str, Any] = {
         "evaluation_id": evaluation_id,
+        "protocol": protocol_statement(cells),
         "config": config,
         "metric_models": metric_models(cells),
         "lower_is_better": sorted(LOWER_IS_BETTER),
@@ -123,7 +148,7 @@ def _cost(name: str, value: float) -> str:
 def write_tables(data: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Path]:
     """table.md, table.csv and table.json in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = [f"# Evaluation {data['evaluation_id']}\n", markdown_table(data["rows"])]
+    markdown = [f"# Evaluation {data['evaluation_id']}\n", data["protocol"] + "\n", markdown_table(data["rows"])]
     for source, rows in data.get("by_source", {}).items():
         markdown += [f"\n## Images from source: {source}\n", markdown_table(rows)]
     markdown.append("\nModels: " + "; ".join(f"{METRIC_LABELS[m]}: {model}" for m, model in data["metric_models"].items()) + "\n")
@@ -221,9 +246,15 @@ def _table_cells(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def trajectory_svg(method: str, cells: Sequence[CellRecord]) -> str | None:
-    """An inline SVG of the scores along each seed's iterations (ARPO: CLIP-I and CLIP-T; inversion:
+    """An inline SVG of the scores along each search's iterations (ARPO: CLIP-I and CLIP-T; inversion:
     loss), or None when the method has no trajectory."""
-    series = [(cell.seed, cell.trajectory) for cell in cells if len(cell.trajectory) > 0]
+    # Every evaluation seed's cell carries the same search trajectory: draw each search once.
+    searches: dict[str, tuple[str, list]] = {}
+    for cell in cells:
+        if cell.trajectory:
+            seeds = cell.details.get("search_seeds") or [cell.seed]
+            searches.setdefault(",".join(map(str, seeds)), (",".join(map(str, seeds)), cell.trajectory))
+    series = list(searches.values())
     if not series:
         return None
     from matplotlib.figure import Figure
@@ -236,7 +267,7 @@ def trajectory_svg(method: str, cells: Sequence[CellRecord]) -> str | None:
             steps = [point["step"] for point in points if point.get(key) is not None]
             values = [point[key] for point in points if point.get(key) is not None]
             if values:
-                axes.plot(steps, values, marker="o", markersize=3, label=f"{key} · seed {seed}")
+                axes.plot(steps, values, marker="o", markersize=3, label=f"{key} · search seed {seed}")
     axes.set_xlabel("iteration" if "clip_i" in keys else "step")
     axes.set_title(method, fontsize=9)
     axes.legend(fontsize=6)
@@ -264,6 +295,7 @@ figcaption { font-size: 0.8em; }
 .prompt { font-family: monospace; }
 </style></head><body>
 <h1>Evaluation {{ data.evaluation_id }}</h1>
+<p class="protocol">{{ data.protocol }}</p>
 {% macro render_table(t) %}<table><tr>{% for h in t.header %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in t.rows %}<tr>{% for v in row %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endmacro %}
 {{ render_table(table) }}
@@ -274,7 +306,7 @@ figcaption { font-size: 0.8em; }
 {% if section.ground_truth %}<p>Ground truth: <span class="prompt">{{ section.ground_truth }}</span></p>{% endif %}</div>
 {% for group in section.groups %}<div class="method"><h3>{{ group.method }}</h3><div class="cells">
 {% for cell in group.cells %}<figure>{% if cell.image %}<img src="{{ cell.image }}" alt="{{ group.method }} seed {{ cell.seed }}">{% endif %}
-<figcaption>seed {{ cell.seed }}{% if cell.run_id %} · run {{ cell.run_id }}{% endif %}<br><span class="prompt">{{ cell.prompt }}</span><br>{{ cell.scores }}</figcaption></figure>{% endfor %}
+<figcaption>eval seed {{ cell.seed }}{% if cell.run_id %} · run {{ cell.run_id }}{% endif %}<br><span class="prompt">{{ cell.prompt }}</span><br>{{ cell.scores }}</figcaption></figure>{% endfor %}
 {% if group.plot %}<div class="plot">{{ group.plot | safe }}</div>{% endif %}
 </div></div>{% endfor %}</section>{% endfor %}
 </body></html>

@@ -59,6 +59,7 @@ def test_caption_method_returns_the_captioners_caption_at_no_t2i_cost(stack, ref
     assert result.prompt == stack.captioner.caption(reference.image)
     assert result.cost.t2i_calls == 0 and result.cost.brain_calls == 0
     assert method.seed_dependent is False
+    assert result.search_seeds == []  # renders nothing, so no seed of an evaluation can leak into it
 
 
 def test_vlm_caption_asks_once_with_the_image_and_counts_tokens(stack, reference, brain_server):
@@ -166,6 +167,7 @@ def test_a_plain_folder_lists_its_images_in_name_order(tmp_path):
         ('{"prompt": "x"}\n', ':1: each line needs an "image" path'),
         ('{"image": "missing.png"}\n', "missing.png not found"),
         ('{"image": "a.png", "prompt": 3}\n', '"prompt" must be text'),
+        ('{"image": "a.png", "generation_seed": "7"}\n', '"generation_seed" must be a whole number'),
         ('{"image": "a.png"}\n{"image": "a.png"}\n', "listed more than once"),
         ("\n\n", "no images to evaluate"),
     ],
@@ -184,6 +186,7 @@ def test_self_consistent_set_regenerates_references_from_known_prompts(stack, tm
 
     assert [c.ground_truth for c in dataset.cases] == ["a bowl of lemons, still life"]
     assert {c.source for c in dataset.cases} == {"self"}
+    assert [c.generation_seed for c in dataset.cases] == [5]  # read back from the manifest
     first = Image.open(dataset.cases[0].path)
     assert first.size == (stack.text_to_image.width, stack.text_to_image.height)
     again = stack.text_to_image.generate("a bowl of lemons, still life", 5)
@@ -195,7 +198,18 @@ def test_pez_runs_through_the_inversion_registry_with_its_trajectory(stack, refe
     result = method.recover(reference, seed=0)
 
     assert method.seed_dependent is True
+    assert result.search_seeds == [0]
     assert result.prompt.strip()
     assert [point["step"] for point in result.trajectory] == [0, 1]
     assert all(isinstance(point["loss"], float) for point in result.trajectory)
     assert result.cost.brain_calls == 0 and result.cost.wall_seconds > 0
+
+
+def test_self_consistent_references_default_to_the_reference_seed_range(stack, tmp_path):
+    from arpo.eval.seeds import REFERENCE_SEED_BASE, SeedPlan
+
+    dataset = make_self_consistent_set(["a red barn", "a blue boat"], stack.text_to_image, tmp_path / "refs")
+    seeds = [case.generation_seed for case in dataset.cases]
+    assert seeds == [REFERENCE_SEED_BASE, REFERENCE_SEED_BASE + 1]
+    plan = SeedPlan.default(3)
+    assert not set(seeds) & {plan.search_seed, *plan.eval_seeds}

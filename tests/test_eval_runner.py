@@ -1,5 +1,7 @@
 """The benchmark runner end to end: `arpo eval` on the tiny stack with a scripted brain writes the
-table (Markdown, CSV, JSON), the HTML report and the history; an interrupted evaluation resumes."""
+table (Markdown, CSV, JSON), the HTML report and the history; an interrupted evaluation resumes; the
+seeds methods search with, the seeds scores are rendered with and the seeds references were made with
+never meet."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from arpo.eval.datasets import load_dataset
 from arpo.eval.methods import MethodContext, build_method
 from arpo.eval.metrics.suite import build_metric_suite
 from arpo.eval.runner import EvalRunner
+from arpo.eval.seeds import EVAL_SEED_BASE, REFERENCE_SEED_BASE, SeedPlan
 from arpo.graphs.invocation import build_context, start_run
 from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.storage.evaluations import EvaluationStore
@@ -53,18 +56,24 @@ def test_arpo_eval_writes_table_report_and_history(capsys, tmp_path, dataset_dir
     rows = {row["method"]: row for row in table["rows"]}
     assert list(rows) == ["caption", "arpo-vanilla"]
     for row in rows.values():
-        assert row["images"] == 2 and row["seeds"] == [0, 1]
+        assert row["images"] == 2 and row["eval_seeds"] == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1]
         assert row["metrics"]["clip_i"]["n"] == 4 and row["metrics"]["clip_i"]["std"] is not None
         assert row["metrics"]["bertscore"]["n"] == 2  # only the image with a known prompt
     assert rows["caption"]["cost"]["t2i_calls"] == 0 and rows["caption"]["cost"]["brain_calls"] == 0
     assert rows["arpo-vanilla"]["cost"]["brain_calls"] >= 2 and rows["arpo-vanilla"]["cost"]["t2i_calls"] >= 1
     assert table["metric_models"]["clip_t"] == "tiny-clip-seed0"
     assert set(table["by_source"]) == {"ai", "human"}
+    # Defect: the prompt ARPO picked at its search seed was scored at that same seed.
+    assert rows["arpo-vanilla"]["search_seeds"] == [0] and rows["caption"]["search_seeds"] == []
+    for row in [*table["rows"], *(row for rows_ in table["by_source"].values() for row in rows_)]:
+        assert "search_seeds" in row and "eval_seeds" in row
+        assert not set(row["search_seeds"]) & set(row["eval_seeds"])
+    assert "Protocol:" in table["protocol"] and "1000, 1001" in table["protocol"]
 
     markdown = (out / "table.md").read_text()
     assert "| Method | CLIP-T ↑ | CLIP-I ↑ | DINO ↑ | ViT ↑ | LPIPS ↓ | BERTScore ↑ | PPL ↓ |" in markdown
     assert markdown.count("| arpo-vanilla |") == 3  # all images, then each source
-    assert outcome.stdout.strip().startswith("# Evaluation")
+    assert outcome.stdout.strip().startswith("# Evaluation") and "Protocol: each method" in markdown
     csv_lines = (out / "table.csv").read_text().splitlines()
     assert csv_lines[0] == "subset,method,images,metric,mean,std,n,model"
     assert any(line.startswith("all,caption,2,cost:brain_calls,0.0") for line in csv_lines)
@@ -79,8 +88,17 @@ def test_arpo_eval_writes_table_report_and_history(capsys, tmp_path, dataset_dir
     history = History.open()
     evaluation_cells = EvaluationStore(history.engine).cells(table["evaluation_id"])
     assert len(evaluation_cells) == 8 and {cell.status for cell in evaluation_cells} == {"done"}
+    for cell in evaluation_cells:
+        assert cell.seed not in cell.details["search_seeds"] and cell.details["eval_seed"] == cell.seed
+    # One search per image and method; its prompt is scored at both evaluation seeds.
     eval_runs = [run for run in history.list_runs(limit=50) if run.kind == "eval"]
-    assert len(eval_runs) == 4 and {run.status for run in eval_runs} == {"finished"}
+    assert len(eval_runs) == 2 and {run.status for run in eval_runs} == {"finished"}
+    searched = {history.get_run(run.id).config["seed"] for run in eval_runs}
+    assert searched == {0}  # what the loop rendered every iteration with
+    arpo_cells = [cell for cell in evaluation_cells if cell.method == "arpo-vanilla"]
+    for image in ("cat.jpg", "orange.png"):
+        own = [cell for cell in arpo_cells if cell.image_key == image]
+        assert len({cell.prompt for cell in own}) == 1 and len({cell.generated_sha256 for cell in own}) == 2
     assert "[8/8]" in outcome.stderr
 
     # The same command again finds every cell done and only rewrites the reports.
@@ -146,30 +164,31 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, brain_serv
 
     # An ARPO cell whose run was started and then cut off before it ran: the resume must finish that run.
     cat = dataset.cases[0].load()
+    plan = SeedPlan(search_seed=0, eval_seeds=(1000, 1001))
     cut_off = start_run(history, methods[1].run_config(0), cat, build_context(methods[1].run_config(0), history, stack), kind="eval")
     from arpo.storage.evaluations import CellRecord
-    store.save_cell(evaluation.id, CellRecord(image_key="cat.jpg", method="arpo-vanilla", seed=0, status="pending", run_id=cut_off.run_id))
+    store.save_cell(evaluation.id, CellRecord(image_key="cat.jpg", method="arpo-vanilla", seed=1000, status="pending", run_id=cut_off.run_id))
 
     first = _StopAfter(1)
     with pytest.raises(KeyboardInterrupt):
-        EvalRunner(history, stack, suite, methods, progress=first).run(evaluation.id, dataset, [0, 1])
-    assert [cell.key for cell in store.cells(evaluation.id, status="done")] == [("cat.jpg", "caption", 0)]
+        EvalRunner(history, stack, suite, methods, progress=first).run(evaluation.id, dataset, plan)
+    assert [cell.key for cell in store.cells(evaluation.id, status="done")] == [("cat.jpg", "caption", 1000)]
 
     second = _StopAfter(0)
-    cells = EvalRunner(history, stack, suite, methods, progress=second).run(evaluation.id, dataset, [0, 1])
+    cells = EvalRunner(history, stack, suite, methods, progress=second).run(evaluation.id, dataset, plan)
 
     assert second.lines[0] == f"resuming evaluation {evaluation.id}: 1 of 4 cells already done"
     finished = [line for line in second.lines if line.startswith("[")]
     assert [line.split("]")[0] + "]" for line in finished] == ["[2/4]", "[3/4]", "[4/4]"]
     assert len(cells) == 4 and all(cell.status == "done" for cell in cells)
-    arpo_cat_0 = next(c for c in cells if c.key == ("cat.jpg", "arpo-vanilla", 0))
-    assert arpo_cat_0.run_id == cut_off.run_id and history.get_run(cut_off.run_id).status == "finished"
+    arpo_cells = [c for c in cells if c.method == "arpo-vanilla"]
+    assert {c.run_id for c in arpo_cells} == {cut_off.run_id} and history.get_run(cut_off.run_id).status == "finished"
     assert any(line.startswith(f"continuing run {cut_off.run_id}") for line in first.lines + second.lines)
-    # The caption is recovered once and reused, with its cost, for the second seed.
+    # The caption recovered before the interruption is reused, with its cost, for the second seed.
     seed_0, seed_1 = sorted((c for c in cells if c.method == "caption"), key=lambda c: c.seed)
-    assert seed_1.prompt == seed_0.prompt and seed_1.details["prompt_reused_from_seed"] == 0
+    assert seed_1.prompt == seed_0.prompt
     assert seed_1.wall_seconds == seed_0.wall_seconds and seed_1.generated_sha256 != seed_0.generated_sha256
-    assert len(history.list_runs(limit=50)) == 2  # the cut-off run was continued, not started again
+    assert len(history.list_runs(limit=50)) == 1  # the cut-off run was continued, not started again
 
 
 def test_eval_set_writes_a_self_consistent_manifest(capsys, tmp_path, one_step_tiny_generator):
@@ -183,3 +202,54 @@ def test_eval_set_writes_a_self_consistent_manifest(capsys, tmp_path, one_step_t
     (entry,) = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert (entry["prompt"], entry["source"], entry["model"]) == ("a lighthouse at dusk", "self", "tiny")
     assert (tmp_path / "set" / entry["image"]).is_file()
+
+
+def test_eval_set_references_are_made_with_seeds_no_evaluation_uses(capsys, tmp_path, one_step_tiny_generator):
+    """Defect: reference k was made with seed k, the same noise as evaluation seeds 0-2."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a lighthouse at dusk\na red barn\na blue boat\n")
+    outcome = run_arpo(capsys, "eval-set", prompts, "--models", "tiny", "--out", tmp_path / "set")
+    assert outcome.exit_code == 0, outcome.stderr
+    reference_seeds = {case.generation_seed for case in load_dataset(tmp_path / "set").cases}
+    assert reference_seeds == {REFERENCE_SEED_BASE, REFERENCE_SEED_BASE + 1, REFERENCE_SEED_BASE + 2}
+    plan = SeedPlan.default()
+    assert not reference_seeds & (set(plan.eval_seeds) | {plan.search_seed})
+
+
+@pytest.mark.parametrize(("reference_seed", "role"), [(1001, "an evaluation seed"), (0, "the search seed")])
+def test_references_made_with_an_evaluation_or_search_seed_are_refused(capsys, tmp_path, reference_seed, role):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (200, 120, 40)).save(folder / "orange.png")
+    entry = {"image": "orange.png", "prompt": "an orange square", "generation_seed": reference_seed}
+    (folder / "manifest.jsonl").write_text(json.dumps(entry) + "\n")
+    outcome = run_arpo(capsys, "eval", folder, "--models", "tiny", "--methods", "caption", "--out", tmp_path / "out")
+    assert outcome.exit_code == 2
+    assert f"seed {reference_seed}, which is {role}" in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
+
+
+def test_search_seed_cannot_be_an_evaluation_seed(capsys, dataset_dir):
+    outcome = run_arpo(capsys, "eval", dataset_dir, "--models", "tiny", "--search-seed", "1000")
+    assert outcome.exit_code == 2 and "search seed 1000 is also an evaluation seed" in outcome.stderr
+
+
+def test_runner_refuses_a_method_that_searched_with_an_evaluation_seed(tmp_path):
+    """The runner checks what each method reports it searched with, not only the plan."""
+    from arpo.eval.methods import MethodCost, RecoveredPrompt
+
+    class PeekingMethod:
+        name, seed_dependent = "peeking", True
+
+        def recover(self, reference, seed, **_):
+            return RecoveredPrompt("a cat", MethodCost(), search_seeds=[seed, 1000])
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(folder / "dark.png")
+    stack = build_model_stack("tiny")
+    history = History.open()
+    evaluation = EvaluationStore(history.engine).open_evaluation(str(folder), str(tmp_path / "out"), {"test": 2})
+    runner = EvalRunner(history, stack, build_metric_suite(stack.clip, tiny=True, names=["clip_t"]), [PeekingMethod()])
+    with pytest.raises(RuntimeError, match=r"searched with evaluation seed\(s\) \[1000\]"):
+        runner.run(evaluation.id, load_dataset(folder), SeedPlan(search_seed=0, eval_seeds=(1000, 1001)))
+    assert EvaluationStore(history.engine).cells(evaluation.id) == []  # nothing was rendered or scored

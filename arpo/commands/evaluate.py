@@ -10,13 +10,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from arpo import run_options as opt
-from arpo.errors import InvalidInputError
+from arpo.eval.seeds import REFERENCE_SEED_BASE
 from arpo.settings import ArpoSettings
 
 DEFAULT_METHODS = "caption,ci-fast,arpo-vanilla"
 EVAL_HELP = (
-    "Run each method on each image of MANIFEST (a JSONL manifest or a folder of images) with each seed, "
-    "regenerate its prompt, score it (CLIP-T, CLIP-I, DINO, ViT, LPIPS, BERTScore, perplexity) and write "
+    "Run each method once on each image of MANIFEST (a JSONL manifest or a folder of images), searching "
+    "with --search-seed; regenerate its prompt with each evaluation seed (1000, 1001, ...: never a search "
+    "seed or a reference's seed), score it (CLIP-T, CLIP-I, DINO, ViT, LPIPS, BERTScore, perplexity) and write "
     "table.md/.csv/.json and report.html into --out. Running the same command again continues an "
     "interrupted evaluation. Methods: caption, vlm-caption, ci-fast, ci-classic, ci-best, pez, ph2p, "
     "editor, regressor, arpo-vanilla, arpo-enhanced (arpo-*:offline|vllm|openai picks their brains)."
@@ -32,7 +33,9 @@ def evaluate(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest ({image, prompt?, id?, source?} per line) or a folder of images.")],
     methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = DEFAULT_METHODS,
     models: opt.Models = None,
-    seeds: Annotated[int, typer.Option(help="Seeds per image and method (0, 1, ...).")] = 3,
+    seeds: Annotated[int, typer.Option(help="Evaluation seeds: each recovered prompt is rendered and scored "
+                                             "with seeds 1000, 1001, ...; scores are mean ± std over them.")] = 3,
+    search_seed: Annotated[int, typer.Option(help="Seed the methods search with (below 1000; never scored).")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="Folder for the tables and report (default: arpo-eval-<manifest name>).")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics, or all.")] = "all",
     steps: Annotated[Optional[int], typer.Option(help="ARPO rounds per run (default: 10).")] = None,
@@ -56,12 +59,14 @@ def evaluate(
     from arpo.eval.datasets import load_dataset
     from arpo.eval.methods import validate_method_names
     from arpo.eval.metrics.suite import parse_metric_names
+    from arpo.eval.seeds import SeedPlan, check_reference_seeds
 
     method_names = validate_method_names([name.strip() for name in methods.split(",") if name.strip()])
     metric_names = parse_metric_names(metrics)
-    if seeds < 1:
-        raise InvalidInputError(f"--seeds must be at least 1, not {seeds}")
+    plan = SeedPlan.default(seeds, search_seed)
     dataset = load_dataset(manifest)
+    # Refused before any model loads: references made with an evaluation or search seed.
+    check_reference_seeds(plan, ((case.key, case.generation_seed) for case in dataset.cases))
     settings = ArpoSettings()
     config = opt.build_run_config(
         settings, models=models, steps=steps, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain,
@@ -70,10 +75,10 @@ def evaluate(
         inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
     )
     out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
-    _run_evaluation(dataset, method_names, metric_names, list(range(seeds)), config, db or settings.db, out_dir, as_json)
+    _run_evaluation(dataset, method_names, metric_names, plan, config, db or settings.db, out_dir, as_json)
 
 
-def _run_evaluation(dataset, method_names, metric_names, seeds, config, database_url, out_dir: Path, as_json: bool) -> None:
+def _run_evaluation(dataset, method_names, metric_names, plan, config, database_url, out_dir: Path, as_json: bool) -> None:
     from arpo.cli import TINY_NOTE
     from arpo.eval.methods import MethodContext, build_method
     from arpo.eval.metrics.suite import build_metric_suite
@@ -86,12 +91,12 @@ def _run_evaluation(dataset, method_names, metric_names, seeds, config, database
 
     history = History.open(database_url)
     store = EvaluationStore(history.engine)
-    identity = _identity(dataset, method_names, metric_names, seeds, config)
+    identity = _identity(dataset, method_names, metric_names, plan, config)
     evaluation = store.open_evaluation(str(dataset.location), str(out_dir), identity)
     stderr_progress(f"evaluation {evaluation.id}: {len(dataset.cases)} image(s) × {len(method_names)} method(s) × "
-                    f"{len(seeds)} seed(s) -> {out_dir}")
+                    f"{len(plan.eval_seeds)} evaluation seed(s) {list(plan.eval_seeds)}, search seed {plan.search_seed} -> {out_dir}")
     cells = store.cells(evaluation.id, status="done")
-    if len(cells) < len(dataset.cases) * len(method_names) * len(seeds):
+    if len(cells) < len(dataset.cases) * len(method_names) * len(plan.eval_seeds):
         # Models are loaded only when some cell is left: a finished evaluation just rewrites its reports.
         stack = model_stack_for(config)
         if stack.is_tiny:
@@ -101,7 +106,7 @@ def _run_evaluation(dataset, method_names, metric_names, seeds, config, database
         methods = [build_method(name, context) for name in method_names]
         runner = EvalRunner(history=history, models=stack, suite=suite, methods=methods)
         try:
-            cells = runner.run(evaluation.id, dataset, seeds)
+            cells = runner.run(evaluation.id, dataset, plan)
         except KeyboardInterrupt:
             store.set_status(evaluation.id, "interrupted")
             print("arpo: interrupted; run the same command again to continue this evaluation", file=sys.stderr)
@@ -118,13 +123,13 @@ def _run_evaluation(dataset, method_names, metric_names, seeds, config, database
         print(files.markdown.read_text(encoding="utf-8"))
 
 
-def _identity(dataset, method_names, metric_names, seeds, config) -> dict[str, Any]:
+def _identity(dataset, method_names, metric_names, plan, config) -> dict[str, Any]:
     """What must match for a second `arpo eval` into the same folder to continue the first."""
     return {
         "images": [case.key for case in dataset.cases],
         "methods": method_names,
         "metrics": list(metric_names),
-        "seeds": seeds,
+        **plan.describe(),
         "run_config": config.model_dump(mode="json"),
     }
 
@@ -133,7 +138,8 @@ def make_eval_set(
     prompts: Annotated[Path, typer.Argument(help="Text file with one prompt per line (or JSONL with a prompt field).")],
     out: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")],
     models: opt.Models = None,
-    seed: Annotated[int, typer.Option(help="Seed of the first image; each next image uses the next seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; each next image uses the next seed. The default "
+                                           "(one million) keeps references clear of search and evaluation seeds.")] = REFERENCE_SEED_BASE,
     device: opt.Device = None,
     scheduler: opt.Scheduler = None,
     dtype: opt.Dtype = None,
@@ -147,6 +153,9 @@ def make_eval_set(
     text_to_image = load_text_to_image(
         choice, device, scheduler=scheduler or settings.scheduler, dtype=dtype or settings.dtype
     )
+    if seed < REFERENCE_SEED_BASE:
+        print(f"arpo: note: reference seeds below {REFERENCE_SEED_BASE} may collide with search or evaluation "
+              "seeds; `arpo eval` refuses references made with one of its seeds", file=sys.stderr)
     dataset = make_self_consistent_set(texts, text_to_image, out, seed=seed)
     print(f"wrote {len(dataset.cases)} reference image(s) and {dataset.location}", file=sys.stderr)
     print(str(dataset.location))
