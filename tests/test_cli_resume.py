@@ -40,8 +40,9 @@ def wait_for(condition, timeout_s, process):
 
 def test_resume_after_kill_finishes_without_duplicates(capsys, arpo_home):
     db_path = arpo_home / "arpo.db"
-    # Slow brains keep the run busy long enough to be killed between finished iterations.
-    with BrainServer(ScriptedBrain(latency_s=0.5, phrases_per_reply=2)) as server:
+    # Slow brains keep the run busy long enough to be killed between finished iterations. Eight phrases a
+    # round: the tiny random CLIP must find one that helps, or the run ends after iteration 0.
+    with BrainServer(ScriptedBrain(latency_s=0.5, phrases_per_reply=8)) as server:
         command = [
             sys.executable, "-m", "arpo.cli", "invert", str(SAMPLE_IMAGE), "--models", "tiny",
             "--brain", "vllm", "--base-url", server.base_url, "--steps", "4",
