@@ -297,6 +297,7 @@ def time_inversion(method: str, models, workload: Workload) -> dict[str, Any]:
         f"{method}_step_s": _seconds_per_step([step.seconds for step in steps]),
         f"{method}_first_step_s": round(steps[0].seconds, 3) if steps else None,
         f"{method}_steps_timed": len(steps),
+        f"{method}_step_stamps_s": [round(step.seconds, 4) for step in steps],
         f"{method}_loss": None if last is None else last.loss,
         f"{method}_step_details": {} if last is None else _plain(last.details),
     }
@@ -379,7 +380,8 @@ def _notes(workload: Workload) -> list[str]:
     ]
 
 
-def _table(report: dict[str, Any]) -> str:
+def format_table(report: dict[str, Any]) -> str:
+    """The report as a two-column table, notes last."""
     rows = [
         ("stack", report["stack"]),
         ("device / dtype", f"{report['device']} / {report['dtype']} ({report['torch_threads']} torch threads)"),
@@ -455,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ArpoError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    print(json.dumps(report, indent=2) if arguments.json else _table(report))
+    print(json.dumps(report, indent=2) if arguments.json else format_table(report))
     return 0
 
 
