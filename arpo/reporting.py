@@ -21,7 +21,7 @@ def progress_line(node: str, update: dict) -> str | None:
         best = "  (best so far)" if "best_prompt" in update else ""
         return f"generated image: CLIP-I {update['clip_i']:.4f}  CLIP-T {update['clip_t']:.4f}{best}"
     if node == "propose":
-        return f"  {len(update.get('candidates', []))} candidate phrase(s) proposed"
+        return _proposal_progress(update)
     if node == "select":
         if "prompt" in update:
             return f"iteration {update['iteration']}: {update['prompt']}"
@@ -29,6 +29,16 @@ def progress_line(node: str, update: dict) -> str | None:
     if node == "finish":
         return f"stopped: {update.get('stopped_because', '')}"
     return None
+
+
+def _proposal_progress(update: dict) -> str:
+    proposal = update.get("proposal") or {}
+    line = f"  {len(update.get('candidates', []))} candidate phrase(s) proposed"
+    if proposal.get("source") == "offline-fallback":
+        line += " by the phrase banks (the LLM's replies held no usable phrase)"
+    if proposal.get("dropped"):
+        line += f"; {len(proposal['dropped'])} dropped (see arpo history)"
+    return line
 
 
 def print_progress(node: str, update: dict) -> None:

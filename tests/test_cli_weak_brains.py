@@ -49,6 +49,8 @@ def test_a_babbling_model_costs_one_repair_then_the_phrase_banks_take_the_round(
         proposals = server.brain.requests_of_kind("phrases")
     assert outcome.exit_code == 0, outcome.stderr
     assert len(proposals) == 2
+    assert "candidate phrase(s) proposed by the phrase banks" in outcome.stderr
+    assert "; 2 dropped (see arpo history)" in outcome.stderr
     first = outcome.json()["iterations"][0]
     assert first["candidate_source"] == "offline-fallback"
     assert first["candidates"] and "offline phrase banks" in first["note"]
