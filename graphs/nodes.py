@@ -15,7 +15,7 @@ from arpo.agents.phrase_hygiene import BANNED
 from arpo.agents.proposal import DroppedPhrase, Proposal, ProposalRequest
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.prompt_text import phrase_key
-from arpo.graphs.selection import SelectionOutcome, greedy_select
+from arpo.graphs.selection import ScorerWindow, SelectionOutcome, greedy_select
 from arpo.graphs.state import ArpoState
 from arpo.storage.records import CandidateRecord, IterationRecord, ProposalRecord
 
@@ -174,6 +174,8 @@ def select(state: ArpoState, runtime: Ctx) -> dict:
             reference.embedding, [t2i.truncate(p) for p in prompts]
         ),
         fits_budget=lambda prompt: t2i.count_tokens(prompt) <= budget,
+        # CLIP reads 77 tokens where PixArt's T5 reads 120: never keep a phrase the scorer did not see.
+        scorer_window=ScorerWindow(fits=lambda prompt: clip.sees_all(t2i.truncate(prompt)), tokens=clip.context_length),
     )
     record = iteration_record(ctx, state, outcome)
     ctx.history.record_iteration(state["run_id"], record)
@@ -215,6 +217,11 @@ def iteration_record(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutco
         ]
         if outcome.over_budget:
             notes.append(f"{len(outcome.over_budget)} candidate(s) left out: they would exceed the {budget}-token budget")
+        if outcome.past_scorer_window:
+            notes.append(
+                f"{len(outcome.past_scorer_window)} candidate(s) left out: they would fall past the scorer's "
+                f"{ctx.models.clip.context_length}-token window, so CLIP could not score them"
+            )
     return IterationRecord(
         index=state["iteration"],
         prompt=prompt,
@@ -250,6 +257,9 @@ def _why_nothing_selected(state: ArpoState, outcome: SelectionOutcome, budget: i
         return "no new candidate phrases were proposed"
     if outcome.over_budget and all(v.reason in ("over budget", "duplicate") for v in outcome.verdicts):
         return f"the prompt is at the {budget}-token budget; no candidate fits"
+    unseen = set(outcome.past_scorer_window)
+    if unseen and all(v.reason in ("over budget", "duplicate") or v.phrase in unseen for v in outcome.verdicts):
+        return "the prompt fills the scorer's token window; no candidate it could see is left"
     if all(v.reason == "duplicate" for v in outcome.verdicts):
         return "every candidate repeated a phrase already in the prompt"
     return "no candidate raised CLIP similarity"

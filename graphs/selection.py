@@ -4,6 +4,11 @@ Each round scores every remaining candidate appended to the prompt built so far,
 of ``score_prompts``; the best one is taken out of the pool and kept only if it does not lower the best
 score seen. Candidates that would push the prompt past what the T2I text encoder reads are never
 scored: they are reported as over budget, so the history shows why they were left out.
+
+The scorer has a window of its own. CLIP reads 77 tokens, while PixArt's T5 encoder reads 120: a
+candidate appended past CLIP's window would be scored on a text that does not contain it, tie with
+the unchanged prompt and be "selected" unseen. So a candidate whose prompt the scorer cannot read in
+full is never scored either; its verdict says "past the scorer's 77-token window".
 """
 
 from __future__ import annotations
@@ -17,6 +22,20 @@ ScorePrompts = Callable[[list[str]], list[float]]
 """Scores prompts against the reference image in one batch (CLIP text–image cosine similarity)."""
 FitsBudget = Callable[[str], bool]
 """Whether the T2I model's tokenizer would read a prompt without truncating it."""
+OVER_BUDGET = "over budget"
+
+
+@dataclass(frozen=True)
+class ScorerWindow:
+    """What the scorer reads: `fits(prompt)` says whether it sees the whole prompt, `tokens` is its
+    context length (77 for CLIP), for the reason recorded with candidates it cannot see."""
+
+    fits: FitsBudget
+    tokens: int
+
+    @property
+    def reason(self) -> str:
+        return f"past the scorer's {self.tokens}-token window"
 
 
 @dataclass
@@ -43,6 +62,8 @@ class SelectionOutcome:
     scoring_calls: int
     """Batched scoring calls made (one per round, plus one for the starting prompt)."""
     over_budget: list[str] = field(default_factory=list)
+    past_scorer_window: list[str] = field(default_factory=list)
+    """Candidates left unscored because the scorer would not have seen them (see ScorerWindow)."""
 
 
 def greedy_select(
@@ -50,15 +71,22 @@ def greedy_select(
     candidates: list[str],
     score_prompts: ScorePrompts,
     fits_budget: FitsBudget = lambda _prompt: True,
+    scorer_window: ScorerWindow | None = None,
 ) -> SelectionOutcome:
-    """Choose the subset of ``candidates`` that raises the prompt's score, as in Algorithm 8."""
+    """Choose the subset of ``candidates`` that raises the prompt's score, as in Algorithm 8.
+
+    Candidates past the T2I budget (``fits_budget``) or past the scorer's window (``scorer_window``,
+    None when the scorer reads at least as far as the T2I model) are left out, with their reason.
+    """
     verdicts, pool = _screen(prompt, candidates)
     start_score = score_prompts([prompt])[0]
     best_score, scoring_calls = start_score, 1
     chosen: list[str] = []
     decided: list[CandidateVerdict] = []
     while pool:
-        pool = _drop_over_budget(prompt, chosen, pool, fits_budget)
+        pool = _drop_unfitting(prompt, chosen, pool, fits_budget, OVER_BUDGET)
+        if scorer_window is not None:
+            pool = _drop_unfitting(prompt, chosen, pool, scorer_window.fits, scorer_window.reason)
         if not pool:
             break
         trial_scores = score_prompts([join_prompt(prompt, chosen + [v.phrase]) for v in pool])
@@ -83,7 +111,8 @@ def greedy_select(
         start_score=start_score,
         best_score=best_score,
         scoring_calls=scoring_calls,
-        over_budget=[v.phrase for v in undecided if v.reason == "over budget"],
+        over_budget=[v.phrase for v in undecided if v.reason == OVER_BUDGET],
+        past_scorer_window=[v.phrase for v in undecided if scorer_window is not None and v.reason == scorer_window.reason],
     )
 
 
@@ -105,13 +134,14 @@ def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateVerdict],
     return verdicts, pool
 
 
-def _drop_over_budget(
-    prompt: str, chosen: list[str], pool: list[CandidateVerdict], fits_budget: FitsBudget
+def _drop_unfitting(
+    prompt: str, chosen: list[str], pool: list[CandidateVerdict], fits: FitsBudget, reason: str
 ) -> list[CandidateVerdict]:
+    """The candidates whose extended prompt `fits`; the others get `reason` and leave the pool."""
     fitting = []
     for verdict in pool:
-        if fits_budget(join_prompt(prompt, chosen + [verdict.phrase])):
+        if fits(join_prompt(prompt, chosen + [verdict.phrase])):
             fitting.append(verdict)
         else:
-            verdict.reason = "over budget"
+            verdict.reason = reason
     return fitting

@@ -137,6 +137,11 @@ class ClipScorer:
         """Content tokens that fit the context: 75 for CLIP's 77 positions."""
         return self.context_length - 2
 
+    def sees_all(self, text: str) -> bool:
+        """Whether the model reads all of `text`; past its window the tokenizer silently cuts the rest,
+        so a score says nothing about what was cut."""
+        return self.count_tokens(text) <= self.token_budget()
+
     def describe(self) -> dict[str, Any]:
         """Which CLIP this is, as plain JSON values, for the run record."""
         return {

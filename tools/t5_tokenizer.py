@@ -9,8 +9,10 @@ exactly like the real pipeline. The trained pieces and scores are cached as JSON
 $ARPO_HOME/cache/t5-tokenizer, named by the training phrases and vocabulary size.
 """
 
+import functools
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -27,27 +29,31 @@ SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")
 MODEL_MAX_LENGTH = 512
 _PHRASES_PER_BANK = 3000
 
-_built: dict[Path, T5Tokenizer] = {}
+# Trained pieces by file name (vocabulary size and phrase digest): a process trains at most once,
+# whichever cache folder it is pointed at.
+_pieces: dict[str, list[list]] = {}
 _build_lock = threading.Lock()
 
 
 def offline_t5_tokenizer(cache_dir: Path | None = None, vocab_size: int = TINY_VOCAB_SIZE) -> T5Tokenizer:
-    """A T5 tokenizer whose unigram pieces are learned from the phrase banks (cached; kept per process)."""
+    """A T5 tokenizer whose unigram pieces are learned from the phrase banks (cached on disk and per
+    process); every call returns a new tokenizer object, so callers may change its settings."""
     folder = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("t5-tokenizer")
     phrases = _training_phrases()
-    path = folder.expanduser().resolve() / f"unigram-{vocab_size}-{list_hash(phrases)}.json"
+    name = f"unigram-{vocab_size}-{list_hash(phrases)}.json"
+    path = folder.expanduser().resolve() / name
     with _build_lock:
-        if path not in _built:
-            pieces = _read_pieces(path)
-            if pieces is None:
-                pieces = train_unigram_pieces(phrases, vocab_size)
-                encoded = json.dumps(pieces, ensure_ascii=False).encode("utf-8")
-                write_cache_file(path, lambda file: file.write(encoded))
-            _built[path] = T5Tokenizer(vocab=[tuple(piece) for piece in pieces], model_max_length=MODEL_MAX_LENGTH)
-        return _built[path]
+        pieces = _pieces.get(name) or _read_pieces(path)
+        if pieces is None:
+            pieces = train_unigram_pieces(phrases, vocab_size)
+        if not path.is_file():
+            encoded = json.dumps(pieces, ensure_ascii=False).encode("utf-8")
+            write_cache_file(path, lambda file: file.write(encoded))
+        _pieces[name] = pieces
+    return T5Tokenizer(vocab=[tuple(piece) for piece in pieces], model_max_length=MODEL_MAX_LENGTH)
 
 
-def train_unigram_pieces(texts: list[str], vocab_size: int) -> list[list]:
+def train_unigram_pieces(texts: Sequence[str], vocab_size: int) -> list[list]:
     """[piece, log-probability] pairs of a unigram model trained on `texts`, T5's markers first.
 
     Words are split on whitespace and marked with "▁" the way T5's tokenizer splits them before the
@@ -67,11 +73,12 @@ def train_unigram_pieces(texts: list[str], vocab_size: int) -> list[list]:
     return pieces
 
 
-def _training_phrases() -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _training_phrases() -> tuple[str, ...]:
     from arpo.tools.phrase_bank import load_phrase_bank
 
     banks = load_phrase_bank(max_phrases_per_bank=_PHRASES_PER_BANK)
-    return [phrase for bank in banks.values() for phrase in bank]
+    return tuple(phrase for bank in banks.values() for phrase in bank)
 
 
 def _read_pieces(path: Path) -> list[list] | None:
