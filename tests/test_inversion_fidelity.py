@@ -33,9 +33,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def bf16_models():
-    stack = build_model_stack("tiny")
-    stack.text_to_image.pipeline.to(dtype=torch.bfloat16)
-    return stack
+    return build_model_stack("tiny", dtype="bfloat16")
 
 
 @pytest.fixture(scope="module")
@@ -122,29 +120,27 @@ def test_editor_takes_several_steps_with_pndm_and_lowers_its_loss(models, refere
     assert len(losses) == 4 and losses[-1] < losses[0]
 
 
-def test_method_editor_from_the_cli_with_pndm_finishes(capsys, arpo_home, monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "flags"), [("editor", ("--scheduler", "pndm")), ("ph2p", ("--scheduler", "dpm++", "--dtype", "bfloat16"))]
+)
+def test_methods_from_the_cli_take_several_steps_with_stateful_schedulers(capsys, arpo_home, method, flags):
     from cli_harness import SAMPLE_IMAGE as IMAGE
     from cli_harness import run_arpo
 
     from arpo.storage.history import History
-    from arpo.tools.text_to_image import TextToImage
 
-    build = TextToImage.tiny.__func__
-
-    def tiny_with_pndm(cls, *args, **kwargs):
-        text_to_image = build(cls, *args, **kwargs)
-        with scheduler(type("Stack", (), {"text_to_image": text_to_image}), "pndm") as pndm:
-            pass
-        text_to_image.pipeline.scheduler = pndm  # kept: the context manager only restores on exit
-        return text_to_image
-
-    monkeypatch.setattr(TextToImage, "tiny", classmethod(tiny_with_pndm))
-    outcome = run_arpo(capsys, "invert", IMAGE, "--models", "tiny", "--method", "editor", "--inversion-steps", "3", "--json")
+    outcome = run_arpo(
+        capsys, "invert", IMAGE, "--models", "tiny", *flags, "--method", method, "--inversion-steps", "3", "--json"
+    )
     assert outcome.exit_code == 0, outcome.stderr
     result = outcome.json()
     assert result["status"] == "finished"
-    steps = History.open().inversion_steps(result["run_id"], method="editor")
+    history = History.open()
+    config = history.get_run(result["run_id"]).config
+    assert [config["scheduler"], config.get("dtype")] == [flags[1], flags[3] if len(flags) > 2 else None]
+    steps = history.inversion_steps(result["run_id"], method=method)
     assert [s.step for s in steps][:3] == [0, 1, 2] and all(s.loss is not None for s in steps[:3])
+    assert not any("skipped" in s.details for s in steps)
 
 
 # ---- half precision ------------------------------------------------------------------------------------
@@ -235,16 +231,9 @@ def test_float16_loss_scaling_recovers_gradients_and_backs_off_on_overflow():
 # ---- model families ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "label"), [("sdxl", "SDXL-family"), ("pixart", "PixArt-family")])
-def test_ph2p_and_editor_refuse_sdxl_and_pixart_in_one_line(models, reference, family, label):
-    tiny_pipelines = pytest.importorskip("arpo.tools.tiny_pipelines")
-    from arpo.tools.model_stack import ModelStack
-    from arpo.tools.text_to_image import TextToImage
-
-    text_to_image = TextToImage(tiny_pipelines.tiny_pipeline(family), name=f"tiny-{family}", steps=2)
-    stack = ModelStack(
-        name=f"tiny-{family}", text_to_image=text_to_image, captioner=models.captioner, clip=models.clip, is_tiny=True
-    )
+@pytest.mark.parametrize(("family", "label"), [("tiny-sdxl", "SDXL-family"), ("tiny-pixart", "PixArt-family")])
+def test_ph2p_and_editor_refuse_sdxl_and_pixart_in_one_line(reference, family, label):
+    stack = build_model_stack(family)
     for inverter, method in ((_ph2p(), "PH2P"), (EditorInverter(initial_prompt="a cat"), "EDITOR")):
         with pytest.raises(InvalidInputError) as refused:
             inverter.invert(reference, stack, budget=InversionBudget(max_steps=1))
