@@ -14,7 +14,7 @@ import typer
 from arpo.errors import InvalidInputError
 from arpo.settings import ArpoSettings
 
-Models = Annotated[Optional[str], typer.Option(help="tiny | sd15 | sdxl | pixart | a diffusers id or path.")]
+Models = Annotated[Optional[str], typer.Option(help="sd15 | sdxl | pixart | a diffusers id or path; tiny | tiny-sdxl | tiny-pixart: tiny random models of the same families, offline.")]
 Brain = Annotated[Optional[str], typer.Option(help="Backend of both brain roles: openai | vllm | offline.")]
 VlmBrain = Annotated[Optional[str], typer.Option(help="Backend of the VLM role only.")]
 LlmBrain = Annotated[Optional[str], typer.Option(help="Backend of the LLM role only.")]
