@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -351,16 +352,39 @@ def run_benchmark(models, workload: Workload, *, device, dtype_name: str, stack:
         "diffusers_version": diffusers.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+    _progress("timing one ARPO iteration")
     report |= time_arpo_iteration(models, workload)
     for method in ("ph2p", "editor"):
+        _progress(f"timing {method} ({workload.inversion_steps} step(s))")
         report |= time_inversion(method, models, workload)
     if cuda:
         torch.cuda.synchronize()
         report |= {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_kind": "cuda allocated"}
     else:
         report |= {"peak_memory_mb": round(_peak_rss_mib(), 1), "peak_memory_kind": "process peak RSS"}
-    report["notes"] = _notes(workload)
+    report["notes"] = _notes(workload) + flag_non_finite(report)
     return report
+
+
+def flag_non_finite(report: dict[str, Any]) -> list[str]:
+    """Random weights in half precision can overflow; a step whose loss is not finite may end early
+    (L-BFGS stops, a guarded step is skipped), so its time is not the real one: say so. The values
+    become None, so the JSON stays strict."""
+    notes = []
+    for method in ("ph2p", "editor"):
+        loss = report.get(f"{method}_loss")
+        if loss is not None and not _finite(loss):
+            notes.append(f"{method}'s loss was not finite with these random weights: its step time may be too short")
+            report[f"{method}_loss"] = None
+        details = report.get(f"{method}_step_details", {})
+        for key, value in details.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                details[key] = None
+    return notes
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _notes(workload: Workload) -> list[str]:
@@ -400,6 +424,14 @@ def format_table(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     return "\n".join(lines + [f"note: {note}" for note in report["notes"]])
+
+
+_STARTED = time.perf_counter()
+
+
+def _progress(message: str) -> None:
+    """What the benchmark is doing, on stderr (a CPU run takes minutes; stdout stays the report)."""
+    print(f"[{time.perf_counter() - _STARTED:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def _seconds(value: float | None) -> str:
@@ -477,6 +509,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, Any]:
                 models, stack, device, dtype_name = tiny_stack(workload), "tiny (smoke)", torch.device("cpu"), "float32"
                 models.text_to_image.height = models.text_to_image.width = workload.resolution
             else:
+                _progress(f"building SD 1.5 and ViT-L-14 with random weights on {device} in {dtype_name}")
                 models, stack = real_shape_stack(workload, device, getattr(torch, dtype_name)), "sd15-architecture"
             return run_benchmark(models, workload, device=device, dtype_name=dtype_name, stack=stack)
         finally:

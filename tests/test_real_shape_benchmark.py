@@ -145,3 +145,12 @@ def test_table_names_each_figure(smoke_report):
     for label in ("ARPO iteration", "PH2P step", "EDITOR step", "peak memory", "phrase index"):
         assert label in table
     assert f"{smoke_report['unet_parameters']:,}" in table
+
+
+def test_a_non_finite_loss_is_flagged_and_kept_out_of_the_json():
+    report = {"ph2p_loss": float("nan"), "ph2p_step_details": {"optimised_loss_after": float("inf"), "timestep": 3},
+              "editor_loss": 0.5, "editor_step_details": {}}
+    notes = bench.flag_non_finite(report)
+    assert len(notes) == 1 and "ph2p" in notes[0]
+    assert report["ph2p_loss"] is None and report["ph2p_step_details"] == {"optimised_loss_after": None, "timestep": 3}
+    json.dumps(report, allow_nan=False)  # strict JSON
