@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prompts = load_prompt_corpus(args.corpus)
         t2i = load_text_to_image(args.models, args.device)
-        parts = DiffusionParts(t2i, "the inverter")
+        parts = DiffusionParts(t2i, "EDITOR's trained inverter")
         config = inverter_config_for(parts, args.size, t2i.name)
 
         def report(phase: str, index: int, loss: float) -> None:
