@@ -253,3 +253,40 @@ def test_runner_refuses_a_method_that_searched_with_an_evaluation_seed(tmp_path)
     with pytest.raises(RuntimeError, match=r"searched with evaluation seed\(s\) \[1000\]"):
         runner.run(evaluation.id, load_dataset(folder), SeedPlan(search_seed=0, eval_seeds=(1000, 1001)))
     assert EvaluationStore(history.engine).cells(evaluation.id) == []  # nothing was rendered or scored
+
+
+def test_final_prompt_is_fixed_before_any_evaluation_render(tmp_path, monkeypatch, one_step_tiny_generator):
+    """Events in order: each method's search (at the search seed) ends before its prompt is rendered at
+    an evaluation seed, and the method is asked once per image, not once per evaluation seed."""
+    from arpo.eval.methods import MethodCost, RecoveredPrompt
+
+    events: list[tuple[str, int]] = []
+    stack = build_model_stack("tiny")
+    real_generate = stack.text_to_image.generate
+
+    def logged_generate(prompt, seed, *args, **kwargs):
+        events.append(("render", seed))
+        return real_generate(prompt, seed, *args, **kwargs)
+
+    monkeypatch.setattr(stack.text_to_image, "generate", logged_generate)
+
+    class SearchingMethod:
+        name, seed_dependent = "searching", True
+
+        def recover(self, reference, seed, **_):
+            stack.text_to_image.generate("a first guess", seed)  # a search renders with its own seed
+            events.append(("chosen", seed))
+            return RecoveredPrompt("a first guess", MethodCost(), search_seeds=[seed])
+
+    folder = tmp_path / "one"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (10, 20, 30)).save(folder / "dark.png")
+    history = History.open()
+    evaluation = EvaluationStore(history.engine).open_evaluation(str(folder), str(tmp_path / "out"), {"test": 3})
+    runner = EvalRunner(history, stack, build_metric_suite(stack.clip, tiny=True, names=["clip_t"]), [SearchingMethod()],
+                        progress=lambda line: None)
+    cells = runner.run(evaluation.id, load_dataset(folder), SeedPlan(search_seed=7, eval_seeds=(1000, 1001, 1002)))
+
+    assert events == [("render", 7), ("chosen", 7), ("render", 1000), ("render", 1001), ("render", 1002)]
+    assert sorted(cell.seed for cell in cells) == [1000, 1001, 1002]
+    assert all(cell.details["search_seeds"] == [7] for cell in cells)
