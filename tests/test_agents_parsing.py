@@ -49,6 +49,11 @@ def test_duplicates_are_dropped_case_insensitively_keeping_order():
         "Rim Light", "film grain"]
 
 
+def test_duplicates_can_be_kept_for_a_caller_that_counts_them():
+    reply = '["Rim Light", "film grain", "rim light", " FILM GRAIN. "]'
+    assert parse_phrase_list(reply, distinct=False) == ["Rim Light", "film grain", "rim light", "FILM GRAIN"]
+
+
 def test_explicit_empty_list_means_nothing_to_add():
     assert parse_phrase_list('{"phrases": []}') == []
     assert parse_phrase_list("```json\n[]\n```") == []
