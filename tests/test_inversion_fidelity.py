@@ -6,6 +6,7 @@ variables; a poisoned gradient is skipped, never applied; SDXL and PixArt are re
 """
 
 import logging
+import math
 from contextlib import contextmanager
 
 import pytest
@@ -217,15 +218,45 @@ def test_ph2p_skips_a_step_whose_gradient_is_not_finite(bf16_models, reference, 
     assert torch.isfinite(search.soft).all() and not torch.equal(search.soft.detach(), start_vectors)
 
 
-def test_float16_loss_scaling_recovers_gradients_and_backs_off_on_overflow():
+def test_float16_loss_scaling_keeps_small_gradients_that_plain_backward_loses():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 8).to(torch.float16).requires_grad_(False)
+    variable = torch.randn(2, 8)  # float32 master copy
+
+    def loss_of(vectors):  # a small loss, as late in an optimisation: its gradient underflows float16
+        return layer(vectors.to(torch.float16)).float().pow(2).mean() * 1e-9
+
+    plain = variable.clone().requires_grad_(True)
+    loss_of(plain).backward()
+    assert plain.grad.abs().max() == 0  # flushed to zero on the way back through the float16 layer
+
     guard = GradientGuard(torch.float16, "test")
-    variable = torch.tensor([1e-3, -2e-3], requires_grad=True)
-    assert guard.backward((variable**2).sum() * 1e-4, [variable])
-    assert torch.allclose(variable.grad, 2e-4 * variable.detach())  # unscaled again
+    scaled = variable.clone().requires_grad_(True)
+    assert guard.backward(loss_of(scaled), [scaled])
+    exact = variable.clone().requires_grad_(True)
+    (layer.float()(exact).pow(2).mean() * 1e-9).backward()
+    layer.to(torch.float16)
+    assert scaled.grad.abs().max() > 0 and torch.allclose(scaled.grad, exact.grad, rtol=0.05, atol=1e-12)
+
     scale = guard.scale
-    assert scale > 1 and guard.skip(0)["loss_scale"] == scale / 2
-    assert GradientGuard(torch.bfloat16, "test").scale == 1.0
+    assert scale > 1 and guard.skip(0)["loss_scale"] == scale / 2  # backs off after an overflow
+    assert GradientGuard(torch.bfloat16, "test").scale == 1.0  # bfloat16 has float32's range
     assert not GradientGuard(torch.float32, "test").unscale_([torch.tensor([float("inf")])])
+
+
+def test_ph2p_and_editor_in_float16_step_with_loss_scaling(reference):
+    models = build_model_stack("tiny", dtype="float16")
+    search = _ph2p().start_search(reference, models, seed=2)
+    outcomes = [search.step(index) for index in range(2)]
+    assert search.guard.scaling and search.guard.skipped == 0
+    assert all(outcome["moved"] > 0 and math.isfinite(outcome["loss"]) for outcome in outcomes)
+    assert search.soft.dtype == torch.float32
+
+    embedding, losses = EditorInverter(denoising_steps=2, lr=0.05).optimise_embedding(
+        reference, models, "a cat", seed=1, steps=3
+    )
+    assert embedding.dtype == torch.float32 and all(math.isfinite(loss) for loss in losses)
+    assert losses[-1] < losses[0]
 
 
 # ---- model families ------------------------------------------------------------------------------------
