@@ -27,7 +27,7 @@ from arpo.errors import InvalidInputError
 from arpo.tools.devices import pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
-from arpo.tools.tiny_pipelines import tiny_pipeline
+from arpo.tools.tiny_pipelines import cast_like_loading, tiny_pipeline
 
 PRESETS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -252,7 +252,7 @@ class TextToImage:
         """
         pipeline = tiny_pipeline(family, seed)
         if dtype is not None:
-            pipeline.to(dtype=dtype)
+            cast_like_loading(pipeline, dtype)
         if scheduler is not None:
             replace_scheduler(pipeline, scheduler)
         name = next(key for key, value in TINY_PRESETS.items() if value == family)

@@ -208,3 +208,24 @@ def _sdxl_second_tokenizer():
     tokenizer = copy.deepcopy(offline_clip_tokenizer())
     tokenizer.pad_token = "!"
     return tokenizer
+
+
+def cast_like_loading(pipeline: DiffusionPipeline, dtype: torch.dtype) -> None:
+    """Cast every model of `pipeline` to `dtype` the way loading real weights in that dtype does.
+
+    `from_pretrained(dtype=float16)` keeps the modules a class lists in `_keep_in_fp32_modules` in
+    float32 (T5's feed-forward output projection `wo`, which overflows in float16), and also those in
+    `_keep_in_fp32_modules_strict` for bfloat16; a plain `.to(dtype)` would not, so tiny models would
+    run a precision the real ones never do.
+    """
+    for component in pipeline.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        # torch's own cast: diffusers' ModelMixin.to warns about float32 modules even when it has none.
+        torch.nn.Module.to(component, dtype=dtype)
+        kept = set(getattr(component, "_keep_in_fp32_modules_strict", None) or []) if dtype in (torch.float16, torch.bfloat16) else set()
+        if dtype == torch.float16:
+            kept |= set(getattr(component, "_keep_in_fp32_modules", None) or [])
+        for name, module in component.named_modules():
+            if kept and any(part in kept for part in name.split(".")):
+                torch.nn.Module.to(module, dtype=torch.float32)
