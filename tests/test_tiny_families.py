@@ -243,3 +243,11 @@ def test_bad_scheduler_or_dtype_exits_2_with_one_line(capsys, args, problem):
     outcome = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--brain", "offline", *args)
     assert outcome.exit_code == 2
     assert problem in outcome.stderr and len(outcome.stderr.strip().splitlines()) == 1
+
+
+def test_float16_keeps_what_real_loading_keeps_in_float32():
+    pipeline = TextToImage.tiny(family="pixart", dtype=torch.float16).pipeline
+    feed_forward = pipeline.text_encoder.encoder.block[0].layer[1].DenseReluDense
+    # transformers keeps T5's `wo` in float32 when real weights load in float16 (it overflows otherwise).
+    assert feed_forward.wo.weight.dtype == torch.float32 and feed_forward.wi.weight.dtype == torch.float16
+    assert pipeline.transformer.dtype == torch.float16
