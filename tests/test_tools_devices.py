@@ -40,3 +40,24 @@ def test_half_precision_only_on_cuda():
     assert pick_dtype("cuda:1") is torch.float16
     assert pick_dtype(torch.device("cpu")) is torch.float32
     assert pick_dtype("mps") is torch.float32
+
+
+def test_named_dtype_wins_and_short_names_are_read():
+    import torch
+
+    from arpo.tools.devices import parse_dtype, pick_dtype
+
+    assert pick_dtype("cpu", "bfloat16") == torch.bfloat16
+    assert pick_dtype("cuda", "float32") == torch.float32
+    assert pick_dtype("cpu", None) == torch.float32 and pick_dtype("cuda", "auto") == torch.float16
+    assert [parse_dtype(name) for name in ("fp16", "bf16", "FP32", "torch.float16")] == [
+        torch.float16, torch.bfloat16, torch.float32, torch.float16
+    ]
+
+
+def test_unknown_dtype_is_one_clear_error():
+    from arpo.errors import InvalidInputError
+    from arpo.tools.devices import parse_dtype
+
+    with pytest.raises(InvalidInputError, match="choose one of: float32, float16, bfloat16"):
+        parse_dtype("float8")
