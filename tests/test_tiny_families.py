@@ -251,3 +251,17 @@ def test_float16_keeps_what_real_loading_keeps_in_float32():
     # transformers keeps T5's `wo` in float32 when real weights load in float16 (it overflows otherwise).
     assert feed_forward.wo.weight.dtype == torch.float32 and feed_forward.wi.weight.dtype == torch.float16
     assert pipeline.transformer.dtype == torch.float16
+
+
+@pytest.mark.parametrize("preset", ["tiny-sdxl", "tiny-pixart"])
+def test_saved_family_loads_through_the_real_path_with_scheduler_and_dtype(tiny_models, tmp_path, preset):
+    t2i = tiny_models[preset]
+    t2i.pipeline.save_pretrained(tmp_path / preset)
+    loaded = TextToImage.from_pretrained(str(tmp_path / preset), device="cpu", steps=t2i.steps)
+    assert type(loaded.pipeline) is type(t2i.pipeline) and loaded.token_budget() == t2i.token_budget()
+    assert np.array_equal(pixels(loaded.generate("a red fox", seed=2)), pixels(t2i.generate("a red fox", seed=2)))
+    swapped = TextToImage.from_pretrained(
+        str(tmp_path / preset), device="cpu", steps=t2i.steps, scheduler="euler-a", dtype=torch.bfloat16
+    )
+    assert type(swapped.pipeline.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert swapped.describe()["dtype"] == "bfloat16" and swapped.generate("a red fox", seed=2).size == (64, 64)
