@@ -52,7 +52,6 @@ CONFIG_PACKAGE_DIR = ("configs", "sd15")
 SD15_PARTS = ("unet", "vae", "text_encoder", "scheduler")
 SCORER_ARCHITECTURE = "ViT-L-14"
 START_PROMPT = "a photograph of a cat sitting on a wooden table, soft window light"
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -448,7 +447,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "real architecture and ViT-L-14 (random weights, nothing downloaded).",
     )
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels, a multiple of 64 (default 256)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: float16 on CUDA, float32 on the CPU")
+    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on the CPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the best available)")
     parser.add_argument("--denoise-steps", type=int, default=None, help="denoising steps per image (default 10)")
     parser.add_argument("--phrases-per-bank", type=int, default=None, help="phrases embedded per phrase bank (default 100)")
@@ -457,7 +456,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--editor-denoising-steps", type=int, default=None, help="default: EDITOR's own (5)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="CPU-sized work: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    parser.add_argument("--smoke", action="store_true", help="the tiny test models instead (checks the code path)")
+    parser.add_argument("--smoke", action="store_true", help="the tiny test models instead, on the CPU in float32 (checks the code path in seconds)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -496,11 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from arpo.tools.devices import pick_device
+    from arpo.tools.devices import dtype_name as name_of, pick_device, pick_dtype
 
     workload = workload_from(arguments)
     device = pick_device(arguments.device)
-    dtype_name = arguments.dtype or ("float16" if device.type == "cuda" else "float32")
+    dtype = pick_dtype(device, arguments.dtype)
+    dtype_name = name_of(dtype)
     with tempfile.TemporaryDirectory(prefix="arpo-real-shape-") as home:
         previous_home = os.environ.get("ARPO_HOME")
         os.environ["ARPO_HOME"] = home  # keep benchmark runs and caches out of the person's history
@@ -510,7 +510,7 @@ def _run(arguments: argparse.Namespace) -> dict[str, Any]:
                 models.text_to_image.height = models.text_to_image.width = workload.resolution
             else:
                 _progress(f"building SD 1.5 and ViT-L-14 with random weights on {device} in {dtype_name}")
-                models, stack = real_shape_stack(workload, device, getattr(torch, dtype_name)), "sd15-architecture"
+                models, stack = real_shape_stack(workload, device, dtype), "sd15-architecture"
             return run_benchmark(models, workload, device=device, dtype_name=dtype_name, stack=stack)
         finally:
             if previous_home is None:
