@@ -7,7 +7,7 @@ import json
 import pytest
 from fixtures_brain import TEST_API_KEY, brain_server  # noqa: F401
 
-from arpo.agents.brains import build_brains
+from arpo.agents.brains import build_brains, build_run_brains
 from arpo.errors import BrainError, InvalidInputError
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -76,3 +76,23 @@ def test_drain_calls_merges_both_backends_without_duplicates(brain_server):
     records = separate.drain_calls()
     assert [(record.role, record.model) for record in records] == [("proposer", "l"), ("comparer", "v")]
 
+
+
+def test_run_brains_take_each_roles_tuning():
+    from arpo.graphs.run_config import BrainChoice
+
+    vlm = BrainChoice(provider="vllm", model="same", structured_output="off", max_tokens=64)
+    llm = BrainChoice(provider="vllm", model="same", structured_output="json-object", temperature=0.0, seed=5)
+    brains = build_run_brains(vlm, llm)
+    assert brains.vlm is not brains.llm, "different tuning needs separate backends"
+    assert (brains.vlm.config.structured_output, brains.vlm.config.max_tokens) == ("off", 64)
+    assert (brains.llm.config.structured_output, brains.llm.config.temperature, brains.llm.config.seed) == (
+        "json-object", 0.0, 5)
+    assert (brains.vlm.config.temperature, brains.vlm.config.seed) == (0.2, 0), "unset means the defaults"
+    assert brains.vlm.formats is brains.llm.formats, "one run, one memory of refused formats"
+    assert brains.negotiated_formats() == {"vlm": "text", "llm": "json_object"}
+
+
+def test_an_unknown_option_is_invalid_input():
+    with pytest.raises(InvalidInputError, match="unknown vlm brain option"):
+        build_brains("vllm", "offline", vlm_options={"top_k": 3})
