@@ -199,11 +199,12 @@ class VlmCaptionMethod:
 
 
 def _vlm_backend(config: RunConfig) -> ChatBackend:
-    from arpo.agents.brains import build_brains
+    from arpo.agents.brains import build_brains, tuning_of
 
     if config.vlm.provider == "offline":
         raise InvalidInputError("method vlm-caption needs a VLM brain; set --brain or --vlm-brain to openai or vllm")
-    brains = build_brains(config.vlm.provider, "offline", vlm_model=config.vlm.model, vlm_base_url=config.vlm.base_url)
+    brains = build_brains(config.vlm.provider, "offline", vlm_model=config.vlm.model, vlm_base_url=config.vlm.base_url,
+                          vlm_options=tuning_of(config.vlm))
     return brains.vlm
 
 

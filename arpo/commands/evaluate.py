@@ -48,6 +48,14 @@ def evaluate(
     base_url: opt.BaseUrl = None,
     vlm: opt.Vlm = None,
     llm: opt.Llm = None,
+    structured_output: opt.StructuredOutput = None,
+    vlm_structured_output: opt.VlmStructuredOutput = None,
+    llm_structured_output: opt.LlmStructuredOutput = None,
+    max_tokens: opt.MaxTokens = None,
+    vlm_max_tokens: opt.VlmMaxTokens = None,
+    llm_max_tokens: opt.LlmMaxTokens = None,
+    temperature: opt.Temperature = None,
+    brain_seed: opt.BrainSeed = None,
     clip_model: opt.ClipModel = None,
     captioner: opt.CaptionerModel = None,
     device: opt.Device = None,
@@ -70,7 +78,10 @@ def evaluate(
     settings = ArpoSettings()
     config = opt.build_run_config(
         settings, models=models, steps=steps, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain,
-        base_url=base_url, vlm=vlm, llm=llm, clip_model=clip_model, captioner=captioner, device=device,
+        base_url=base_url, vlm=vlm, llm=llm, structured_output=structured_output,
+        vlm_structured_output=vlm_structured_output, llm_structured_output=llm_structured_output,
+        max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens, llm_max_tokens=llm_max_tokens,
+        temperature=temperature, brain_seed=brain_seed, clip_model=clip_model, captioner=captioner, device=device,
         scheduler=scheduler, dtype=dtype,
         inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
     )
