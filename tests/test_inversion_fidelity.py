@@ -44,10 +44,12 @@ def reference():
 
 @contextmanager
 def scheduler(models, name):
-    """The stack's pipeline samples with `name` for the duration (PNDM as SD 1.5 configures it)."""
+    """The stack's pipeline samples with `name` for the duration (PNDM as SD 1.5 configures it); None
+    keeps the preset's own."""
     pipeline = models.text_to_image.pipeline
     original = pipeline.scheduler
-    replace_scheduler(pipeline, name)
+    if name is not None:
+        replace_scheduler(pipeline, name)
     if name == "pndm":  # SD 1.5's PNDM skips the Runge-Kutta warm-up, which needs 4+ steps
         pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, skip_prk_steps=True)
     try:
@@ -262,14 +264,50 @@ def test_ph2p_and_editor_in_float16_step_with_loss_scaling(reference):
 # ---- model families ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "label"), [("tiny-sdxl", "SDXL-family"), ("tiny-pixart", "PixArt-family")])
-def test_ph2p_and_editor_refuse_sdxl_and_pixart_in_one_line(reference, family, label):
-    stack = build_model_stack(family)
-    for inverter, method in ((_ph2p(), "PH2P"), (EditorInverter(initial_prompt="a cat"), "EDITOR")):
-        with pytest.raises(InvalidInputError) as refused:
-            inverter.invert(reference, stack, budget=InversionBudget(max_steps=1))
-        message = str(refused.value)
-        assert message.startswith(f"{method} does not support {label} pipelines") and "\n" not in message
+@pytest.mark.parametrize(("preset", "method", "label"), [
+    ("tiny-sdxl", "PH2P", "SDXL-family"), ("tiny-pixart", "PH2P", "PixArt-family"), ("tiny-pixart", "EDITOR", "PixArt-family"),
+])
+def test_methods_refuse_families_outside_their_formulation_in_one_line(reference, preset, method, label):
+    inverter = _ph2p() if method == "PH2P" else EditorInverter(initial_prompt="a cat")
+    with pytest.raises(InvalidInputError) as refused:
+        inverter.invert(reference, build_model_stack(preset), budget=InversionBudget(max_steps=1))
+    message = str(refused.value)
+    assert message.startswith(f"{method} does not support {label} pipelines") and "\n" not in message
+
+
+@pytest.mark.parametrize(("preset", "name"), [("tiny", None), ("tiny", "dpm++"), ("tiny", "ddim"), ("tiny-sdxl", None)])
+def test_editor_generation_reproduces_the_pipelines_own_latents(reference, preset, name):
+    stack = build_model_stack(preset)
+    text_to_image = stack.text_to_image
+    with scheduler(stack, name):
+        parts = DiffusionParts(text_to_image, "EDITOR", sdxl=True)
+        reconstruction = Reconstruction(parts, reference, 3, text_to_image.steps, "latent", "a red barn")
+        with torch.no_grad():
+            ours = reconstruction.generate_latents(parts.encode_prompts(["a red barn"]))
+            theirs = text_to_image.pipeline(
+                prompt="a red barn", num_inference_steps=text_to_image.steps, guidance_scale=text_to_image.guidance_scale,
+                height=text_to_image.height, width=text_to_image.width,
+                generator=torch.Generator("cpu").manual_seed(3), output_type="latent",
+            ).images
+    # Same noise, sampler, guidance and (on SDXL) pooled embeddings and size ids as the pipeline itself.
+    assert torch.allclose(ours, theirs.float(), atol=1e-5)
+
+
+def test_editor_runs_on_sdxl_with_both_encoders(reference):
+    stack = build_model_stack("tiny-sdxl")
+    parts = DiffusionParts(stack.text_to_image, "EDITOR", sdxl=True)
+    ours = parts.encode_prompts(["a red barn"])
+    theirs, _negative, pooled, _negative_pooled = stack.text_to_image.pipeline.encode_prompt(
+        ["a red barn"], device="cpu", do_classifier_free_guidance=True
+    )
+    assert ours.shape[-1] == parts.embedding_width == 64 and torch.allclose(ours, theirs.float(), atol=1e-5)
+    assert torch.allclose(parts.pooled_prompts(["a red barn"]), pooled.float(), atol=1e-5)
+
+    result = EditorInverter(
+        denoising_steps=2, lr=0.05, initial_prompt="a dog", text_recovery=TrainingFreeInverter(phrases=PHRASES, rounds=1)
+    ).invert(reference, stack, seed=0, budget=InversionBudget(max_steps=3))
+    assert result.prompt and result.details["skipped_steps"] == 0
+    assert result.details["best_reconstruction_loss"] < result.details["initial_reconstruction_loss"]
 
 
 def test_pez_skips_a_step_whose_gradient_is_not_finite(models, reference):

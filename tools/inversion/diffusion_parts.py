@@ -1,10 +1,12 @@
 """The pieces of a Stable-Diffusion-style pipeline that PH2P and EDITOR differentiate through.
 
-Both methods need one CLIP text encoder feeding a UNet (SD 1.x / 2.x). SDXL conditions its UNet on
-two text encoders plus pooled embeddings and size ids, and PixArt a transformer on a T5 encoder;
-neither fits these methods' single-CLIP-encoder formulation (PH2P projects onto one CLIP vocabulary,
-EDITOR optimises one encoder's output), so they are refused with a one-line message naming the method
-and the family rather than run wrongly.
+Both methods were made for one CLIP text encoder feeding a UNet (SD 1.x / 2.x). EDITOR also runs on
+SDXL (`sdxl=True`): its optimised variable is the encoder output the UNet reads, which for SDXL is the
+two encoders' penultimate hidden states side by side, plus the second encoder's pooled embedding and
+the size ids as added conditions. PH2P does not: it optimises token vectors in one CLIP encoder's input
+space and projects them onto that vocabulary, while SDXL reads every token through two differently
+embedded encoders. PixArt conditions a transformer on a T5 encoder, outside both methods'
+formulation. Whatever is refused is refused with a one-line message naming the method and the family.
 
 Schedulers keep state between steps (PNDM's history, DPM-Solver's previous outputs, Euler's step
 index), so nothing here steps the pipeline's own scheduler: each generation gets `fresh_scheduler()`,
@@ -31,10 +33,10 @@ if TYPE_CHECKING:
     from arpo.tools.text_to_image import TextToImage
 
 
-def refuse_unsupported_family(text_to_image: TextToImage, method: str) -> None:
+def refuse_unsupported_family(text_to_image: TextToImage, method: str, *, sdxl: bool = False) -> None:
     """A one-line InvalidInputError when `method` cannot run on this pipeline's model family."""
     pipeline = text_to_image.pipeline
-    if getattr(pipeline, "text_encoder_2", None) is not None:
+    if getattr(pipeline, "text_encoder_2", None) is not None and not sdxl:
         raise InvalidInputError(
             f"{method} does not support SDXL-family pipelines: {text_to_image.name} conditions its UNet on two "
             "text encoders plus pooled embeddings, and the method optimises one CLIP encoder's input or output; "
@@ -46,7 +48,10 @@ def refuse_unsupported_family(text_to_image: TextToImage, method: str) -> None:
             "on a T5 encoder, and the method is defined on one CLIP text encoder (and its vocabulary) feeding a "
             "UNet; use --method pez, or an SD 1.x/2.x model"
         )
-    missing = [part for part in ("text_encoder", "unet", "vae", "tokenizer") if getattr(pipeline, part, None) is None]
+    needed = ("text_encoder", "unet", "vae", "tokenizer")
+    if getattr(pipeline, "text_encoder_2", None) is not None:
+        needed += ("tokenizer_2",)
+    missing = [part for part in needed if getattr(pipeline, part, None) is None]
     if missing:
         raise InvalidInputError(
             f"{method} needs a UNet pipeline with a CLIP text encoder; {text_to_image.name} "
@@ -55,16 +60,19 @@ def refuse_unsupported_family(text_to_image: TextToImage, method: str) -> None:
 
 
 class DiffusionParts:
-    """Text encoder, tokenizer, UNet and VAE of one single-text-encoder pipeline, and its schedules."""
+    """Text encoders, tokenizers, UNet and VAE of an SD 1.x/2.x (or, where allowed, SDXL) pipeline,
+    and its schedules. `sdxl`: the caller can run on SDXL (EDITOR); otherwise SDXL is refused."""
 
-    def __init__(self, text_to_image: TextToImage, method: str):
-        refuse_unsupported_family(text_to_image, method)
+    def __init__(self, text_to_image: TextToImage, method: str, *, sdxl: bool = False):
+        refuse_unsupported_family(text_to_image, method, sdxl=sdxl)
         pipeline = text_to_image.pipeline
         self.text_to_image = text_to_image
         self.pipeline = pipeline
         self.text_encoder = pipeline.text_encoder
         # Our own copy: a fast tokenizer shared with a generating thread fails with "Already borrowed".
         self.tokenizer = copy.deepcopy(pipeline.tokenizer)
+        self.text_encoder_2 = getattr(pipeline, "text_encoder_2", None)
+        self.tokenizer_2 = copy.deepcopy(pipeline.tokenizer_2) if self.text_encoder_2 is not None else None
         self.unet = pipeline.unet
         self.vae = pipeline.vae
         self.noise_schedule = _training_noise_schedule(pipeline.scheduler)
@@ -72,8 +80,19 @@ class DiffusionParts:
         self.dtype = self.unet.dtype
         """The frozen models' dtype; optimised variables and losses stay float32 whatever it is."""
         self.context_length = int(self.tokenizer.model_max_length)
-        for module in (self.text_encoder, self.unet, self.vae):
-            module.requires_grad_(False)
+        for module in (self.text_encoder, self.text_encoder_2, self.unet, self.vae):
+            if module is not None:
+                module.requires_grad_(False)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def embedding_width(self) -> int:
+        """Width of the conditioning `encode_prompts` returns (the two encoders' together on SDXL)."""
+        widths = [encoder.config.hidden_size for encoder in (self.text_encoder, self.text_encoder_2) if encoder is not None]
+        return int(sum(widths))
 
     def fresh_scheduler(self) -> SchedulerMixin:
         """A new sampling scheduler of the pipeline's class and configuration, for one generation."""
@@ -105,10 +124,12 @@ class DiffusionParts:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), int(pad)
 
-    def token_ids(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Padded, truncated ids of `prompts` as the pipeline tokenizes them."""
-        batch = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.context_length, return_tensors="pt"
+    def token_ids(self, prompts: Sequence[str], tokenizer=None) -> torch.Tensor:
+        """Padded, truncated ids of `prompts` as the pipeline (or its `tokenizer`) tokenizes them."""
+        tokenizer = tokenizer or self.tokenizer
+        batch = tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=tokenizer.model_max_length,
+            return_tensors="pt",
         )
         return batch.input_ids.to(self.device)
 
@@ -118,12 +139,48 @@ class DiffusionParts:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Conditioning of many prompts, float32 on the pipeline's device."""
-        chunks = [
-            self.encode_ids(self.token_ids(prompts[start : start + batch_size])).float()
-            for start in range(0, len(prompts), batch_size)
-        ]
+        """Conditioning of many prompts, float32 on the pipeline's device: the text encoder's last
+        hidden state, or on SDXL both encoders' penultimate hidden states concatenated (as SDXL's
+        pipeline conditions its UNet)."""
+        encode = self._encode_sdxl if self.is_sdxl else (lambda chunk: (self.encode_ids(self.token_ids(chunk)), None))
+        chunks = [encode(prompts[start : start + batch_size])[0].float() for start in range(0, len(prompts), batch_size)]
         return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.no_grad()
+    def pooled_prompts(self, prompts: Sequence[str]) -> torch.Tensor | None:
+        """SDXL's pooled embeddings of `prompts` (float32), None for single-encoder pipelines."""
+        return self._encode_sdxl(list(prompts))[1].float() if self.is_sdxl else None
+
+    @torch.no_grad()
+    def unconditional(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(conditioning, pooled) of classifier-free guidance's unconditional branch, as the pipeline
+        makes it: the empty prompt, or zeros where SDXL's configuration forces them."""
+        if self.is_sdxl and getattr(self.pipeline.config, "force_zeros_for_empty_prompt", False):
+            embeds, pooled = self._encode_sdxl([""])
+            return torch.zeros_like(embeds).float(), torch.zeros_like(pooled).float()
+        return self.encode_prompts([""]), self.pooled_prompts([""])
+
+    def unet_conditions(self, pooled: torch.Tensor | None) -> dict:
+        """Keyword arguments the UNet needs beyond the text conditioning: SDXL's pooled embeddings and
+        size ids (original size, crop corner (0, 0), target size: the generator's own size)."""
+        if pooled is None:
+            return {}
+        height, width = self.text_to_image.height, self.text_to_image.width
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], device=self.device, dtype=self.dtype)
+        return {
+            "added_cond_kwargs": {
+                "text_embeds": pooled.to(self.device, self.dtype),
+                "time_ids": time_ids.repeat(pooled.shape[0], 1),
+            }
+        }
+
+    def _encode_sdxl(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            output = encoder(self.token_ids(prompts, tokenizer), output_hidden_states=True)
+            hidden.append(output.hidden_states[-2])
+        pooled = output[0]  # the second encoder's projected pooled embedding
+        return torch.cat(hidden, dim=-1), pooled
 
     def reference_pixels(self, reference: Image.Image) -> torch.Tensor:
         """The reference image at the generator's size, as the VAE reads pixels (-1..1, on CPU)."""

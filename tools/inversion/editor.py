@@ -16,6 +16,11 @@ embedding, Adam's state and the loss are float32 whatever the models' dtype; a s
 not finite is skipped and marked in the trajectory (`precision.GradientGuard`); the UNet recomputes
 activations in the backward pass (gradient checkpointing) where it supports that, because the graph
 through several denoising steps at full size is what limits memory.
+
+On SDXL the optimised variable is the UNet's token conditioning (both encoders' hidden states side by
+side); the pooled embedding and size ids stay those of the caption, because the embedding-to-text step
+can only match the token conditioning, so anything the pooled vector learned would be lost in the text.
+PixArt (a T5-conditioned transformer) is refused.
 """
 
 from __future__ import annotations
@@ -70,13 +75,13 @@ class EditorInverter:
         budget: InversionBudget | None = None,
         on_step: OnStep | None = None,
     ) -> InversionResult:
-        parts = DiffusionParts(models.text_to_image, "EDITOR")
+        parts = DiffusionParts(models.text_to_image, "EDITOR", sdxl=True)
         text_recovery = self._text_recovery(parts)  # a missing trained inverter fails before any work
         tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
         caption = (self.initial_prompt or models.captioner.caption(reference)).strip()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            reconstruction = Reconstruction(parts, reference, seed, self.denoising_steps, self.reconstruction)
+            reconstruction = Reconstruction(parts, reference, seed, self.denoising_steps, self.reconstruction, caption)
             start = parts.encode_prompts([caption])
             optimised = self._optimise(reconstruction, start, tracker)
             stopped_because = tracker.stop_reason()
@@ -119,11 +124,13 @@ class EditorInverter:
         self, reference: Image.Image, models: ModelStack, start_prompt: str, *, seed: int = 0, steps: int = 10
     ) -> tuple[torch.Tensor, list[float]]:
         """Only step 2: the optimised embedding and the loss per step (step 0 is the start's loss)."""
-        parts = DiffusionParts(models.text_to_image, "EDITOR")
+        parts = DiffusionParts(models.text_to_image, "EDITOR", sdxl=True)
         tracker = TrajectoryTracker(InversionBudget(max_steps=steps), steps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            reconstruction = Reconstruction(parts, reference, seed, self.denoising_steps, self.reconstruction)
+            reconstruction = Reconstruction(
+                parts, reference, seed, self.denoising_steps, self.reconstruction, start_prompt
+            )
             optimised = self._optimise(reconstruction, parts.encode_prompts([start_prompt]), tracker)
         return optimised.best, [step.loss for step in tracker.steps]
 
@@ -183,7 +190,9 @@ class _Optimised:
 class Reconstruction:
     """Few-step generation from a fixed noise, differentiable in the conditioning, and its loss."""
 
-    def __init__(self, parts: DiffusionParts, reference: Image.Image, seed: int, steps: int, space: str):
+    def __init__(
+        self, parts: DiffusionParts, reference: Image.Image, seed: int, steps: int, space: str, caption: str = ""
+    ):
         self.parts = parts
         self.space = space
         self.steps = steps
@@ -194,7 +203,8 @@ class Reconstruction:
         # generation scales it by its own fresh scheduler's initial sigma.
         generator = torch.Generator(device="cpu").manual_seed(self.seed)
         self.noise = torch.randn(self.reference_latents.shape, generator=generator).to(parts.device)
-        self.unconditional = parts.encode_prompts([""])
+        self.unconditional, self.unconditional_pooled = parts.unconditional()
+        self.pooled = parts.pooled_prompts([caption])  # SDXL only: fixed at the caption's (see above)
         if space == "pixel":
             self.reference_pixels = parts.reference_pixels(reference).to(parts.device).float()
 
@@ -207,11 +217,15 @@ class Reconstruction:
         latents = self.noise * scheduler.init_noise_sigma
         guided = self.guidance > 1.0
         conditioning = torch.cat([self.unconditional, embedding.float()]) if guided else embedding.float()
+        pooled = self.pooled
+        if pooled is not None and guided:
+            pooled = torch.cat([self.unconditional_pooled, pooled])
+        conditions = parts.unet_conditions(pooled)
         for timestep in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, timestep)
             noise = parts.unet(
-                model_input.to(parts.dtype), timestep, encoder_hidden_states=conditioning.to(parts.dtype)
+                model_input.to(parts.dtype), timestep, encoder_hidden_states=conditioning.to(parts.dtype), **conditions
             ).sample.float()
             if guided:
                 unconditional, conditional = noise.chunk(2)

@@ -120,7 +120,7 @@ def inverter_config_for(parts: DiffusionParts, size: str, model_name: str) -> In
     """An inverter shape that fits `parts`' text encoder: "tiny" for tests, "small" or "base" for use."""
     start, end, pad = parts.markers
     fields = {
-        "embedding_width": int(parts.text_encoder.config.hidden_size),
+        "embedding_width": parts.embedding_width,
         "vocab_size": int(parts.token_embedding.num_embeddings),
         "start_id": start,
         "end_id": end,
@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         prompts = load_prompt_corpus(args.corpus)
         t2i = load_text_to_image(args.models, args.device)
-        parts = DiffusionParts(t2i, "EDITOR's trained inverter")
+        parts = DiffusionParts(t2i, "EDITOR's trained inverter", sdxl=True)
         config = inverter_config_for(parts, args.size, t2i.name)
 
         def report(phase: str, index: int, loss: float) -> None:
