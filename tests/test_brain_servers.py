@@ -265,3 +265,40 @@ def test_ctrl_c_stops_a_call_waiting_on_another_thread(serve):
     assert isinstance(outcome.get("raised"), KeyboardInterrupt)
     [record] = backend.call_log.drain()
     assert record.error == "interrupted (Ctrl-C)"
+
+
+def test_a_fastapi_422_detail_list_is_read_and_names_the_format(serve):
+    server = serve()
+    detail = [{"loc": ["body", "response_format", "type"], "msg": "Input should be 'text'", "type": "literal_error"}]
+    server.enqueue(ScriptedReply.status(422, {"detail": detail}))
+    backend = scripted_backend(server)
+
+    reply = backend.complete(PROPOSAL, **ASK_PHRASES)
+
+    assert reply.response_format == "json_object"
+    refused = backend.call_log.drain()[0]
+    assert refused.error == "response_format json_schema refused: 422: response_format.type: Input should be 'text'"
+
+
+def test_scripted_server_personality_from_the_command_line():
+    import json
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    process = subprocess.Popen([sys.executable, "-m", "arpo.agents.scripted_server", "--personality", "llama-cpp"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        base_url = process.stdout.readline().strip()
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}
+        request = urllib.request.Request(f"{base_url}/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=5)
+        assert caught.value.code == 500
+        assert "Input should be 'text' or 'json_object'" in json.load(caught.value)["error"]["message"]
+    finally:
+        process.terminate()
+        process.wait(timeout=5)
