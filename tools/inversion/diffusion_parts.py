@@ -39,8 +39,8 @@ def refuse_unsupported_family(text_to_image: TextToImage, method: str, *, sdxl: 
     if getattr(pipeline, "text_encoder_2", None) is not None and not sdxl:
         raise InvalidInputError(
             f"{method} does not support SDXL-family pipelines: {text_to_image.name} conditions its UNet on two "
-            "text encoders plus pooled embeddings, and the method optimises one CLIP encoder's input or output; "
-            "use --method pez, or an SD 1.x/2.x model"
+            f"text encoders plus pooled embeddings, and {method} works in one CLIP encoder's token-embedding space; "
+            "use --method editor or pez, or an SD 1.x/2.x model"
         )
     if getattr(pipeline, "transformer", None) is not None and getattr(pipeline, "unet", None) is None:
         raise InvalidInputError(
