@@ -207,7 +207,8 @@ class Ph2pSearch:
         ranking_loss = self.ranking.loss(self.ids)
         if prompt and ranking_loss < self.candidates.get(prompt, math.inf):
             self.candidates[prompt] = ranking_loss
-        return {"loss": ranking_loss, "prompt": prompt, "timestep": int(timestep), **details}
+        loss = ranking_loss if math.isfinite(ranking_loss) else None  # random half-precision weights overflow
+        return {"loss": loss, "prompt": prompt, "timestep": int(timestep), **details}
 
     def shortlist(self, count: int) -> list[tuple[str, float]]:
         """The `count` candidates with the lowest averaged loss, lowest first (ties: first found first)."""
