@@ -127,3 +127,16 @@ def test_invert_method_editor_uses_a_trained_inverter_given_on_the_command_line(
     missing = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--method", "editor",
                        "--editor-inverter", str(tmp_path / "nothing"))  # fails before optimising a step
     assert missing.exit_code == 3 and "no trained EDITOR inverter" in missing.stderr
+
+
+def test_editor_refuses_an_inverter_trained_on_another_text_encoder_before_optimising(trained, tmp_path):
+    inverter, _ = trained
+    folder = inverter.save(tmp_path / "inverter")  # trained on the SD 1.5-shaped tiny encoder (32 wide)
+    steps = []
+    editor = EditorInverter(initial_prompt="a cat", trained_inverter_folder=str(folder))
+    with pytest.raises(InvalidInputError, match="reads 32-wide embeddings .* tiny-sdxl's are 64-wide"):
+        editor.invert(
+            Image.open(SAMPLE_IMAGE).convert("RGB"), build_model_stack("tiny-sdxl"),
+            budget=InversionBudget(max_steps=2), on_step=steps.append,
+        )
+    assert steps == []  # refused before any optimisation step
