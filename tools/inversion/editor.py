@@ -170,19 +170,19 @@ class EditorInverter:
             from arpo.tools.inversion.trained_inverter import TrainedInverter
 
             self.text_recovery = TrainedInverter.load(self.trained_inverter_folder, parts.tokenizer, parts.device)
-            # Fail before the optimisation, not after it: an inverter trained on another text encoder
-            # (SD 1.5's 768 wide, SDXL's 2048) cannot read this pipeline's embeddings.
-            if self.text_recovery.config.embedding_width != parts.embedding_width:
-                raise InvalidInputError(
-                    f"the trained inverter in {self.trained_inverter_folder} reads "
-                    f"{self.text_recovery.config.embedding_width}-wide embeddings "
-                    f"(trained on {self.text_recovery.config.text_encoder}); {parts.text_to_image.name}'s are "
-                    f"{parts.embedding_width}-wide"
-                )
         if self.text_recovery is None:
             from arpo.tools.inversion.training_free_inverter import TrainingFreeInverter
 
             self.text_recovery = TrainingFreeInverter()
+        # Fail before the optimisation, not after it: an inverter trained on another text encoder
+        # (SD 1.5's 768 wide, SDXL's 2048) cannot read this pipeline's embeddings.
+        config = getattr(self.text_recovery, "config", None)
+        width = getattr(config, "embedding_width", None)
+        if width is not None and width != parts.embedding_width:
+            raise InvalidInputError(
+                f"the trained inverter reads {width}-wide embeddings (trained on {config.text_encoder}); "
+                f"{parts.text_to_image.name}'s are {parts.embedding_width}-wide"
+            )
         return self.text_recovery
 
 
