@@ -86,6 +86,9 @@ def test_a_run_that_fails_on_its_brain_keeps_every_failed_request(capsys, arpo_h
     assert "Input should be 'text' or 'json_object'" in failed[0]["error"]
     # The VLM kept the default (auto) and was never refused: it wants no JSON.
     assert all(call["ok"] for call in calls if call["role"] == "comparer")
+    shown = run_arpo(capsys, "history", run_id)
+    assert "Input should be 'text' or 'json_object'" in shown.stdout
+    assert "Input should be 'text' or 'json_object'" in run_arpo(capsys, "history", run_id, "--json").json()["error"]
 
 
 def test_structured_output_flags_are_recorded_per_role(capsys, arpo_home):
