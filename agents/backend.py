@@ -99,6 +99,11 @@ _DETERMINISTIC_FAILURE_WORDS = (
 )
 _TRANSIENT_STATUSES = (408, 409, 425, 502, 503, 504)
 
+# OpenAI's reasoning models refuse some sampling parameters by name, e.g. "Unsupported parameter:
+# 'max_tokens' ... Use 'max_completion_tokens' instead." or "Unsupported value: 'temperature' ...".
+_UNSUPPORTED_PARAMETER = re.compile(r"unsupported (?:parameter|value): '(\w+)'", re.IGNORECASE)
+_ADJUSTABLE_PARAMETERS = ("max_tokens", "temperature", "seed")
+
 # Shapes that look like API keys, so that server messages echoing a key are scrubbed too.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}")
 # One entry of a pydantic/FastAPI validation error printed as a Python dict.
@@ -393,6 +398,15 @@ class _TransientFailure(Exception):
         self.reason = reason
 
 
+class _ParameterRefused(Exception):
+    """The model refused one of the sampling parameters by name (see _UNSUPPORTED_PARAMETER)."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.name = name
+        self.detail = detail
+
+
 class _FormatRefused(Exception):
     """The server refused the response format a request asked for."""
 
@@ -431,6 +445,9 @@ class ChatBackend:
         self.config = config
         self.call_log = CallLog()
         self.formats = formats or FormatMemory()
+        self._parameter_lock = threading.Lock()
+        self._renamed_parameters: dict[str, str | None] = {}
+        """Sampling parameters this model refused: sent under another name, or (None) not at all."""
         self._client = openai.OpenAI(
             base_url=config.base_url,
             api_key=config.api_key,
@@ -523,6 +540,8 @@ class ChatBackend:
         while True:
             try:
                 return self._send(call, response_format)
+            except _ParameterRefused as refusal:
+                self._adjust_parameter(refusal)
             except _FormatRefused as refusal:
                 weaker = self._weaker_format(response_format)
                 if weaker is None:
@@ -531,6 +550,15 @@ class ChatBackend:
                         f"{response_format} ({refusal.detail}); try --structured-output auto"
                     ) from None
                 response_format = weaker
+
+    def _adjust_parameter(self, refusal: _ParameterRefused) -> None:
+        """Send a refused parameter as the server asks (max_tokens as max_completion_tokens when it
+        says so), or leave it out, for the rest of this backend's life."""
+        replacement = None
+        if refusal.name == "max_tokens" and "max_completion_tokens" in refusal.detail:
+            replacement = "max_completion_tokens"
+        with self._parameter_lock:
+            self._renamed_parameters[refusal.name] = replacement
 
     def _format_for(self, *, wants_json: bool) -> ResponseFormat | None:
         if not wants_json:
@@ -568,6 +596,9 @@ class ChatBackend:
         except _FormatRefused as refusal:
             outcome.error = f"response_format {response_format} refused: {refusal.detail}"
             raise
+        except _ParameterRefused as refusal:
+            outcome.error = f"parameter {refusal.name} refused: {refusal.detail}"
+            raise
         except BrainError as error:
             outcome.error = str(error)
             raise
@@ -603,6 +634,12 @@ class ChatBackend:
             }
         elif response_format == "json_object":
             request["response_format"] = {"type": "json_object"}
+        with self._parameter_lock:
+            renamed = dict(self._renamed_parameters)
+        for name, replacement in renamed.items():
+            value = request.pop(name, None)
+            if replacement is not None and value is not None:
+                request[replacement] = value
         return request
 
     def _post(self, call: _Call, request: dict[str, Any]) -> Any:
@@ -662,6 +699,9 @@ class ChatBackend:
         status = exc.status_code
         if response_format not in (None, "text") and _names_response_format(message, exc):
             raise _FormatRefused(f"{status}: {detail}") from None
+        refused_parameter = self._refused_parameter(status, message)
+        if refused_parameter is not None:
+            raise _ParameterRefused(refused_parameter, detail) from None
         if status == 429:
             if _is_quota_exhausted(exc):
                 raise BrainError(
@@ -672,6 +712,14 @@ class ChatBackend:
         if status in _TRANSIENT_STATUSES or (status >= 500 and not _is_deterministic(message)):
             raise _TransientFailure(_with_detail(f"{status} server error", detail)) from None
         raise self._permanent_error(call.role, exc, detail) from None
+
+    def _refused_parameter(self, status: int, message: str) -> str | None:
+        """A sampling parameter a 400 names as unsupported and that has not been adjusted yet."""
+        match = _UNSUPPORTED_PARAMETER.search(message) if status == 400 else None
+        if match is None or match.group(1) not in _ADJUSTABLE_PARAMETERS:
+            return None
+        with self._parameter_lock:
+            return None if match.group(1) in self._renamed_parameters else match.group(1)
 
     def _reply_from(
         self, completion: Any, call_id: str, response_format: ResponseFormat | None

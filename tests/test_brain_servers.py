@@ -302,3 +302,30 @@ def test_scripted_server_personality_from_the_command_line():
     finally:
         process.terminate()
         process.wait(timeout=5)
+
+
+def test_a_reasoning_model_refusing_max_tokens_and_temperature_gets_what_it_accepts(serve):
+    server = serve()
+    server.enqueue(
+        ScriptedReply.status(400, {"error": {
+            "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                       "Use 'max_completion_tokens' instead.",
+            "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}}),
+        ScriptedReply.status(400, {"error": {
+            "message": "Unsupported value: 'temperature' does not support 0.2 with this model. "
+                       "Only the default (1) value is supported.",
+            "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}),
+    )
+    backend = scripted_backend(server, provider="openai", model="o-test", max_attempts=1)
+
+    first = backend.complete(PROPOSAL, role="proposer")
+    backend.complete(PROPOSAL, role="proposer")
+
+    assert first.attempts == 1
+    sent = [request.body for request in server.requests]
+    assert "max_tokens" in sent[0] and "temperature" in sent[1] and "max_tokens" not in sent[1]
+    for body in sent[2:]:  # the answered request and the next call
+        assert body["max_completion_tokens"] == ROLE_MAX_TOKENS["proposer"]
+        assert "max_tokens" not in body and "temperature" not in body and body["seed"] == 0
+    assert [r.error.split(" refused")[0] for r in backend.call_log.drain() if not r.ok] == [
+        "parameter max_tokens", "parameter temperature"]
