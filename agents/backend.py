@@ -9,7 +9,9 @@ completions protocol but differ in what they accept, so capabilities are negotia
   parser. What a server+model accepted is remembered in a `FormatMemory` for the rest of the run, and
   every request's format is recorded with it.
 - Every request carries `max_tokens` (per role, see `ROLE_MAX_TOKENS`), `temperature` and `seed`, so a
-  weak model cannot babble until its context is full and identical runs ask identical questions.
+  weak model cannot babble until its context is full and identical runs ask identical questions. A
+  model that refuses one of them by name (OpenAI's reasoning models) gets `max_completion_tokens`
+  instead of `max_tokens`, or no temperature, from then on.
 
 Retries belong to tenacity alone: the SDK client is built with `max_retries=0` so the two never stack.
 Whether a failure is worth retrying is read from the reply body, not the status alone (a 500 whose
