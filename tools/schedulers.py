@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # diffusers is heavy; importing this module must stay cheap f
 # common "DPM++ 2M" of other front ends.
 SCHEDULER_CLASSES: dict[str, tuple[str, dict]] = {
     "ddim": ("DDIMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),  # as SD 1.5 ships it; the Runge-Kutta warm-up fails below 4 steps
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
