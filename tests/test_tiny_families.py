@@ -265,3 +265,13 @@ def test_saved_family_loads_through_the_real_path_with_scheduler_and_dtype(tiny_
     )
     assert type(swapped.pipeline.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     assert swapped.describe()["dtype"] == "bfloat16" and swapped.generate("a red fox", seed=2).size == (64, 64)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "pixart"])
+def test_pndm_from_another_familys_config_skips_its_runge_kutta_warm_up(tmp_path, monkeypatch, family):
+    # From an Euler or DPM-Solver config PNDM used to start with Runge-Kutta steps, which need at
+    # least four denoising steps: the tiny presets' two crashed ("operands could not be broadcast").
+    monkeypatch.setenv("ARPO_HOME", str(tmp_path))
+    t2i = TextToImage.tiny(family=family, scheduler="pndm")
+    assert t2i.pipeline.scheduler.config.skip_prk_steps
+    assert t2i.generate("a red fox in the snow", seed=3).size == (t2i.width, t2i.height)
