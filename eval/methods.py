@@ -116,6 +116,11 @@ def validate_method_names(names: list[str]) -> list[str]:
             raise InvalidInputError(f"unknown method {name!r}; choose from {', '.join(all_method_names())}")
         if provider and (base not in ARPO_FRAMEWORKS or provider not in BRAIN_PROVIDERS):
             raise InvalidInputError(f"method {name!r}: only arpo-* methods take :openai, :vllm or :offline")
+        if ARPO_FRAMEWORKS.get(base) == "enhanced" and provider == "offline":
+            # The enhanced framework's VLM describes both images; the offline brain cannot, and the run
+            # would refuse only after the models had loaded.
+            raise InvalidInputError(f"method {name!r}: the enhanced framework needs a describing VLM; "
+                                    "use arpo-enhanced:openai or :vllm, or arpo-vanilla:offline")
     return list(dict.fromkeys(names))
 
 

@@ -20,7 +20,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 RUN_STATUSES = ("running", "paused", "finished", "failed", "interrupted")
 RUN_KINDS = ("invert", "session", "batch", "eval")
 IMAGE_ROLES = ("reference", "generated", "render")
-CANDIDATE_REASONS = ("selected", "no gain", "over budget", "duplicate", "not scored")
+CANDIDATE_REASONS = (
+    "selected", "no gain", "over budget", "duplicate", "not scored", "past the scorer's N-token window"
+)
 
 RUN_ID_LENGTH = 12
 SHA256_LENGTH = 64

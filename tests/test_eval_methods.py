@@ -128,6 +128,8 @@ def test_method_names_are_checked_before_anything_loads():
         validate_method_names(["caption:offline"])
     with pytest.raises(InvalidInputError, match="no methods"):
         validate_method_names([])
+    with pytest.raises(InvalidInputError, match="enhanced framework needs a describing VLM"):
+        validate_method_names(["arpo-enhanced:offline"])
 
 
 def test_arpo_method_with_a_provider_suffix_switches_both_brains(stack):
