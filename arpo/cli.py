@@ -213,13 +213,32 @@ def main() -> None:
         print(f"arpo: error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        print("arpo: interrupted; what was done is kept (arpo resume RUN_ID finishes a run; a batch goes on when run again)", file=sys.stderr)
+        _say_interrupted()
         sys.exit(130)
+    except SystemExit as exit_request:
+        # Typer catches Ctrl-C inside a command itself and exits 130 silently; the person still needs
+        # to hear that nothing was lost and how to go on.
+        if _caused_by_ctrl_c(exit_request):
+            _say_interrupted()
+        raise
     except Exception as error:  # noqa: BLE001 - the last line of defence for a person at a terminal
         if os.environ.get("ARPO_DEBUG"):
             raise
         print(f"arpo: internal error: {type(error).__name__}: {error} (set ARPO_DEBUG=1 for a traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def _say_interrupted() -> None:
+    print("arpo: interrupted; what was done is kept (arpo resume RUN_ID finishes a run; a batch goes on when run again)", file=sys.stderr)
+
+
+def _caused_by_ctrl_c(exit_request: SystemExit) -> bool:
+    cause = exit_request.__context__
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ def test_ctrl_c_during_a_brain_call_exits_130_quickly_and_the_run_resumes(capsys
                 process.kill()
         assert process.returncode == 130, stderr
         assert waited < 2, f"took {waited:.1f} s to stop"
+        assert "arpo: interrupted; what was done is kept" in stderr and "Traceback" not in stderr
         with sqlite3.connect(arpo_home / "arpo.db") as db:
             run_id, status = db.execute("SELECT id, status FROM runs").fetchone()
         assert status == "interrupted"
