@@ -411,12 +411,14 @@ def format_table(report: dict[str, Any]) -> str:
         ("resolution", f"{report['resolution']} px, {report['denoise_steps']} denoising steps, {report['scheduler']}"),
         ("parameters", f"UNet {report['unet_parameters']:,}, text encoder {report['text_encoder_parameters']:,}, "
          f"VAE {report['vae_parameters']:,}, CLIP scorer {report['clip_scorer_parameters']:,}"),
-        ("ARPO iteration", f"{report['arpo_iteration_s']:.2f} s  "
+        ("ARPO iteration", f"{report['arpo_iteration_s']:.2f} s  nodes: "
          + ", ".join(f"{node} {seconds:.2f}" for node, seconds in report["arpo_nodes_s"].items())),
         ("  of which rendering", f"{report['generation_s']:.2f} s"),
         ("  phrase index (once)", f"{report['phrase_index_build_s']:.2f} s for {report['phrase_bank_phrases_embedded']} phrases"),
-        ("PH2P step", _seconds(report["ph2p_step_s"]) + f"  (first step {_seconds(report['ph2p_first_step_s'])})"),
-        ("EDITOR step", _seconds(report["editor_step_s"]) + f"  (first step {_seconds(report['editor_first_step_s'])})"),
+        ("PH2P step", _seconds(report["ph2p_step_s"]) + f"  (first step {_seconds(report['ph2p_first_step_s'])}; "
+         f"L-BFGS iterations: {report['ph2p_lbfgs_iterations'] or 'PH2P default'})"),
+        ("EDITOR step", _seconds(report["editor_step_s"]) + f"  (first step {_seconds(report['editor_first_step_s'])}; "
+         f"denoising steps: {report['editor_denoising_steps'] or 'EDITOR default'})"),
         ("peak memory", f"{report['peak_memory_mb']:.1f} MiB ({report['peak_memory_kind']})"),
         ("versions", f"torch {report['torch_version']}, diffusers {report['diffusers_version']}"),
     ]
