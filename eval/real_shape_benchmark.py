@@ -243,7 +243,8 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
     started = time.perf_counter()
     proposer.propose(ProposalRequest(current_prompt=START_PROMPT), reference.embedding)  # embeds the banks
     index_s = time.perf_counter() - started
-    embedded = sum(len(phrases) for phrases in load_phrase_bank(max_phrases_per_bank=workload.phrases_per_bank).values())
+    banks = load_phrase_bank(max_phrases_per_bank=workload.phrases_per_bank)
+    embedded = sum(len(phrases) for phrases in banks.values())
 
     def one_iteration(checkpointer):
         return build_arpo_graph().compile(checkpointer=checkpointer, interrupt_after=["select"], name="arpo")
@@ -251,8 +252,9 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
     rendered_s = models.text_to_image.forward_seconds
     with open_graph(handle, one_iteration) as (graph, _thread):
         stream_updates(handle, graph, initial_input(handle))
-    nodes = {t.node: round(t.wall_s, 3) for t in context.telemetry.timings if t.iteration == 0 and t.node != "initialize"}
-    selection = [t for t in context.telemetry.timings if t.node == "select"]
+    timings = context.telemetry.timings
+    nodes = {t.node: round(t.wall_s, 3) for t in timings if t.iteration == 0 and t.node != "initialize"}
+    selection = [t for t in timings if t.node == "select"]
     candidates = history.get_run(handle.run_id).iterations_detail[0].candidates
     return {
         "arpo_iteration_s": round(sum(nodes.values()), 3),
@@ -312,7 +314,8 @@ def _inverter(method: str, workload: Workload, budget):
     if method == "editor":
         from arpo.tools.inversion.editor import EditorInverter
 
-        options = {} if workload.editor_denoising_steps is None else {"denoising_steps": workload.editor_denoising_steps}
+        steps = workload.editor_denoising_steps
+        options = {} if steps is None else {"denoising_steps": steps}
         return EditorInverter(budget=budget, initial_prompt=START_PROMPT, **options)
     raise InvalidInputError(f"no step benchmark for inversion method '{method}'")
 
@@ -358,7 +361,8 @@ def run_benchmark(models, workload: Workload, *, device, dtype_name: str, stack:
         report |= time_inversion(method, models, workload)
     if cuda:
         torch.cuda.synchronize()
-        report |= {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "peak_memory_kind": "cuda allocated"}
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        report |= {"peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "cuda allocated"}
     else:
         report |= {"peak_memory_mb": round(_peak_rss_mib(), 1), "peak_memory_kind": "process peak RSS"}
     report["notes"] = _notes(workload) + flag_non_finite(report)
@@ -414,7 +418,8 @@ def format_table(report: dict[str, Any]) -> str:
         ("ARPO iteration", f"{report['arpo_iteration_s']:.2f} s  nodes: "
          + ", ".join(f"{node} {seconds:.2f}" for node, seconds in report["arpo_nodes_s"].items())),
         ("  of which rendering", f"{report['generation_s']:.2f} s"),
-        ("  phrase index (once)", f"{report['phrase_index_build_s']:.2f} s for {report['phrase_bank_phrases_embedded']} phrases"),
+        ("  phrase index (once)",
+         f"{report['phrase_index_build_s']:.2f} s for {report['phrase_bank_phrases_embedded']} phrases"),
         ("PH2P step", _seconds(report["ph2p_step_s"]) + f"  (first step {_seconds(report['ph2p_first_step_s'])}; "
          f"L-BFGS iterations: {report['ph2p_lbfgs_iterations'] or 'PH2P default'})"),
         ("EDITOR step", _seconds(report["editor_step_s"]) + f"  (first step {_seconds(report['editor_first_step_s'])}; "
@@ -448,26 +453,33 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Seconds per ARPO iteration, PH2P step and EDITOR step, and peak memory, with SD 1.5's "
         "real architecture and ViT-L-14 (random weights, nothing downloaded).",
     )
-    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels, a multiple of 64 (default 256)")
-    parser.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--resolution", type=int, help="image side in pixels, a multiple of 64 (default 256)")
+    parser.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on the CPU)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the best available)")
     parser.add_argument("--denoise-steps", type=int, default=None, help="denoising steps per image (default 10)")
-    parser.add_argument("--phrases-per-bank", type=int, default=None, help="phrases embedded per phrase bank (default 100)")
+    parser.add_argument("--phrases-per-bank", type=int, help="phrases embedded per phrase bank (default 100)")
     parser.add_argument("--inversion-steps", type=int, default=None, help="PH2P and EDITOR steps timed (default 2)")
     parser.add_argument("--ph2p-lbfgs-iterations", type=int, default=None, help="default: PH2P's own (20)")
     parser.add_argument("--editor-denoising-steps", type=int, default=None, help="default: EDITOR's own (5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="CPU-sized work: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
-    parser.add_argument("--smoke", action="store_true", help="the tiny test models instead, on the CPU in float32 (checks the code path in seconds)")
+    quick = ", ".join(f"{name}={value}" for name, value in QUICK.items())
+    parser.add_argument("--quick", action="store_true", help=f"CPU-sized work: {quick}")
+    smoke = "the tiny test models, on the CPU in float32 (checks the code path in seconds)"
+    parser.add_argument("--smoke", action="store_true", help=smoke)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
+
+
+# Workload fields a person may set, each of which must be at least 1 when set.
+_AT_LEAST_ONE = (
+    "denoise_steps", "phrases_per_bank", "inversion_steps", "ph2p_lbfgs_iterations", "editor_denoising_steps"
+)
 
 
 def workload_from(arguments: argparse.Namespace) -> Workload:
     """The workload the flags ask for: --quick's values under explicit flags, defaults under both."""
     chosen = QUICK.copy() if arguments.quick else {}
-    for name in ("resolution", "denoise_steps", "phrases_per_bank", "inversion_steps", "ph2p_lbfgs_iterations",
-                 "editor_denoising_steps", "seed"):
+    for name in ("resolution", "seed", *_AT_LEAST_ONE):
         value = getattr(arguments, name)
         if value is not None:
             chosen[name] = value
@@ -476,7 +488,7 @@ def workload_from(arguments: argparse.Namespace) -> Workload:
     workload = Workload(**chosen)
     if workload.resolution < 64 or workload.resolution % 64:
         raise InvalidInputError(f"--resolution must be a positive multiple of 64, not {workload.resolution}")
-    for name in ("denoise_steps", "phrases_per_bank", "inversion_steps", "ph2p_lbfgs_iterations", "editor_denoising_steps"):
+    for name in _AT_LEAST_ONE:
         value = getattr(workload, name)
         if value is not None and value < 1:
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least 1, not {value}")

@@ -66,7 +66,8 @@ def test_configs_ship_with_the_package():
     tomllib = pytest.importorskip("tomllib")
     pyproject = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["arpo"]
-    configs = sorted(p.relative_to(REPOSITORY / "arpo").as_posix() for p in (REPOSITORY / "arpo" / "configs").rglob("*.json"))
+    package = REPOSITORY / "arpo"
+    configs = sorted(path.relative_to(package).as_posix() for path in (package / "configs").rglob("*.json"))
     assert {f"configs/sd15/{part}.json" for part in bench.SD15_PARTS} <= set(configs)
     assert all(any(fnmatch(config, pattern) for pattern in patterns) for config in configs)
     assert resources.files("arpo").joinpath("configs", "sd15", "unet.json").is_file()
