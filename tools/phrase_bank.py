@@ -4,6 +4,8 @@ The offline proposer draws candidate phrases from these banks; `PhraseIndex` emb
 (cached on disk per scorer and phrase list) and returns the phrases closest to an image.
 """
 
+import hashlib
+import weakref
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
@@ -46,7 +48,10 @@ class PhraseIndex:
     """CLIP text embeddings of a fixed phrase list, searchable by image embedding.
 
     The phrases are embedded once, in large batches; the tensor is cached on disk under a key made of
-    the scorer's name and a hash of the phrase list, so the next run (or process) loads it instead.
+    the scorer's name, a digest of its weights and a hash of the phrase list, so the next run (or
+    process) loads it instead. The weights digest keeps apart models a name does not tell apart: tiny
+    or random-weight models, another dtype, a checkpoint retrained at the same path. Concurrent runs
+    may both embed a new bank, but each replaces the file atomically, so a reader never sees half.
     """
 
     def __init__(
@@ -60,7 +65,8 @@ class PhraseIndex:
         self.scorer = scorer
         self.phrases = list(dict.fromkeys(phrase.strip() for phrase in phrases if phrase.strip()))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("phrase-embeddings")
-        self.cache_path = self.cache_dir / f"{file_safe(scorer.name, 'scorer')}-{list_hash(self.phrases)}.pt"
+        model_key = f"{file_safe(scorer.name, 'scorer')}-{weights_digest(scorer.model)}"
+        self.cache_path = self.cache_dir / f"{model_key}-{list_hash(self.phrases)}.pt"
         self.embeddings = self._load_or_embed(batch_size)
         self._positions_by_phrase = _positions_by_normalized_phrase(self.phrases)
 
@@ -116,6 +122,40 @@ class PhraseIndex:
 
     def _write_cache(self, embeddings: torch.Tensor) -> None:
         write_cache_file(self.cache_path, lambda file: torch.save(embeddings, file))
+
+
+# Values read from each weight tensor for the digest: enough that any retraining changes some of them.
+_DIGEST_SAMPLES_PER_TENSOR = 64
+_digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """A short digest of a model's weights: names, shapes, dtypes and evenly spaced values of each
+    tensor. Reading samples, not every value, keeps it fast for ViT-L on a CPU; exact bytes, not
+    outputs of a forward pass, keep it free of numerical noise. Computed once per model object."""
+    known = _digests.get(model)
+    if known is not None:
+        return known
+    digest = hashlib.sha256()
+    samples = []
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            if flat.numel():
+                samples.append(flat[_spaced_positions(flat.numel()).to(flat.device)].to(torch.float64))
+        if samples:  # one device-to-host copy for all tensors
+            digest.update(torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy().tobytes())
+    _digests[model] = digest.hexdigest()[:12]
+    return _digests[model]
+
+
+def _spaced_positions(size: int) -> torch.Tensor:
+    """Evenly spaced positions from 0 to size - 1, in integers (float positions round past the end)."""
+    count = min(size, _DIGEST_SAMPLES_PER_TENSOR)
+    if count == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.arange(count, dtype=torch.long) * (size - 1) // (count - 1)
 
 
 def _bank_lines(name: str) -> list[str]:
