@@ -15,7 +15,7 @@ import torch
 from arpo.agents.proposal import ProposalRequest
 from arpo.graphs.prompt_text import phrase_key
 from arpo.tools.clip_scorer import ClipScorer
-from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank
+from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank, shared_phrase_index
 
 # With the tiny random scorer the ranking is meaningless anyway, so embedding all ~106k bank phrases
 # (about a minute on two cores, repeated in every fresh $ARPO_HOME) buys nothing: take this many per bank.
@@ -89,7 +89,8 @@ class OfflineProposer:
         if self._indexes is None:
             banks = load_phrase_bank(max_phrases_per_bank=self.max_phrases_per_bank)
             self._indexes = {
-                name: PhraseIndex(self.scorer, phrases, self.cache_dir) for name, phrases in banks.items()
+                # Shared per process: a batch or an evaluation builds each bank's index once, not per run.
+                name: shared_phrase_index(self.scorer, phrases, self.cache_dir) for name, phrases in banks.items()
             }
         return self._indexes
 

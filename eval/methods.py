@@ -302,6 +302,8 @@ class ArpoMethod:
         self.framework = framework
         self.provider = provider
         self.context = context
+        # The `--init` inverter of the first run, reused by the next (a regressor loads once per method).
+        self._initial_inverter: Any = None
 
     def run_config(self, seed: int) -> RunConfig:
         base = self.context.base_config
@@ -319,18 +321,20 @@ class ArpoMethod:
         resume_run_id: str | None = None,
         on_run_started: RunStarted | None = None,
     ) -> RecoveredPrompt:
-        from arpo.graphs.invocation import build_context, execute_run, load_run, start_run
+        from arpo.graphs.invocation import build_context, execute_run, load_run, shareable_initial_inverter, start_run
 
         history = self.context.history
         clock = _Clock(self.context.models)
+        shared = self._initial_inverter
         if resume_run_id is not None:
-            handle = load_run(history, resume_run_id, models=self.context.models)
+            handle = load_run(history, resume_run_id, models=self.context.models, initial_inverter=shared)
         else:
             config = self.run_config(seed)
-            run_context = build_context(config, history, models=self.context.models)
+            run_context = build_context(config, history, models=self.context.models, initial_inverter=shared)
             handle = start_run(history, config, reference, run_context, kind="eval")
             if on_run_started is not None:
                 on_run_started(handle.run_id)
+        self._initial_inverter = shareable_initial_inverter(handle.config, handle.context)
         execute_run(handle)
         detail = history.get_run(handle.run_id)
         iterations = detail.iterations_detail

@@ -7,8 +7,8 @@ An item is keyed by the image's content hash and the run configuration (`item_ke
 again skips items whose run finished, continues started ones from their last LangGraph checkpoint, and
 retries failed ones; no image gets a second run. Items run in threads (`concurrency`), which pays off
 because brains are remote and I/O-bound; the one model stack of the process is shared by all items
-(its tools serialise their forward passes with locks). An item that fails is recorded with its error
-and the others go on.
+(its tools serialise their forward passes with locks), and so is the `--init` inverter (a regressor
+checkpoint loads once, not per item). An item that fails is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from arpo.graphs.invocation import (
     build_context,
     execute_run,
     load_run,
+    shareable_initial_inverter,
     start_run,
 )
 from arpo.graphs.run_config import RunConfig
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from arpo.storage.batches import BatchItemState, BatchStore
     from arpo.storage.history import History
     from arpo.storage.records import RunDetail
+    from arpo.tools.inversion.base import PromptInverter
     from arpo.tools.model_stack import ModelStack
 
 BATCH_RUN_KIND = "batch"
@@ -130,7 +132,7 @@ def run_batch(
     if history is None:
         history = History.open(database_url)
     # Builds the brains (and, unless given, the models) once, so a bad setup fails before any row is written.
-    shared_models = build_context(config, history, models).models
+    shared = build_context(config, history, models)
     plans = [_plan(item, config) for item in planned_items]
     batch_id = _batch_id(source, config)
     store = BatchStore(history.engine)
@@ -138,7 +140,7 @@ def run_batch(
     if on_planned is not None:
         on_planned(len(plans))
 
-    runner = _ItemRunner(batch_id, config, history, shared_models, store)
+    runner = _ItemRunner(batch_id, config, history, shared.models, store, shareable_initial_inverter(config, shared))
     results = runner.run_all(plans, concurrency, on_item)
     return BatchReport(batch_id=batch_id, source=source, items=results)
 
@@ -182,13 +184,20 @@ class _ItemRunner:
     """Runs the items of one batch, each at most once per key, on a pool of threads."""
 
     def __init__(
-        self, batch_id: str, config: RunConfig, history: History, models: ModelStack, store: BatchStore
+        self,
+        batch_id: str,
+        config: RunConfig,
+        history: History,
+        models: ModelStack,
+        store: BatchStore,
+        initial_inverter: PromptInverter | None = None,
     ) -> None:
         self.batch_id = batch_id
         self.config = config
         self.history = history
         self.models = models
         self.store = store
+        self.initial_inverter = initial_inverter
         self._stop = threading.Event()
 
     def run_all(self, plans: list[_Plan], concurrency: int, on_item: ItemCallback | None) -> list[BatchItemResult]:
@@ -231,7 +240,7 @@ class _ItemRunner:
                 detail = self.history.get_run(run_id)
                 if known.status == "finished" and detail.status == "finished":
                     return _result(plan, detail, skipped=True)
-                handle = load_run(self.history, run_id, self.models)
+                handle = load_run(self.history, run_id, self.models, initial_inverter=self.initial_inverter)
             else:
                 handle = self._start(plan)
             self._record(plan, "running", handle.run_id)
@@ -261,7 +270,7 @@ class _ItemRunner:
 
         reference = load_reference_image(plan.item.image_path)
         reference.name = plan.item.label
-        context = build_context(self.config, self.history, self.models)
+        context = build_context(self.config, self.history, self.models, initial_inverter=self.initial_inverter)
         # The item row is written before anything else, so a kill after this point resumes this run.
         self._record(plan, "running", None)
         return start_run(self.history, self.config, reference, context, kind=BATCH_RUN_KIND)

@@ -53,6 +53,7 @@ class ArpoContext:
     """Writes P0 when no initial prompt is given (`--init pez|ph2p|editor|regressor`); None: the captioner."""
     _references: dict[str, ReferenceView] = field(default_factory=dict, repr=False)
     _reference_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _handed_renders: dict[tuple[str, int], Image.Image] = field(default_factory=dict, repr=False)
 
     def reference(self, sha256: str) -> ReferenceView:
         """Reference pixels and embedding, computed on first use only."""
@@ -62,6 +63,15 @@ class ArpoContext:
                 embedding = self.models.clip.encode_images([image])[0]
                 self._references[sha256] = ReferenceView(sha256, image, embedding)
             return self._references[sha256]
+
+    def hand_over_render(self, prompt: str, seed: int, image: Image.Image) -> None:
+        """Keep an image an inverter already rendered for `prompt` with `seed`, for the next node that
+        would render exactly that (the text-to-image model is deterministic per prompt and seed)."""
+        self._handed_renders[(prompt, int(seed))] = image
+
+    def take_render(self, prompt: str, seed: int) -> Image.Image | None:
+        """The handed-over image for `prompt` and `seed`, once (None if there is none)."""
+        return self._handed_renders.pop((prompt, int(seed)), None)
 
     @property
     def uses_vlm(self) -> bool:

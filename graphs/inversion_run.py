@@ -67,9 +67,12 @@ def invert_with(
     reference = context.reference(reference_sha256)
     recorder = TrajectoryRecorder(context.history, run_id, inverter.name, also=on_step)
     try:
-        return inverter.invert(reference.image, context.models, seed=seed, on_step=recorder)
+        result = inverter.invert(reference.image, context.models, seed=seed, on_step=recorder)
     finally:
         recorder.flush()
+    if result.rendered is not None:  # PH2P rendered its winner with this seed while choosing it
+        context.hand_over_render(result.prompt, seed, result.rendered)
+    return result
 
 
 def run_inversion(handle: RunHandle, *, on_step: Callable[[InversionStep], None] | None = None) -> InversionResult:

@@ -20,6 +20,7 @@ from arpo.graphs.state import ArpoInput
 
 if TYPE_CHECKING:
     from arpo.storage.history import History
+    from arpo.tools.inversion.base import PromptInverter
     from arpo.tools.model_stack import ModelStack
     from arpo.tools.reference_image import ReferenceImage
 
@@ -36,8 +37,18 @@ class RunHandle:
     context: ArpoContext
 
 
-def build_context(config: RunConfig, history: History, models: ModelStack | None = None) -> ArpoContext:
-    """Models and brains for a config. Fails before anything is stored if either cannot be had."""
+def build_context(
+    config: RunConfig,
+    history: History,
+    models: ModelStack | None = None,
+    *,
+    initial_inverter: PromptInverter | None = None,
+) -> ArpoContext:
+    """Models and brains for a config. Fails before anything is stored if either cannot be had.
+
+    `initial_inverter`: the `--init` inverter another run of the same config built (see
+    `shareable_initial_inverter`), so a batch or evaluation loads a regressor checkpoint once.
+    """
     from arpo.agents.brains import build_run_brains
     from arpo.tools.model_stack import model_stack_for
 
@@ -53,14 +64,22 @@ def build_context(config: RunConfig, history: History, models: ModelStack | None
     brains = build_run_brains(config.vlm, config.llm)
     if models is None:
         models = model_stack_for(config)
-    initial_inverter = None
-    if config.init != "caption" and not config.initial_prompt:
+    if config.init == "caption" or config.initial_prompt:
+        initial_inverter = None
+    elif initial_inverter is None:
         from arpo.tools.inversion.registry import build_inverter
 
         initial_inverter = build_inverter(config.init, config, llm=brains.llm)
     return ArpoContext(
         models=models, history=history, brains=brains, framework=config.framework, initial_inverter=initial_inverter
     )
+
+
+def shareable_initial_inverter(config: RunConfig, context: ArpoContext) -> PromptInverter | None:
+    """The context's `--init` inverter when other runs of `config` may use it too: not when it asks
+    this run's LLM (EDITOR's rewrites would be logged as this run's brain calls)."""
+    asks_the_llm = config.init == "editor" and not config.editor_inverter and context.brains.llm is not None
+    return None if asks_the_llm else context.initial_inverter
 
 
 def start_run(
@@ -76,11 +95,14 @@ def start_run(
     return RunHandle(run_id=run_id, config=config, context=context)
 
 
-def load_run(history: History, run_id: str, models: ModelStack | None = None) -> RunHandle:
+def load_run(
+    history: History, run_id: str, models: ModelStack | None = None, *, initial_inverter: PromptInverter | None = None
+) -> RunHandle:
     """Rebuild a stored run's context from its recorded configuration (for resume)."""
     detail = history.get_run(run_id)
     config = RunConfig.model_validate(detail.config)
-    return RunHandle(run_id=detail.id, config=config, context=build_context(config, history, models))
+    context = build_context(config, history, models, initial_inverter=initial_inverter)
+    return RunHandle(run_id=detail.id, config=config, context=context)
 
 
 def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> None:

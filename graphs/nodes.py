@@ -74,7 +74,9 @@ def render_and_score(ctx: ArpoContext, reference_sha256: str, prompt: str, seed:
     """
     t2i, clip = ctx.models.text_to_image, ctx.models.clip
     reference = ctx.reference(reference_sha256)
-    image = t2i.generate(prompt, seed)
+    image = ctx.take_render(prompt, seed)
+    if image is None:
+        image = t2i.generate(prompt, seed)
     stored = ctx.history.store_image(
         image, role="generated", metadata={"seed": seed, "model": t2i.name, "prompt": prompt, **metadata}
     )

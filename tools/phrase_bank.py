@@ -5,6 +5,7 @@ The offline proposer draws candidate phrases from these banks; `PhraseIndex` emb
 """
 
 import hashlib
+import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from importlib import resources
@@ -63,10 +64,9 @@ class PhraseIndex:
         batch_size: int = DEFAULT_BATCH_SIZE,
     ):
         self.scorer = scorer
-        self.phrases = list(dict.fromkeys(phrase.strip() for phrase in phrases if phrase.strip()))
+        self.phrases = _distinct_phrases(phrases)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("phrase-embeddings")
-        model_key = f"{file_safe(scorer.name, 'scorer')}-{weights_digest(scorer.model)}"
-        self.cache_path = self.cache_dir / f"{model_key}-{list_hash(self.phrases)}.pt"
+        self.cache_path = self.cache_dir / _cache_name(scorer, self.phrases)
         self.embeddings = self._load_or_embed(batch_size)
         self._positions_by_phrase = _positions_by_normalized_phrase(self.phrases)
 
@@ -124,6 +124,27 @@ class PhraseIndex:
         write_cache_file(self.cache_path, lambda file: torch.save(embeddings, file))
 
 
+_shared_lock = threading.Lock()
+
+
+def shared_phrase_index(scorer: ClipScorer, phrases: Sequence[str], cache_dir: Path | None = None) -> PhraseIndex:
+    """The process's one `PhraseIndex` of `phrases` for `scorer`: built (or read from disk) on first
+    use, then the same object for every run, batch item or evaluation method that asks again.
+
+    Kept on the scorer object, so the indexes live exactly as long as the model they were made with.
+    Building happens under a lock: concurrent batch items wait for one index instead of each loading
+    (or embedding) it.
+    """
+    with _shared_lock:
+        indexes: dict[Path, PhraseIndex] = scorer.__dict__.setdefault("_shared_phrase_indexes", {})
+        # The cache path names the model and the phrase list, which is what makes two indexes the same.
+        folder = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("phrase-embeddings")
+        key = folder / _cache_name(scorer, _distinct_phrases(phrases))
+        if key not in indexes:
+            indexes[key] = PhraseIndex(scorer, phrases, folder)
+        return indexes[key]
+
+
 # Values read from each weight tensor for the digest: enough that any retraining changes some of them.
 _DIGEST_SAMPLES_PER_TENSOR = 64
 _digests: "weakref.WeakKeyDictionary[torch.nn.Module, str]" = weakref.WeakKeyDictionary()
@@ -148,6 +169,16 @@ def weights_digest(model: torch.nn.Module) -> str:
             digest.update(torch.cat([s.to(samples[0].device) for s in samples]).cpu().numpy().tobytes())
     _digests[model] = digest.hexdigest()[:12]
     return _digests[model]
+
+
+def _distinct_phrases(phrases: Iterable[str]) -> list[str]:
+    """Stripped, non-empty, first occurrence kept: the list an index embeds."""
+    return list(dict.fromkeys(phrase.strip() for phrase in phrases if phrase.strip()))
+
+
+def _cache_name(scorer: ClipScorer, phrases: Sequence[str]) -> str:
+    """The cache file name: the model (name and weights digest) and the phrase list's hash."""
+    return f"{file_safe(scorer.name, 'scorer')}-{weights_digest(scorer.model)}-{list_hash(phrases)}.pt"
 
 
 def _spaced_positions(size: int) -> torch.Tensor:

@@ -56,6 +56,9 @@ class InversionResult:
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
     """Plain JSON values worth keeping with the run (settings used, token ids, candidates)."""
+    rendered: Any = None
+    """`prompt` rendered with the seed `invert` was given, when the method rendered it while choosing
+    (a PIL image), so whoever shows the winner with that seed need not render it again; else None."""
 
 
 OnStep = Callable[[InversionStep], None]

@@ -110,7 +110,7 @@ class Ph2pInverter:
                 outcome = search.step(tracker.taken)
                 tracker.record(outcome.pop("loss"), outcome.pop("prompt"), **outcome)
             shortlist = search.shortlist(self.rescored)
-            ranked = self._rescore([prompt for prompt, _ in shortlist], reference, models, seed)
+            ranked, renders = self._rescore([prompt for prompt, _ in shortlist], reference, models, seed)
         prompt, clip_i = ranked[0] if ranked else ("", None)
         return InversionResult(
             method=self.name,
@@ -131,6 +131,7 @@ class Ph2pInverter:
                 "model_dtype": str(search.parts.dtype).removeprefix("torch."),
                 "stopped_because": tracker.stop_reason(),
             },
+            rendered=renders.get(prompt),
         )
 
     def start_search(self, reference: Image.Image, models: ModelStack, *, seed: int = 0) -> Ph2pSearch:
@@ -143,16 +144,19 @@ class Ph2pInverter:
             raise InvalidInputError("PH2P needs at least one ranking timestep")
         return Ph2pSearch(self, parts, parts.reference_latents(reference), seed)
 
-    def _rescore(self, prompts: list[str], reference: Image.Image, models: ModelStack, seed: int) -> list[tuple[str, float]]:
-        """Candidates by CLIP image similarity of their regenerated image to the reference, best first."""
+    def _rescore(
+        self, prompts: list[str], reference: Image.Image, models: ModelStack, seed: int
+    ) -> tuple[list[tuple[str, float]], dict[str, Image.Image]]:
+        """Candidates by CLIP image similarity of their regenerated image to the reference, best first,
+        and each candidate's image (the winner's is handed on, so it is not rendered again)."""
         if not prompts:
-            return []
+            return [], {}
         clip = models.clip
         reference_embedding = clip.encode_images([reference])[0]
         images = [models.text_to_image.generate(prompt, seed) for prompt in prompts]
         embeddings = clip.encode_images(images)
         scores = [clip.image_similarity(reference_embedding, embedding) for embedding in embeddings]
-        return sorted(zip(prompts, scores), key=lambda pair: -pair[1])
+        return sorted(zip(prompts, scores), key=lambda pair: -pair[1]), dict(zip(prompts, images))
 
 
 class Ph2pSearch:
