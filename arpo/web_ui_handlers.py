@@ -269,6 +269,9 @@ class SessionHandlers:
         except ArpoError as problem:
             yield Screen(status=f"**Cannot reply:** {problem}")
             return
+        if view.pause is None and view.detail.status == "running":
+            yield Screen(status=f"Session `{view.run_id}` is still working on the last reply; send this once it waits for you.")
+            return
         if view.pause is None:
             yield Screen(status=f"Session `{view.run_id}` has {view.detail.status} ({view.detail.stopped_because or view.detail.error or 'no reason stored'}) "
                                 "and takes no more replies; start a new session to go on.")

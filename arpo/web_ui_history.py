@@ -22,7 +22,7 @@ from arpo.storage.history import History
 from arpo.storage.records import RunDetail
 
 RUN_COLUMNS = ["id", "kind", "status", "image", "iterations", "best CLIP-I", "best prompt", "created"]
-ITERATION_COLUMNS = ["iteration", "CLIP-I", "CLIP-T", "kept phrases", "prompt"]
+ITERATION_COLUMNS = ["iteration", "CLIP-I", "CLIP-T", "prompt", "phrases its round kept (→ next prompt)"]
 LISTED_RUNS = 500
 
 
@@ -72,7 +72,7 @@ class HistoryHandlers:
             for record in detail.iterations_detail
         ]
         table = pd.DataFrame(
-            [[r.index, round(r.clip_i, 4), round(r.clip_t, 4), ", ".join(r.selected), r.prompt] for r in detail.iterations_detail],
+            [[r.index, round(r.clip_i, 4), round(r.clip_t, 4), r.prompt, ", ".join(r.selected)] for r in detail.iterations_detail],
             columns=ITERATION_COLUMNS,
         )
         json_path, zip_path = export_run(self.history, detail)

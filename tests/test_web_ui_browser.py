@@ -85,15 +85,21 @@ def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_u
             expect(page.locator("#generated img")).to_be_visible()
             run_id = status.locator("code").first.inner_text()
 
-            page.locator("#feedback textarea").fill("it is a watercolour")
+            page.locator("#feedback input").fill("it is a watercolour")
             page.locator("#send-feedback").click()
-            expect(status).to_contain_text("iteration 1", timeout=WAIT_MS)
-            expect(page.locator("#candidates")).to_contain_text("selected")
-            expect(page.locator("#prompt-view mark").first).to_be_visible()
+            expect(status).to_contain_text("Understood as feedback: “it is a watercolour”", timeout=WAIT_MS)
+            expect(status).to_contain_text("waiting for your reply", timeout=WAIT_MS)
+            # The round either kept phrases (iteration 1, new phrases marked) or kept none (still 0,
+            # with the round's phrases in the table and a notice saying so).
+            after_feedback = int(status.inner_text().split("· iteration ")[1].split()[0])
+            expect(page.locator("#candidates")).to_contain_text("no" if after_feedback == 0 else "yes")
+            if after_feedback:
+                expect(page.locator("#prompt-view mark").first).to_be_visible()
 
             page.locator("#edit-prompt textarea").fill("a watercolour cat on a red sofa")
             page.locator("#use-prompt").click()
-            expect(status).to_contain_text("iteration 2", timeout=WAIT_MS)
+            expect(status).to_contain_text(f"iteration {after_feedback + 1}", timeout=WAIT_MS)
+            expect(page.locator("#candidates-note")).to_contain_text("your edited prompt")
             expect(page.locator("#prompt-view")).to_contain_text("a watercolour cat on a red sofa")
 
             page.get_by_role("tab", name="Edit and render").click()
@@ -110,10 +116,10 @@ def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_u
         ("feedback", "it is a watercolour"),
         ("edit", "a watercolour cat on a red sofa"),
     ]
-    assert turns[0].shown["iteration"] == 0 and turns[1].shown["iteration"] == 1
+    assert turns[0].shown["iteration"] == 0 and turns[1].shown["iteration"] == after_feedback
     iterations = history.iterations(run_id)
-    assert [r.index for r in iterations] == [0, 1, 2]
-    assert iterations[2].prompt == "a watercolour cat on a red sofa"
+    assert [r.index for r in iterations] == list(range(after_feedback + 2))
+    assert iterations[-1].prompt == "a watercolour cat on a red sofa"
     assert history.get_run(run_id).status == "paused"
 
     proposals = [json.dumps(r.body) for r in server.requests if r.kind == "phrases"]
@@ -123,3 +129,100 @@ def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_u
     assert len(renders) == 1
     assert renders[0].content == "a dog on a red sofa" and renders[0].prompt.startswith("a dog on a red sofa")
     assert renders[0].seed == 0 and history.image_store.contains(renders[0].image_sha256)
+
+
+@pytest.fixture
+def offline_ui_url(tmp_path):
+    from arpo.storage.history import History
+    from arpo.web_ui import UiDefaults, build_ui
+
+    history = History.open(f"sqlite:///{tmp_path}/arpo.db")
+    app = build_ui(history, UiDefaults(models="tiny", brain="offline")).queue()
+    _, url, _ = app.launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, footer_links=[]
+    )
+    try:
+        yield url, history
+    finally:
+        app.close()
+        history.close()
+
+
+def _no_error_badges(page) -> None:
+    # Gradio marks a handler that raised with an "Error" badge on its outputs and a toast.
+    assert page.get_by_text("Error", exact=True).count() == 0, "a handler raised instead of answering in the page"
+
+
+def test_the_crash_paths_answer_in_the_page_and_typed_commands_work(offline_ui_url, tmp_path):
+    """Regressions: an unknown session id, Iterations 0 and -3, and Continue after Stop each used to
+    put red Error badges on the page; typed `run 1`, `pin`, Enter and the Unpin button work."""
+    sync_playwright = _browser_or_skip()
+    from playwright.sync_api import expect
+
+    url, history = offline_ui_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.goto(url)
+            status = page.locator("#status")
+
+            page.locator("#resume-id textarea").fill("ffffffffffff")
+            page.locator("#resume").click()
+            expect(status).to_contain_text("no run with id ffffffffffff", timeout=WAIT_MS)
+            _no_error_badges(page)
+
+            page.locator("#reference input[type=file]").set_input_files(str(SAMPLE_IMAGE))
+            page.locator("#start").click()
+            expect(status).to_contain_text("iteration 0", timeout=WAIT_MS)
+            run_id = status.locator("code").first.inner_text()
+
+            for bad in ("0", "-3"):
+                page.locator("#iterations input").fill(bad)
+                page.locator("#run-several").click()
+                expect(status).to_contain_text(f"from 1 to 100, not {bad}", timeout=WAIT_MS)
+                _no_error_badges(page)
+
+            reply = page.locator("#feedback input")
+            reply.fill("pin red sofa")
+            reply.press("Enter")  # Enter sends
+            expect(status).to_contain_text("Understood: pin red sofa.", timeout=WAIT_MS)
+            expect(status).to_contain_text("waiting for your reply", timeout=WAIT_MS)
+            expect(status).to_contain_text("pinned: red sofa")
+            page.locator("#phrases textarea").fill("red sofa")
+            page.locator("#unpin").click()
+            expect(status).to_contain_text("Understood: unpin red sofa.", timeout=WAIT_MS)
+            expect(status).to_contain_text("waiting for your reply", timeout=WAIT_MS)
+
+            reply.fill("run 1")
+            reply.press("Enter")
+            expect(status).to_contain_text("Understood: one more iteration.", timeout=WAIT_MS)
+            expect(status).to_contain_text("waiting for your reply", timeout=WAIT_MS)
+            expect(page.locator("#candidates")).to_contain_text("prompt so far + phrase")
+            expect(page.locator("#best-prompt textarea")).not_to_have_value("")
+            page.screenshot(path=str(tmp_path / "session.png"), full_page=True)
+
+            page.locator("#stop").click()
+            expect(status).to_contain_text("finished", timeout=WAIT_MS)
+            page.locator("#continue").click()
+            expect(status).to_contain_text("takes no more replies", timeout=WAIT_MS)
+            _no_error_badges(page)
+
+            page.get_by_role("tab", name="History").click()
+            page.locator("#refresh").click()
+            expect(page.locator("#runs")).to_contain_text(run_id, timeout=WAIT_MS)
+            page.locator("#runs").get_by_test_id("cell-0-0").click()  # a row click opens the run
+            expect(page.locator("#opened-id textarea")).to_have_value(run_id, timeout=WAIT_MS)
+            expect(page.locator("#opened-summary")).to_contain_text(run_id, timeout=WAIT_MS)
+            expect(page.locator("#opened-gallery img").first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+            _no_error_badges(page)
+        finally:
+            browser.close()
+
+    assert [t.action for t in history.session_turns(run_id)] == ["pin", "unpin", "continue", "stop"]
+    if os.environ.get("ARPO_UI_SCREENSHOTS"):
+        import shutil
+
+        for name in ("session.png", "history.png"):
+            shutil.copy(tmp_path / name, Path(os.environ["ARPO_UI_SCREENSHOTS"]) / name)
