@@ -1,19 +1,30 @@
 """Benchmark of the ARPO loop's own cost, on the tiny models with a scripted brain of fixed latency.
 
     python -m arpo.eval.loop_benchmark [--latency 0.2] [--steps 3] [--framework vanilla enhanced]
+                                       [--repeats 3] [--threads 1] [--json]
 
 Prints, per iteration and node: wall time, model forward time, brain wait, the rest (framework
 overhead: wall minus model forwards and brain waits), CLIP text forward passes, and brain calls with
 how many ran at once. Later performance work is judged by these figures; nothing here is asserted.
+
+Per framework it also prints `overhead_fraction`: the framework's time (the run's wall time minus
+model forwards and brain waits: graph, checkpoints, history and image writes, image encoding for the
+brain, tokenizing, preprocessing, bookkeeping) divided by the run's wall time. One warm-up run comes
+first (first calls pay for lazy set-up), then `--repeats` measured runs; the median one is reported,
+so a moment of load from elsewhere on a shared machine does not decide the figure. `--threads 1` (the
+default) keeps the tiny models' forwards short, which makes the fraction the hardest to meet.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 from arpo import SAMPLE_IMAGE
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
@@ -24,6 +35,57 @@ from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
 from arpo.tools.reference_image import load_reference_image
 
+
+@dataclass
+class MeasuredRun:
+    """One benchmark run: its node timings, wall time, and candidates per selection."""
+
+    timings: list[NodeTiming]
+    wall_s: float
+    candidates: list[int]
+
+    @property
+    def model_s(self) -> float:
+        return sum(timing.model_s for timing in self.timings)
+
+    @property
+    def brain_wait_s(self) -> float:
+        return sum(timing.brain_wait_s for timing in self.timings)
+
+    @property
+    def framework_s(self) -> float:
+        """Everything but model forwards and brain waits, inside nodes and between them."""
+        return max(0.0, self.wall_s - self.model_s - self.brain_wait_s)
+
+    @property
+    def overhead_fraction(self) -> float:
+        return self.framework_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> dict:
+        """Plain JSON figures of this run."""
+        in_nodes = sum(timing.wall_s for timing in self.timings)
+        per_node: dict[str, float] = defaultdict(float)
+        for timing in self.timings:
+            per_node[timing.node] += timing.overhead_s
+        return {
+            "iterations": len(self.candidates),
+            "run_wall_s": round(self.wall_s, 4),
+            "model_s": round(self.model_s, 4),
+            "brain_wait_s": round(self.brain_wait_s, 4),
+            "framework_s": round(self.framework_s, 4),
+            "framework_s_per_iteration": round(self.framework_s / max(1, len(self.candidates)), 4),
+            "between_nodes_s": round(self.wall_s - in_nodes, 4),
+            "framework_s_by_node": {node: round(seconds, 4) for node, seconds in per_node.items()},
+            "overhead_fraction": round(self.overhead_fraction, 4),
+        }
+
+
+def measure(framework: str, latency_s: float, steps: int, models, repeats: int) -> tuple[MeasuredRun, list[float]]:
+    """A warm-up run, then `repeats` runs; the run with the median overhead fraction, and every fraction."""
+    run_once(framework, latency_s, 1, models)
+    runs = [MeasuredRun(*run_once(framework, latency_s, steps, models)) for _ in range(max(1, repeats))]
+    runs.sort(key=lambda run: run.overhead_fraction)
+    return runs[(len(runs) - 1) // 2], [run.overhead_fraction for run in runs]
 
 
 def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list[NodeTiming], float, int]:
@@ -71,13 +133,31 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2, help="scripted brain reply latency in seconds")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--framework", nargs="+", default=["vanilla", "enhanced"], choices=["vanilla", "enhanced"])
+    parser.add_argument("--repeats", type=int, default=3, help="measured runs per framework (the median is reported)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     args = parser.parse_args()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    figures: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="arpo-bench-") as home:
         os.environ["ARPO_HOME"] = home  # keep benchmark runs out of the person's history
         models = build_model_stack("tiny")
         for framework in args.framework:
-            timings, wall, candidates = run_once(framework, args.latency, args.steps, models)
-            print_report(framework, args.latency, timings, wall, candidates)
+            run, fractions = measure(framework, args.latency, args.steps, models, args.repeats)
+            figures[framework] = run.summary() | {
+                "overhead_fractions_of_repeats": [round(fraction, 4) for fraction in fractions],
+                "median_of_repeats": round(statistics.median(fractions), 4),
+            }
+            if not args.json:
+                print_report(framework, args.latency, run.timings, run.wall_s, run.candidates)
+                print(f"overhead_fraction {run.overhead_fraction:.4f} (framework {run.framework_s:.3f} s of "
+                      f"{run.wall_s:.3f} s; repeats: {', '.join(f'{f:.4f}' for f in fractions)})")
+    if args.json:
+        settings = {"latency_s": args.latency, "steps": args.steps, "repeats": args.repeats, "threads": args.threads}
+        print(json.dumps({"settings": settings, "frameworks": figures}, indent=2))
 
 
 if __name__ == "__main__":
