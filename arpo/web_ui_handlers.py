@@ -389,7 +389,9 @@ def _unattended_outcome(turn: HumanTurn, before: int, after: SessionView) -> str
 
 def _menu_words(problem: str) -> str:
     """Error lines name CLI flags; on the page the same choices are menus and boxes."""
-    for flag, menu in (("--brain offline", "Brain: offline"), ("--brain", "the Brain menu"), ("--vlm-brain", "the VLM brain menu"),
+    problem = problem.replace("export it,", "set it where `arpo ui` runs and restart it,")
+    for flag, menu in (("--brain offline", "Brain: offline"), ("--brain vllm", "Brain: vllm"),
+                       ("--brain openai", "Brain: openai"), ("--brain", "the Brain menu"), ("--vlm-brain", "the VLM brain menu"),
                        ("--llm-brain", "the LLM brain menu"), ("--base-url", "the Server URL box"), ("--models", "the Models menu")):
         problem = problem.replace(flag, menu)
     return problem

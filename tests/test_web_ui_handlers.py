@@ -287,3 +287,9 @@ def test_the_page_config_holds_no_api_key(ui, monkeypatch):
     config = json.dumps(app.get_config_file(), default=str)
     assert secret not in config and "API_KEY" not in config
     assert "tiny-pixart" in config, "the config is the page's real one (it lists the model menu)"
+
+
+def test_a_missing_key_names_the_brain_menu_not_command_line_flags(ui, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    line = _one_line(_last(ui[0].start(*_form(brain="openai"))))
+    assert "OPENAI_API_KEY is not set" in line and "Brain: offline" in line and "--brain" not in line, line
