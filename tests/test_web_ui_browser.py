@@ -226,3 +226,46 @@ def test_the_crash_paths_answer_in_the_page_and_typed_commands_work(offline_ui_u
 
         for name in ("session.png", "history.png"):
             shutil.copy(tmp_path / name, Path(os.environ["ARPO_UI_SCREENSHOTS"]) / name)
+
+
+def test_a_login_guards_the_page_and_its_config(tmp_path):
+    """What `arpo ui --auth` hands Gradio: the page and its config JSON need the login."""
+    sync_playwright = _browser_or_skip()
+    import urllib.error
+    import urllib.request
+
+    from playwright.sync_api import expect
+
+    from arpo.storage.history import History
+    from arpo.web_ui import UiDefaults, build_ui
+
+    history = History.open(f"sqlite:///{tmp_path}/arpo.db")
+    app = build_ui(history, UiDefaults(models="tiny", brain="offline")).queue()
+    _, url, _ = app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
+                           footer_links=[], auth=[("alice", "s3cret")])
+    try:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/config", timeout=30) as reply:
+                anonymous = reply.read().decode()
+        except urllib.error.HTTPError as refusal:
+            anonymous = f"HTTP {refusal.code}"
+        assert "start" not in anonymous and "tiny-pixart" not in anonymous, "the config must need the login"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                expect(page.locator("#start")).to_have_count(0)
+                page.get_by_label("username").fill("alice")
+                page.get_by_label("password").fill("wrong")
+                page.get_by_role("button", name="Login").click()
+                expect(page.get_by_text("Incorrect Credentials")).to_be_visible(timeout=WAIT_MS)
+                page.get_by_label("username").fill("alice")  # a refused login clears the form
+                page.get_by_label("password").fill("s3cret")
+                page.get_by_role("button", name="Login").click()
+                expect(page.locator("#start")).to_be_visible(timeout=WAIT_MS)
+            finally:
+                browser.close()
+    finally:
+        app.close()
+        history.close()
