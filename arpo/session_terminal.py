@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from arpo.errors import InvalidInputError
-from arpo.graphs.human_turn import REPLY_HELP, parse_reply
+from arpo.graphs.human_turn import REPLY_HELP, parse_edit_request, parse_reply
 from arpo.graphs.session_driver import SessionDriver, SessionView
 from arpo.reporting import print_progress
 
@@ -63,27 +63,23 @@ class TerminalSession:
                 self._say("not an edit command; type help, or press Enter to quit")
 
     def _handled_as_edit(self, run_id: str, line: str) -> bool:
-        command, _, rest = line.strip().partition(" ")
-        command = command.lower()
-        if command in ("help", "?"):
+        if line.strip().partition(" ")[0].lower() in ("help", "?"):
             self._say(REPLY_HELP + "\n" + EDIT_HELP)
-        elif command == "parts":
+            return True
+        try:
+            request = parse_edit_request(line)  # shared with the web UI's reply box
+        except InvalidInputError as problem:
+            self._say(str(problem))
+            return True
+        if request is None:
+            return False
+        if request.action == "parts":
             parts = self.driver.prompt_parts(run_id)
             self._say(f"content: {parts.content}\nstyle:   {parts.style}")
-        elif command == "render":
-            part, _, text = rest.partition(":")
-            if part.strip().lower() not in ("content", "style") or not text.strip():
-                self._say("render needs 'content: TEXT' or 'style: TEXT'")
-                return True
-            self._show_render(self.driver.render_edit(run_id, **{part.strip().lower(): text.strip()}))
-        elif command == "replace":
-            words = rest.split()
-            if len(words) != 2:
-                self._say("replace needs two words: replace OLD NEW")
-                return True
-            self._show_render(self.driver.render_edit(run_id, replace=(words[0], words[1])))
+        elif request.action == "render":
+            self._show_render(self.driver.render_edit(run_id, content=request.content, style=request.style))
         else:
-            return False
+            self._show_render(self.driver.render_edit(run_id, replace=(request.old, request.new)))
         return True
 
     def _show_pause(self, view: SessionView) -> None:

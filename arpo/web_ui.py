@@ -24,7 +24,7 @@ from arpo.errors import ArpoError
 from arpo.graphs.session_driver import SessionDriver
 from arpo.storage.history import History
 from arpo.web_ui_handlers import BRAINS, FRAMEWORKS, SessionHandlers, UiDefaults
-from arpo.web_ui_history import HistoryHandlers, picked_run_id, run_table
+from arpo.web_ui_history import HistoryHandlers, export_files, picked_run_id, run_table
 from arpo.web_ui_view import CANDIDATE_COLUMNS, Screen
 
 __all__ = ["MODEL_CHOICES", "UiDefaults", "build_ui"]
@@ -95,6 +95,9 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
                 with gr.Row():
                     resume_id = gr.Textbox(label="Session id to resume", elem_id="resume-id", scale=4)
                     resume = gr.Button("Resume", elem_id="resume")
+                with gr.Row():
+                    export = gr.Button("Export this session (JSON and images)", elem_id="export")
+                    exported = gr.File(label="Exported files", file_count="multiple", elem_id="exported", interactive=False)
             with gr.Tab("Edit and render", id="edit"):
                 gr.Markdown("Edit the best prompt's content or style, or swap a word everywhere; the edit renders with the session's seed and model.")
                 load_parts = gr.Button("Load the best prompt's parts", elem_id="load-parts")
@@ -106,7 +109,7 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
                 render = gr.Button("Render the edit", variant="primary", elem_id="render")
                 render_status = gr.Markdown(elem_id="render-status")
                 renders = gr.Gallery(label="Renders", elem_id="renders", columns=3, height=320)
-            with gr.Tab("History", id="history"):
+            with gr.Tab("History", id="history") as history_tab:
                 with gr.Row():
                     run_filter = gr.Textbox(label="Filter (id, kind, status, image or prompt words)", elem_id="run-filter", scale=4)
                     refresh = gr.Button("Refresh", elem_id="refresh")
@@ -125,7 +128,7 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
                     export_zip = gr.DownloadButton("Download images (zip)", elem_id="export-zip")
 
         screen = [run_id, status, generated, prompt_view, candidates, candidates_note, scores, edited_prompt,
-                  best_prompt, round_shown, reference]
+                  best_prompt, round_shown, reference, renders]
         assert len(screen) == len(Screen().values())
         working = {"show_progress_on": [status]}  # the spinner covers the status line, never the images
         start.click(_streamed(session.start), [reference, models, brain, vlm_brain, llm_brain, base_url, vlm_base_url,
@@ -148,6 +151,8 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
         listing = {"fn": lambda text: run_table(history, text), "inputs": [run_filter], "outputs": [runs]}
         app.load(**listing)
         refresh.click(**listing)
+        history_tab.select(**listing)  # a session started since the page opened is listed at once
+        export.click(_guarded(lambda run: export_files(history, run), 2, status_at=1), [run_id], [exported, status])
         run_filter.submit(**listing)
         run_filter.input(**listing)
         opened = [opened_summary, opened_reference, opened_gallery, opened_iterations, export_json, export_zip]

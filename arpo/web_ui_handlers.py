@@ -19,9 +19,10 @@ from typing import Any
 import gradio as gr
 
 from arpo.errors import ArpoError, InvalidInputError
-from arpo.graphs.human_turn import REPLY_HELP, HumanTurn, parse_reply, split_phrases
+from arpo.graphs.human_turn import REPLY_HELP, EditRequest, HumanTurn, parse_edit_request, parse_reply, split_phrases
 from arpo.graphs.session_driver import SessionDriver, SessionView
 from arpo.reporting import progress_line
+from arpo.session_terminal import EDIT_HELP
 from arpo.settings import ArpoSettings
 from arpo.web_ui_view import Screen, candidate_frame, prompt_html, round_candidates, score_plot, scores_text
 
@@ -36,7 +37,6 @@ NODE_WORDS = {
     "compare": "comparing the images", "propose": "proposing phrases", "select": "choosing phrases",
     "review": "waiting for you", "finish": "finishing",
 }
-EDIT_TAB_COMMANDS = ("parts", "render", "replace")
 
 
 @dataclass
@@ -142,20 +142,37 @@ class SessionHandlers:
     def reply_text(self, run_id: Any, text: Any) -> Iterator[Screen]:
         """The feedback box: a session reply exactly as the terminal reads it."""
         line = text if isinstance(text, str) else ""
-        word = line.strip().partition(" ")[0].lower()
-        if word in ("help", "?"):
-            yield Screen(status="Replies you can type:\n\n```\n" + REPLY_HELP + "\n```")
-            return
-        if word in EDIT_TAB_COMMANDS:
-            yield Screen(status=f"`{word}` works on the **Edit and render** tab here: load the parts, edit them "
-                                "or swap a word, and render.")
+        if line.strip().partition(" ")[0].lower() in ("help", "?"):
+            yield Screen(status="Replies you can type:\n\n```\n" + REPLY_HELP + "\n" + EDIT_HELP + "\n```")
             return
         try:
-            turn = parse_reply(line)
+            request = parse_edit_request(line)
+            turn = parse_reply(line) if request is None else None
         except InvalidInputError as problem:
             yield Screen(status=f"{problem} (type help for the commands)")
             return
+        if request is not None:
+            yield self._edit_request(run_id, request)
+            return
         yield from self._reply(run_id, turn)
+
+    def _edit_request(self, run_id: Any, request: EditRequest) -> Screen:
+        """`parts`, `render ...` and `replace ...` typed in the reply box, as at the terminal; renders
+        join the Edit and render tab's gallery."""
+        run_id = _text(run_id)
+        if not run_id:
+            return Screen(status="Start or resume a session first.")
+        try:
+            if request.action == "parts":
+                parts = self.driver.prompt_parts(run_id)
+                return Screen(status=f"Understood: show the parts. Content: {parts.content} · Style: {parts.style}")
+            replace = (request.old, request.new) if request.action == "replace" else None
+            render = self.driver.render_edit(run_id, content=request.content, style=request.style, replace=replace)
+        except ArpoError as problem:
+            return Screen(status=f"**Cannot {request.action}:** {problem}")
+        gallery = [(self.history.open_image(item.image_sha256), item.prompt) for item in self.history.renders(run_id)]
+        return Screen(status=f"Understood: {request.action}. Rendered with seed {render.seed}: {render.prompt} "
+                             "(in the Edit and render tab)", renders=gallery)
 
     def carry_on(self, run_id: Any) -> Iterator[Screen]:
         yield from self._reply(run_id, HumanTurn(action="continue"))

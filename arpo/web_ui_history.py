@@ -31,15 +31,37 @@ def run_table(history: History, filter_text: Any = "") -> pd.DataFrame:
     words = filter_text.lower().split() if isinstance(filter_text, str) else []
     rows = []
     for run in history.list_runs(limit=LISTED_RUNS):
+        best_clip_i, best_prompt = _best_so_far(history, run)
         row = [
             run.id, run.kind, run.status, run.reference_name, run.iterations,
-            round(run.best_clip_i, 4) if run.best_clip_i is not None else None, run.best_prompt or "",
+            round(best_clip_i, 4) if best_clip_i is not None else None, best_prompt,
             run.created_at.strftime("%Y-%m-%d %H:%M"),
         ]
         text = " ".join(str(cell) for cell in row).lower()
         if all(word in text for word in words):
             rows.append(row)
     return pd.DataFrame(rows, columns=RUN_COLUMNS)
+
+
+def _best_so_far(history: History, run) -> tuple[float | None, str]:
+    """A run's best CLIP-I and prompt; a paused or cut-off run has none stored yet, so they are read
+    from its iterations."""
+    if run.best_clip_i is not None or not run.iterations:
+        return run.best_clip_i, run.best_prompt or ""
+    best = max(history.iterations(run.id), key=lambda record: record.clip_i)
+    return best.clip_i, best.prompt
+
+
+def export_files(history: History, run_id: Any) -> tuple[Any, str]:
+    """The Session tab's Export button: the run's JSON and zip, or a line saying why not."""
+    if not isinstance(run_id, str) or not run_id:
+        return gr.skip(), "Start or resume a session first."
+    try:
+        detail = history.get_run(run_id)
+    except ArpoError as problem:
+        return gr.skip(), f"**Cannot export:** {problem}"
+    json_path, zip_path = export_run(history, detail)
+    return [str(json_path), str(zip_path)], f"Exported `{detail.id}`: the result as JSON and its images as a zip."
 
 
 def picked_run_id(event: gr.SelectData) -> str:

@@ -44,6 +44,8 @@ class Screen:
     best_prompt: Any = field(default_factory=gr.skip)
     round: Any = field(default_factory=gr.skip)
     reference: Any = field(default_factory=gr.skip)
+    renders: Any = field(default_factory=gr.skip)
+    """The Edit and render tab's gallery, for renders asked for in the reply box."""
 
     def values(self) -> list[Any]:
         return [getattr(self, name) for name in SCREEN_FIELDS]

@@ -90,3 +90,38 @@ def _turn(action: TurnAction, **fields: object) -> HumanTurn:
     except ValueError:
         needs = "a new prompt" if action == "edit" else "one or more phrases, separated by commas"
         raise InvalidInputError(f"'{action}' needs {needs}") from None
+
+
+EDIT_COMMANDS = ("parts", "render", "replace")
+
+
+class EditRequest(BaseModel):
+    """A request about the recovered prompt that is not a reply to the loop: show its parts, or
+    render it with one part replaced or a word swapped (works at any pause and after the end)."""
+
+    action: Literal["parts", "render", "replace"]
+    content: str | None = None
+    style: str | None = None
+    old: str | None = None
+    new: str | None = None
+
+
+def parse_edit_request(line: str) -> EditRequest | None:
+    """Read `parts`, `render content: TEXT`, `render style: TEXT` or `replace OLD NEW`; None when the
+    line is none of these, InvalidInputError when it is one but malformed."""
+    command, _, rest = line.strip().partition(" ")
+    command = command.lower()
+    if command == "parts":
+        return EditRequest(action="parts")
+    if command == "render":
+        part, _, text = rest.partition(":")
+        part = part.strip().lower()
+        if part not in ("content", "style") or not text.strip():
+            raise InvalidInputError("render needs 'content: TEXT' or 'style: TEXT'")
+        return EditRequest(action="render", **{part: text.strip()})
+    if command == "replace":
+        words = rest.split()
+        if len(words) != 2:
+            raise InvalidInputError("replace needs two words: replace OLD NEW")
+        return EditRequest(action="replace", old=words[0], new=words[1])
+    return None

@@ -178,8 +178,18 @@ def test_help_and_edit_commands_are_answered_without_a_reply(ui, session_id):
     handlers, _, history = ui
     turns = len(history.session_turns(session_id))
     assert "run N" in _last(handlers.reply_text(session_id, "help")).status
-    assert "Edit and render" in _last(handlers.reply_text(session_id, "render style: pencil")).status
-    assert len(history.session_turns(session_id)) == turns
+    assert "replace OLD NEW" in _last(handlers.reply_text(session_id, "help")).status
+    renders = len(history.renders(session_id))
+    rendered = _last(handlers.reply_text(session_id, "render style: pencil sketch"))
+    assert "Rendered with seed 0" in _one_line(rendered) and "pencil sketch" in rendered.status
+    assert len(rendered.renders) == renders + 1 == len(history.renders(session_id))
+    swapped = _last(handlers.reply_text(session_id, "replace sculpture statue"))
+    assert "Rendered with seed 0" in _one_line(swapped) and "replace 'sculpture' with 'statue'" in history.renders(session_id)[-1].edit
+    assert "Content:" in _one_line(_last(handlers.reply_text(session_id, "parts")))
+    for malformed, problem in (("render pencil", "render needs"), ("replace cat", "two words")):
+        assert problem in _one_line(_last(handlers.reply_text(session_id, malformed)))
+    assert "Start or resume" in _one_line(_last(handlers.reply_text(None, "parts")))
+    assert len(history.session_turns(session_id)) == turns, "edit commands are not replies to the loop"
 
 
 def test_continue_after_stop_says_the_session_is_finished(ui):
@@ -248,6 +258,9 @@ def test_history_lists_filters_opens_and_exports_runs(ui, session_id):
     assert list(run_table(history, session_id)["id"]) == [session_id]
     assert run_table(history, "no-such-words-anywhere").empty
 
+    paused = table[table["id"] == session_id].iloc[0]
+    assert paused["status"] == "paused" and paused["best CLIP-I"] is not None and paused["best prompt"], \
+        "a paused session shows its best score and prompt so far"
     summary, reference, gallery, iterations, json_path, zip_path = stored.open_run(session_id)
     assert session_id in summary and reference is not None
     assert len(gallery) == len(history.iterations(session_id)) == len(iterations)
@@ -293,3 +306,12 @@ def test_a_missing_key_names_the_brain_menu_not_command_line_flags(ui, monkeypat
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     line = _one_line(_last(ui[0].start(*_form(brain="openai"))))
     assert "OPENAI_API_KEY is not set" in line and "Brain: offline" in line and "--brain" not in line, line
+
+
+def test_the_session_tab_exports_the_run(ui, session_id):
+    from arpo.web_ui_history import export_files
+
+    files, line = export_files(ui[2], session_id)
+    assert [f.rsplit(".", 1)[1] for f in files] == ["json", "zip"] and session_id in line
+    for bad in (None, "", "ffffffffffff"):
+        assert export_files(ui[2], bad)[1].startswith(("Start or resume", "**Cannot export:**"))
