@@ -97,7 +97,7 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
                     resume = gr.Button("Resume", elem_id="resume")
                 with gr.Row():
                     export = gr.Button("Export this session (JSON and images)", elem_id="export")
-                    exported = gr.File(label="Exported files", file_count="multiple", elem_id="exported", interactive=False)
+                    exported = gr.File(label="Exported files", file_count="multiple", elem_id="exported", interactive=False, height=120)
             with gr.Tab("Edit and render", id="edit"):
                 gr.Markdown("Edit the best prompt's content or style, or swap a word everywhere; the edit renders with the session's seed and model.")
                 load_parts = gr.Button("Load the best prompt's parts", elem_id="load-parts")

@@ -98,10 +98,14 @@ def score_plot(iterations: list[IterationRecord], shown: int | None = None) -> F
     if shown is not None:
         axes.axvline(shown, color="grey", linestyle=":", linewidth=1)
     axes.set_xlim(-0.25, max(indexes + [1]) + 0.25)
+    values = [record.clip_i for record in iterations] + [record.clip_t for record in iterations]
+    if values:  # room above and below, so no point sits on the frame
+        span = max(max(values) - min(values), 0.1)
+        axes.set_ylim(min(values) - 0.1 * span, max(values) + 0.1 * span)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("iteration")
     axes.set_ylabel("score")
-    axes.legend(loc="best", fontsize="small")
+    figure.legend(loc="outside lower center", ncols=2, fontsize="small")  # below, never over a point
     axes.grid(alpha=0.3)
     return figure
 
