@@ -130,7 +130,9 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
         screen = [run_id, status, generated, prompt_view, candidates, candidates_note, scores, edited_prompt,
                   best_prompt, round_shown, reference, renders]
         assert len(screen) == len(Screen().values())
-        working = {"show_progress_on": [status]}  # the spinner covers the status line, never the images
+        # Gradio's spinner would cover the images and guess a time from earlier events; the status
+        # line streams real progress instead (the node at work, image k of N, seconds so far).
+        working = {"show_progress": "hidden"}
         start.click(_streamed(session.start), [reference, models, brain, vlm_brain, llm_brain, base_url, vlm_base_url,
                                                llm_base_url, vlm, llm, framework, seed], screen, **working)
         for trigger in (send_feedback.click, feedback.submit):

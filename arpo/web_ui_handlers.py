@@ -12,6 +12,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,6 +117,7 @@ class SessionHandlers:
         except ArpoError as problem:
             yield Screen(status=f"**Cannot start:** {_menu_words(str(problem))}")
             return
+        yield Screen(status="Working… loading the models and captioning the reference (the first start takes longest)")
         yield from self._work(lambda progress: self.driver.start(reference, config, on_update=progress))
 
     def resume(self, session_id: Any) -> Iterator[Screen]:
@@ -328,6 +330,7 @@ class SessionHandlers:
                 updates.put(None)
 
         threading.Thread(target=run, name="arpo-ui-session", daemon=True).start()
+        started = time.monotonic()
         done = 0
         while (item := updates.get()) is not None:
             node, update = item
@@ -336,7 +339,7 @@ class SessionHandlers:
             line = progress_line(node, update) or ""
             step = f"image {min(done, total)} of {total}" if total > 1 else ""
             words = " · ".join(part for part in (step, NODE_WORDS.get(node, node), line.strip()) if part)
-            screen = Screen(status=f"Working… {words}")
+            screen = Screen(status=f"Working… {time.monotonic() - started:.0f} s · {words}")
             if node == "generate" and "generated_sha256" in update:
                 screen.generated = self.history.open_image(update["generated_sha256"])
             yield screen

@@ -315,3 +315,21 @@ def test_the_session_tab_exports_the_run(ui, session_id):
     assert [f.rsplit(".", 1)[1] for f in files] == ["json", "zip"] and session_id in line
     for bad in (None, "", "ffffffffffff"):
         assert export_files(ui[2], bad)[1].startswith(("Start or resume", "**Cannot export:**"))
+
+
+def test_progress_says_which_image_of_how_many_and_leaves_the_reference_alone(ui):
+    handlers = ui[0]
+    run_id = _start(handlers)
+    screens = list(handlers.run_several(run_id, 2))
+    working = [s.status for s in screens[:-1]]
+    assert working and all(line.startswith(("Understood", "Working…")) for line in working)
+    assert any("image 1 of 2" in line and "generating and scoring" in line for line in working), working
+    assert all(s.reference == {"__type__": "update"} for s in screens), "progress must never replace the reference"
+
+
+def test_long_events_hide_gradios_spinner_and_time_guess(ui):
+    config = build_ui(ui[2], UiDefaults(models="tiny", brain="offline")).get_config_file()
+    ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    triggers = {ids.get(d["targets"][0][0]): d["show_progress"] for d in config["dependencies"] if d["targets"]}
+    for control in ("start", "continue", "run-several", "stop", "send-feedback", "feedback", "use-prompt", "resume"):
+        assert triggers[control] == "hidden", control
