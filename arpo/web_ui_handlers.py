@@ -289,7 +289,11 @@ class SessionHandlers:
             yield Screen(status=f"**Cannot reply:** {problem}")
             return
         if view.pause is None and view.detail.status == "running":
-            yield Screen(status=f"Session `{view.run_id}` is still working on the last reply; send this once it waits for you.")
+            if turn.action == "stop":  # during `run N`: ask again after the image being made
+                self.driver.request_pause(view.run_id)
+                yield Screen(status="Understood: pause after the image being made; then Stop again to finish, or reply.")
+            else:
+                yield Screen(status=f"Session `{view.run_id}` is still working on the last reply; send this once it waits for you.")
             return
         if view.pause is None:
             yield Screen(status=f"Session `{view.run_id}` has {view.detail.status} ({view.detail.stopped_because or view.detail.error or 'no reason stored'}) "

@@ -51,6 +51,9 @@ class ArpoContext:
     telemetry: LoopTelemetry = field(default_factory=LoopTelemetry)
     initial_inverter: PromptInverter | None = None
     """Writes P0 when no initial prompt is given (`--init pez|ph2p|editor|regressor`); None: the captioner."""
+    pause_requests: set[str] = field(default_factory=set, repr=False)
+    """Sessions whose person asked, while they ran unattended (`run N`), to be asked again at the next
+    review instead of going on (`SessionDriver.request_pause`)."""
     _references: dict[str, ReferenceView] = field(default_factory=dict, repr=False)
     _reference_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _handed_renders: dict[tuple[str, int], Image.Image] = field(default_factory=dict, repr=False)

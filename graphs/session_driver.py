@@ -89,6 +89,12 @@ class SessionDriver:
             raise InvalidInputError(f"session {handle.run_id} is not waiting for a reply")
         return self._advance(handle, Command(resume=turn.model_dump()), on_update)
 
+    def request_pause(self, run_id: str) -> None:
+        """Ask a session running unattended (`run N`) in this process to pause at its next review,
+        after the image being made, instead of going on; it then waits for a reply as usual."""
+        handle = self._handle(run_id)
+        handle.context.pause_requests.add(handle.run_id)
+
     def view(self, run_id: str) -> SessionView:
         """The session as stored: its pending pause (if any), its run record and its transcript."""
         handle = self._handle(run_id)

@@ -20,13 +20,18 @@ from arpo.graphs.state import ArpoState
 from arpo.storage.records import SessionTurnRecord
 
 STOPPED_BY_PERSON = "stopped by the person"
+PAUSED_BY_PERSON = "you asked to pause"
 
 
 def review(state: ArpoState, runtime: Runtime[ArpoContext]) -> dict:
     """Ask the person how to go on, unless they asked for several iterations without being asked."""
-    if state.get("unattended_left", 0) > 0 and not state.get("stopped_because"):
-        return {"unattended_left": state["unattended_left"] - 1, "next_step": "compare"}
     ctx = runtime.context
+    if state.get("unattended_left", 0) > 0 and not state.get("stopped_because"):
+        if state["run_id"] in ctx.pause_requests:  # asked to stop going on: review again, now asking
+            ctx.pause_requests.discard(state["run_id"])
+            return {"unattended_left": 0, "next_step": "review", "stopped_because": PAUSED_BY_PERSON}
+        return {"unattended_left": state["unattended_left"] - 1, "next_step": "compare"}
+    ctx.pause_requests.discard(state["run_id"])  # a request made while already waiting is answered
     shown = review_payload(state, ctx)
     turn = HumanTurn.model_validate(interrupt(shown))
     position = state.get("turns", 0)

@@ -333,3 +333,20 @@ def test_long_events_hide_gradios_spinner_and_time_guess(ui):
     triggers = {ids.get(d["targets"][0][0]): d["show_progress"] for d in config["dependencies"] if d["targets"]}
     for control in ("start", "continue", "run-several", "stop", "send-feedback", "feedback", "use-prompt", "resume"):
         assert triggers[control] == "hidden", control
+
+
+def test_stop_during_an_unattended_run_pauses_it_after_the_image_being_made(ui):
+    handlers, _, history = ui
+    run_id = _start(handlers)
+    answers = []
+    for screen in handlers.run_several(run_id, 20):
+        if not answers and screen.status.startswith("Working…"):
+            answers = [_one_line(_last(handlers.stop(run_id)))]
+        final = screen
+    assert answers == ["Understood: pause after the image being made; then Stop again to finish, or reply."]
+    assert final.status.split("\n\n")[1] == "Stopped after 1 of 20 iterations because you asked to pause."
+    assert "waiting for your reply" in final.status
+    assert [r.index for r in history.iterations(run_id)] == [0, 1]
+    again = _last(handlers.carry_on(run_id))  # the request was used up: the next reply runs as asked
+    assert "iteration 2" in again.status or "no candidate" in again.status
+    assert "finished" in _last(handlers.stop(run_id)).status
