@@ -202,6 +202,11 @@ def test_the_crash_paths_answer_in_the_page_and_typed_commands_work(offline_ui_u
             expect(page.locator("#best-prompt textarea")).not_to_have_value("")
             page.screenshot(path=str(tmp_path / "session.png"), full_page=True)
 
+            page.locator("#round input").click()  # browse back to the starting round
+            page.get_by_role("option", name="0", exact=True).click()
+            expect(status).to_contain_text("Showing iteration 0", timeout=WAIT_MS)
+            expect(page.locator("#candidates-note")).to_contain_text("starting prompt")
+
             page.locator("#stop").click()
             expect(status).to_contain_text("finished", timeout=WAIT_MS)
             page.locator("#continue").click()
