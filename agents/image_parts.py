@@ -8,7 +8,10 @@ image lives, and vLLM refuses remote URLs unless told otherwise.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from typing import Literal
 
 from PIL import Image
@@ -16,7 +19,13 @@ from PIL import Image
 DEFAULT_MAX_SIDE = 768
 """Vision models tile or resize images well below this anyway; larger only costs tokens and bytes."""
 
+REMEMBERED_PARTS = 8
+"""Encoded images kept by content: the reference goes out with every comparison of a run, and
+encoding a photo as PNG costs tens of milliseconds each time; hashing its pixels costs well under one."""
+
 _BACKGROUND = (255, 255, 255)
+_remembered: OrderedDict[tuple, dict] = OrderedDict()
+_remembered_lock = threading.Lock()
 _WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -43,8 +52,38 @@ def image_part(
     """An `image_url` content part holding `image` as an inline PNG (or JPEG) data URL.
 
     The image is flattened to RGB (transparency composited onto white) and shrunk so that its
-    longer side is at most `max_side`; the caller's image is left untouched.
+    longer side is at most `max_side`; the caller's image is left untouched. The last few parts are
+    remembered by pixel content, so an image sent again is not encoded again.
     """
+    digest = hashlib.sha256(f"{image.mode}:{image.size}:{max_side}:{encoding};".encode())
+    digest.update(image.tobytes())
+    key = (digest.hexdigest(), _palette_and_transparency(image))
+    with _remembered_lock:
+        if key in _remembered:
+            _remembered.move_to_end(key)
+            return _copy_part(_remembered[key])
+    part = _encoded_part(image, max_side, encoding)
+    with _remembered_lock:
+        _remembered[key] = part
+        while len(_remembered) > REMEMBERED_PARTS:
+            _remembered.popitem(last=False)
+    return _copy_part(part)
+
+
+def _palette_and_transparency(image: Image.Image) -> tuple:
+    """What besides the pixel bytes decides a palette image's colours."""
+    if image.mode not in ("P", "PA"):
+        return ()
+    palette = image.getpalette() or []
+    return (tuple(palette), repr(image.info.get("transparency")))
+
+
+def _copy_part(part: dict) -> dict:
+    """A fresh dict per message (callers may add keys), sharing the immutable URL string."""
+    return {"type": part["type"], "image_url": dict(part["image_url"])}
+
+
+def _encoded_part(image: Image.Image, max_side: int, encoding: str) -> dict:
     prepared = _as_rgb(image)
     if max(prepared.size) > max_side:
         prepared = prepared.copy()

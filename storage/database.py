@@ -97,6 +97,8 @@ def _tune_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> N
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
+        # Commits survive a killed process without waiting for the disk (see graphs/checkpoints.py).
+        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:

@@ -5,6 +5,8 @@ import io
 import os
 import re
 import tempfile
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from arpo.errors import InvalidInputError
 
 # A fixed level keeps the bytes (and so the name) of an image the same from one call to the next.
 PNG_COMPRESS_LEVEL = 6
+RECENT_IMAGES = 4
+"""Decoded images a store keeps: the loop stores an image in one node and reads it in the next."""
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 
 
@@ -36,14 +40,18 @@ class ImageStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._recent: OrderedDict[str, Image.Image] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def put(self, image: Image.Image) -> StoredImageRef:
         """Store an image (as RGB) and return its reference; storing it again changes nothing."""
-        png_bytes = encode_png(image)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        png_bytes = encode_png(rgb)
         sha256 = hashlib.sha256(png_bytes).hexdigest()
         target = self.path_for(sha256)
         if not target.exists():
             _write_atomically(target, png_bytes)
+        self._remember(sha256, rgb.copy())
         return StoredImageRef(sha256=sha256, path=target, width=image.width, height=image.height)
 
     def path_for(self, sha256: str) -> Path:
@@ -61,12 +69,27 @@ class ImageStore:
         return self.path_for(sha256).is_file()
 
     def open(self, sha256: str) -> Image.Image:
-        """Load a stored image fully into memory, as RGB."""
+        """Load a stored image fully into memory, as RGB (a recently stored or opened one without
+        decoding its file again; a copy, so the caller may change it)."""
         path = self.path_for(sha256)
         if not path.is_file():
             raise InvalidInputError(f"image {sha256} is missing from the image store ({path})")
+        with self._recent_lock:
+            recent = self._recent.get(sha256)
+            if recent is not None:
+                self._recent.move_to_end(sha256)
+                return recent.copy()
         with Image.open(path) as stored:
-            return stored.convert("RGB")
+            image = stored.convert("RGB")
+        self._remember(sha256, image.copy())
+        return image
+
+    def _remember(self, sha256: str, image: Image.Image) -> None:
+        with self._recent_lock:
+            self._recent[sha256] = image
+            self._recent.move_to_end(sha256)
+            while len(self._recent) > RECENT_IMAGES:
+                self._recent.popitem(last=False)
 
 
 def encode_png(image: Image.Image) -> bytes:

@@ -9,6 +9,7 @@ small random open_clip model with the real CLIP tokenizer for tests.
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ DEFAULT_CLIP_WEIGHTS = "openai"
 # Keys of an open_clip weights tag that describe how its images were preprocessed in training.
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 _SCHEMAS = ("hf-hub:", "local-dir:")
+_REMEMBERED_TEXTS = 4096
+"""Texts whose token counts a scorer keeps (a count is a few bytes; a tokenizer call is not free)."""
 
 
 class ClipScorer:
@@ -64,6 +67,8 @@ class ClipScorer:
         self._forward_lock = threading.Lock()
         # Separate from the forward lock so counting tokens never waits behind a long forward pass.
         self._tokenizer_lock = threading.Lock()
+        # Token counts by text: selection asks about the same prompts and phrases round after round.
+        self._token_counts: OrderedDict[str, int] = OrderedDict()
         self._embed_dim = _embed_dim(model)
         self.dtype = next(model.parameters()).dtype
 
@@ -131,7 +136,12 @@ class ClipScorer:
     def count_tokens(self, text: str) -> int:
         """Content tokens in `text` (start/end markers excluded), before the model's truncation."""
         with self._tokenizer_lock:
-            return _content_token_count(self.tokenizer, text)
+            known = self._token_counts.get(text)
+            if known is None:
+                known = self._token_counts[text] = _content_token_count(self.tokenizer, text)
+                if len(self._token_counts) > _REMEMBERED_TEXTS:
+                    self._token_counts.popitem(last=False)
+            return known
 
     def token_budget(self) -> int:
         """Content tokens that fit the context: 75 for CLIP's 77 positions."""

@@ -15,6 +15,7 @@ import inspect
 import json
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,10 @@ TINY_NAME = "tiny"
 TINY_PRESETS = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-pixart": "pixart"}
 TINY_STEPS = 2
 _FALLBACK_IMAGE_SIDE = 512
+
+
+_REMEMBERED_PROMPTS = 1024
+"""Prompts whose token spans (and token counts) a model keeps, most recently used first."""
 
 
 class TextToImage:
@@ -86,6 +91,8 @@ class TextToImage:
         # tokens while the pipeline's own call is changing truncation settings on the shared one.
         self._tokenizer = copy.deepcopy(pipeline.tokenizer)
         self._tokenizer_lock = threading.Lock()
+        # Token spans by prompt: the loop counts and truncates the same prompts node after node.
+        self._spans_by_prompt: OrderedDict[str, list] = OrderedDict()
         self._budget = _content_token_budget(pipeline, self._tokenizer)
         self._call_options = _fixed_call_options(pipeline)
         pipeline.set_progress_bar_config(disable=True)
@@ -128,6 +135,10 @@ class TextToImage:
     def _token_spans(self, prompt: str) -> list[tuple[int, int] | None]:
         """(start, end) character span of each content token; None entries when offsets are unknown."""
         with self._tokenizer_lock:
+            known = self._spans_by_prompt.get(prompt)
+            if known is not None:
+                self._spans_by_prompt.move_to_end(prompt)
+                return list(known)
             # Through the tokenizer's own call, never its backend directly: padding or truncation left
             # on a shared fast backend by an earlier padded call would otherwise change the count.
             if getattr(self._tokenizer, "is_fast", False):
@@ -135,8 +146,13 @@ class TextToImage:
                     prompt, add_special_tokens=False, padding=False, truncation=False, return_offsets_mapping=True,
                     verbose=False,  # counting a long prompt is the point, not a mistake to warn about
                 )
-                return [tuple(span) for span in encoded["offset_mapping"]]
-            return [None] * len(self._tokenizer.encode(prompt, add_special_tokens=False))
+                spans = [tuple(span) for span in encoded["offset_mapping"]]
+            else:
+                spans = [None] * len(self._tokenizer.encode(prompt, add_special_tokens=False))
+            self._spans_by_prompt[prompt] = spans
+            if len(self._spans_by_prompt) > _REMEMBERED_PROMPTS:
+                self._spans_by_prompt.popitem(last=False)
+            return list(spans)
 
     def _decode_prefix(self, prompt: str) -> str:
         with self._tokenizer_lock:
