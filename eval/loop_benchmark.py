@@ -81,11 +81,12 @@ class MeasuredRun:
 
 
 def measure(framework: str, latency_s: float, steps: int, models, repeats: int) -> tuple[MeasuredRun, list[float]]:
-    """A warm-up run, then `repeats` runs; the run with the median overhead fraction, and every fraction."""
+    """A warm-up run, then `repeats` runs; the run with the median overhead fraction, and every run's
+    fraction in the order they ran."""
     run_once(framework, latency_s, 1, models)
     runs = [MeasuredRun(*run_once(framework, latency_s, steps, models)) for _ in range(max(1, repeats))]
-    runs.sort(key=lambda run: run.overhead_fraction)
-    return runs[(len(runs) - 1) // 2], [run.overhead_fraction for run in runs]
+    in_order = [run.overhead_fraction for run in runs]
+    return sorted(runs, key=lambda run: run.overhead_fraction)[(len(runs) - 1) // 2], in_order
 
 
 def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list[NodeTiming], float, int]:

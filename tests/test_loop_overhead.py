@@ -124,3 +124,27 @@ def test_token_counts_of_a_prompt_are_computed_once(monkeypatch):
         shortened = t2i.truncate(prompt)
     assert t2i.count_tokens(shortened) <= t2i.token_budget() and prompt.startswith(shortened)
     assert counted.count(prompt) == 2  # once per model, not once per question
+
+
+def test_loaded_models_are_kept_out_of_full_collections_without_leaking_dropped_cycles():
+    import gc
+    import weakref
+
+    from arpo.tools.model_stack import build_model_stack
+
+    stack = build_model_stack("tiny")
+    assert gc.get_freeze_count() > len(gc.get_objects())  # most long-lived objects are no longer walked
+
+    class Holder:
+        pass
+
+    cycle = Holder()
+    cycle.self_reference, cycle.models = cycle, stack  # garbage only a cyclic collection can free
+    stack.text_to_image.holder = cycle
+    alive = weakref.ref(cycle)
+    del cycle, stack
+    gc.freeze()  # as if the cycle had been frozen with the stack that held it
+    gc.collect()
+    assert alive() is not None  # frozen: not collected yet
+    build_model_stack("tiny")  # the next stack thaws the old objects before freezing its own
+    assert alive() is None

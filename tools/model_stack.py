@@ -1,5 +1,6 @@
 """The three models one ARPO run needs (generator, CLIP scorer, captioner), chosen by name together."""
 
+import gc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -68,13 +69,29 @@ def build_model_stack(
     captioner_choice = captioner or (TINY if is_tiny_default else DEFAULT_CAPTIONER)
     torch_dtype = parse_dtype(dtype) if dtype else None  # an unknown name fails before anything loads
 
-    return ModelStack(
+    gc.unfreeze()  # an earlier stack's objects become collectable again, should it be dropped
+    stack = ModelStack(
         name=models,
         text_to_image=load_text_to_image(models, device, scheduler=scheduler, dtype=torch_dtype),
         clip=_load_clip(clip_choice, device, torch_dtype),
         captioner=_load_captioner(captioner_choice, device, torch_dtype),
         is_tiny=is_tiny_default or TINY in (clip_choice, captioner_choice),
     )
+    _settle_long_lived_objects()
+    return stack
+
+
+def _settle_long_lived_objects() -> None:
+    """Collect the loading's garbage once, then move every surviving object out of the collector's sight.
+
+    Models, their libraries and the imported code are some 700k Python objects that live as long as the
+    process; without this, every full collection walks them all, pausing a run for 0.1-0.4 s at moments
+    nobody chose (measured in the loop benchmark: one run in five took 0.34 s of framework time instead
+    of 0.07). Frozen objects are still freed when nothing refers to them; only reference cycles among
+    them wait until the next stack is built, which thaws them first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def model_stack_for(config: "RunConfig") -> ModelStack:
