@@ -2,18 +2,21 @@
 
 Small models answer a request for phrases with single words, whole clauses, placeholders copied from
 the template ("(none were listed)", "phrase 1"), the template's own words ("image1 photo2"), the
-current prompt, the same word twice ("contrast contrast") or the same phrase in two spellings ("color
-palette variation" / "color palette variations"). Greedy selection would score all of them, and a
+current prompt, the same word twice ("contrast contrast"), the same phrase in two spellings ("color
+palette variation" / "color palette variations", "Surrealistic artist" / "Surrealist artist"), URL
+pieces and glued tokens ("//raw.githubusercontent. altınauser"), and pieces of their own sentences
+("The cat in your picture is"). Greedy selection would score all of them, and a
 placeholder that happens to raise CLIP similarity by chance would end up in the prompt. Each check
 here names its reason, so the history can show what was dropped and why.
 
 Identity of phrases is `phrase_key` (graphs/prompt_text.py) throughout; near-duplicates meet under
-`phrase_family_key`, which also folds plurals and word order.
+`phrase_family_key`, which also folds plurals, a few spelling variants and word order.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from arpo.agents.proposal import DroppedPhrase, ProposalRequest
@@ -30,6 +33,8 @@ TOO_LONG = "too long"
 NEAR_DUPLICATE = "near-duplicate"
 TRIED = "tried with this prompt"
 BANNED = "banned"
+NOT_WORDS = "not words"
+FRAGMENT = "sentence fragment"
 
 # Words that carry no meaning of their own: they may repeat ("black and white and red") and they do not
 # make a phrase an echo of the instructions.
@@ -47,6 +52,31 @@ _PLACEHOLDER_KEYS = frozenset(
 _PLACEHOLDER_KEY = re.compile(r"^(?:(?:first|second|third|new|another|your|some|example|short)\s+)?"
                               r"(?:phrase|candidate|item|example|option)(?:\s+\d+)?$")
 _ENCLOSED = re.compile(r"^\s*(?:\(.*\)|<.*>|\[.*\]|\{.*\})\s*$")
+# Where a model listed several phrases inside one item ("bedroom; close-up photograph", "a | b").
+_LIST_SEPARATORS = re.compile(r"[,;|\n\r\t•·]")
+# Pieces of addresses and file names: "//host", "www.", "http", a leading slash ("/INST"), and a dotted
+# name whose parts are glued words ("raw.githubusercontent", "photo.jpg"). Initials ("J.M.W. Turner")
+# and numbers ("f/1.8", "3.5mm") do not match.
+_ADDRESS = re.compile(r"//|^/|\bwww\.|\bhttps?\b|[^\W\d_][\w-]+\.[^\W\d_]{2,}")
+# Punctuation a real prompt phrase may hold ("van gogh's", "sci-fi", "f/1.8", "black & white", "(1920s)",
+# 'Mike "Beeple" Winkelmann'); anything else (underscores, braces, markup, emoji) comes from code,
+# templates or glitches.
+_PHRASE_PUNCTUATION = frozenset("'’‘\"“”-–/&.()+!:°%")
+# Words a finished phrase does not end with: the sentence it was cut from goes on ("The cat in your
+# picture is"). Particles that end phrasal descriptions ("zoomed in", "lights on", "close up") are absent,
+# and so are words that are nouns as often ("trash can", "free will", "light being", "doctor who").
+_DANGLING_ENDINGS = frozenset(
+    "a an the and or but nor of with to for from by as at than into onto upon via "
+    "is are was were be been am has have had do does did would could should shall must "
+    "this that these those which whose what where when while if because my your our their its very".split()
+)
+# "your" before one of these is the model speaking to the reader about the task ("the cat in your
+# picture"); "your name" or "your pov" are things a prompt may say.
+_TASK_NOUNS = frozenset(
+    "picture pictures image images photo photos reference prompt prompts description request question "
+    "phrase phrases list answer example instructions".split()
+)
+_TOKEN_EDGES = "\"'“”‘’.!:;()"
 
 
 @dataclass
@@ -70,11 +100,15 @@ class PhraseScreen:
 
     def __init__(self, request: ProposalRequest, instructions: str) -> None:
         self.request = request
-        context_words = set(
-            phrase_words(" ".join([request.current_prompt, request.differences, *request.feedback]))
+        # "Image 1" in the differences is the template's name for the reference, written back by the
+        # comparer; it does not make "image" a word of the picture's context.
+        self.context_key = _NUMBERED_PICTURE.sub(
+            " ", phrase_key(" ".join([request.current_prompt, request.differences, *request.feedback]))
         )
+        context_words = set(self.context_key.split())
         # Words only the instructions use: a phrase made of them repeats the template, not the picture.
         self.instruction_words = set(phrase_words(instructions)) - context_words - _FUNCTION_WORDS
+        self.instructions_key = phrase_key(instructions)
         self.prompt_key = phrase_key(request.current_prompt)
         self.prompt_families = {phrase_family_key(p) for p in prompt_phrases(request.current_prompt)}
         self.tried = {phrase_family_key(p) for p in request.tried}
@@ -83,12 +117,13 @@ class PhraseScreen:
     def screen(self, raw_phrases: list[str]) -> ScreenedPhrases:
         """Kept phrases in the order offered (at most `max_candidates`), and every dropped one.
 
-        A phrase holding commas is split into its parts, each judged on its own.
+        A phrase holding list separators (commas, semicolons, pipes, bullets, line breaks) is split
+        into its parts, each judged on its own.
         """
         result = ScreenedPhrases()
         seen: dict[str, str] = {}
         for raw in raw_phrases:
-            for part in str(raw).split(","):
+            for part in _LIST_SEPARATORS.split(str(raw)):
                 phrase = clean_phrase(part)
                 if not phrase_key(phrase):
                     continue
@@ -107,6 +142,8 @@ class PhraseScreen:
         family = phrase_family_key(phrase)
         if _is_placeholder(phrase, key):
             return PLACEHOLDER
+        if _is_not_words(phrase):
+            return NOT_WORDS
         if self._echoes_instructions(key, words):
             return ECHOES_INSTRUCTIONS
         if family in self.banned:
@@ -120,6 +157,8 @@ class PhraseScreen:
             return TOO_SHORT
         if count > self.request.max_words:
             return TOO_LONG
+        if _is_fragment(phrase):
+            return FRAGMENT
         if family in self.tried:
             return TRIED
         return None
@@ -127,10 +166,19 @@ class PhraseScreen:
     def _echoes_instructions(self, key: str, words: list[str]) -> bool:
         if _NUMBERED_PICTURE.search(key):
             return True
+        if self._copies_instruction_run(key, words):
+            return True
         meaningful = [word for word in words if word not in _FUNCTION_WORDS]
         echoed = [word for word in meaningful if word in self.instruction_words]
         # Most of its words come from the instructions and none of them from the picture's context.
         return bool(meaningful) and len(echoed) * 4 >= len(meaningful) * 3
+
+    def _copies_instruction_run(self, key: str, words: list[str]) -> bool:
+        """Whether the phrase is a run of the instructions' own words ("each describing what Image"),
+        found there word for word and not in the picture's context."""
+        if len(words) < 2 or all(word in _FUNCTION_WORDS for word in words):
+            return False
+        return _contains_words(self.instructions_key, key) and not _contains_words(self.context_key, key)
 
     @staticmethod
     def _repeat_reason(phrase: str, seen: dict[str, str]) -> str | None:
@@ -150,6 +198,46 @@ def _is_placeholder(phrase: str, key: str) -> bool:
         or key in _PLACEHOLDER_KEYS
         or bool(_PLACEHOLDER_KEY.match(key))
     )
+
+
+def _is_not_words(phrase: str) -> bool:
+    """Whether the phrase holds something other than words: an address or file name, markup or
+    code punctuation, or a token glued together from two scripts ("тельнуюmodel")."""
+    if _ADDRESS.search(phrase):
+        return True
+    if any(not _is_phrase_character(char) for char in phrase):
+        return True
+    return any(len(_scripts(token)) > 1 for token in phrase.split())
+
+
+def _is_phrase_character(char: str) -> bool:
+    # Combining marks (category Mn) are part of letters written in decomposed form ("é" as e + ◌́).
+    return (
+        char.isalnum() or char.isspace() or char in _PHRASE_PUNCTUATION or unicodedata.category(char) == "Mn"
+    )
+
+
+def _scripts(token: str) -> set[str]:
+    """The writing systems of a token's letters (LATIN, CYRILLIC, GREEK, CJK, ...)."""
+    return {unicodedata.name(char, "UNKNOWN").split()[0] for char in token if char.isalpha()}
+
+
+def _is_fragment(phrase: str) -> bool:
+    """Whether the phrase is a piece of the model's own sentence rather than a description: it stops on
+    a word that needs more after it ("The cat in your picture is"), or it talks to the reader about the
+    task ("your picture", "you can see"). A final "you" stays ("looming over you" is a viewpoint), and so
+    does a capitalised last word after another capitalised one (names: "Gu An", "Kun Can")."""
+    originals = [token.strip(_TOKEN_EDGES) for token in phrase.split()]
+    originals = [token for token in originals if token]
+    tokens = [token.lower() for token in originals]
+    if not tokens:
+        return False
+    is_name_end = len(originals) > 1 and originals[-1][:1].isupper() and originals[-2][:1].isupper()
+    if tokens[-1] in _DANGLING_ENDINGS and not is_name_end:
+        return True
+    if "you" in tokens[:-1] or any(token in ("you're", "you’re", "yourself") for token in tokens):
+        return True
+    return any(word == "your" and next_word in _TASK_NOUNS for word, next_word in zip(tokens, tokens[1:]))
 
 
 def _has_repeated_word(words: list[str]) -> bool:

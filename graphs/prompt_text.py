@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _SEPARATOR = ", "
 
@@ -25,8 +26,10 @@ def clean_phrase(phrase: str) -> str:
 
 
 def phrase_key(phrase: str) -> str:
-    """Comparison key under which two phrases count as the same suggestion."""
-    return re.sub(r"[^a-z0-9]+", " ", phrase.lower()).strip()
+    """Comparison key under which two phrases count as the same suggestion: case folded, punctuation
+    gone. Letters of every script count ("Pénot", "кошка", "水墨画"), so a phrase in another language
+    or an accented name is not reduced to nothing or to fragments."""
+    return re.sub(r"[\W_]+", " ", unicodedata.normalize("NFC", phrase).casefold()).strip()
 
 
 def phrase_words(phrase: str) -> list[str]:
@@ -35,9 +38,37 @@ def phrase_words(phrase: str) -> list[str]:
 
 
 def phrase_family_key(phrase: str) -> str:
-    """A looser key under which near-duplicates meet: `phrase_key` with plurals folded to singular and
-    word order ignored, so "Color palette variations" and "variation color palette" share one key."""
-    return " ".join(sorted(_singular(word) for word in phrase_words(phrase)))
+    """A looser key under which near-duplicates meet: `phrase_key` with plurals folded to singular, a
+    few derivational endings and British spellings folded, and word order ignored, so "Color palette
+    variations" and "variation color palette" share one key, and so do "Surrealistic artist" and
+    "Surrealist artist"."""
+    return " ".join(sorted(_folded(_without_accents(word)) for word in phrase_words(phrase)))
+
+
+def _without_accents(word: str) -> str:
+    """"pénot" -> "penot": a model may drop or add the accents of a name it copies."""
+    return "".join(char for char in unicodedata.normalize("NFD", word) if unicodedata.category(char) != "Mn")
+
+
+def _folded(word: str) -> str:
+    """One word under the family key: its rough singular with its spelling variants folded."""
+    return _variant_folded(_singular(word))
+
+
+def _variant_folded(word: str) -> str:
+    """Fold the endings that make two spellings of one idea, not two ideas.
+
+    Deliberately few: "surrealistic"/"surrealist" and "geometrical"/"geometric" say the same thing in a
+    prompt, and so do "colour"/"color"; "painting"/"painter" or "textured"/"texture" do not, so -ing,
+    -er and -ed are left alone. Short words are never touched ("four" is not "for").
+    """
+    if len(word) >= 8 and word.endswith("istic"):
+        return word[:-2]  # surrealistic -> surrealist, futuristic -> futurist
+    if len(word) >= 7 and word.endswith("ical"):
+        return word[:-2]  # geometrical -> geometric, whimsical -> whimsic (both spellings alike)
+    if len(word) >= 6 and word.endswith("our"):
+        return word[:-2] + "r"  # colour -> color, harbour -> harbor
+    return word
 
 
 def _singular(word: str) -> str:
