@@ -13,7 +13,13 @@ from fixtures_brain import scripted_backend
 
 from arpo.agents import templates
 from arpo.agents.image_parts import user_message
-from arpo.agents.phrase_hygiene import PhraseScreen
+from arpo.agents.phrase_hygiene import (
+    ECHOES_INSTRUCTIONS,
+    ECHOES_PROMPT,
+    FRAGMENT,
+    NOT_WORDS,
+    PhraseScreen,
+)
 from arpo.agents.proposal import ProposalRequest
 from arpo.agents.reply_parsing import MalformedReplyError, parse_phrase_list
 
@@ -97,3 +103,42 @@ def test_the_models_placeholder_json_never_becomes_a_candidate():
         except MalformedReplyError:
             continue
         assert PhraseScreen(request, _prompt_sent(answer)).screen(raw).kept == []
+
+
+GEMMA = "gemma-3-270m-q4_k_m-gemma"  # llama-cpp-python with --chat_format gemma
+
+
+def _screened_capture(capture: str, probe: str):
+    answer = CAPTURES[capture]["answers"][probe]
+    request = ProposalRequest(**answer["proposal_request"])
+    raw = parse_phrase_list(_reply_text(answer), distinct=False)
+    screened = PhraseScreen(request, _prompt_sent(answer)).screen(raw)
+    return screened, {d.phrase: d.reason for d in screened.dropped}
+
+
+@pytest.mark.parametrize(
+    "capture, probe, phrase, reason",
+    [
+        # The reply trails off repeating the template: "..., each describing what Image"
+        (GEMMA, "proposal_first_round", "each describing what Image", ECHOES_INSTRUCTIONS),
+        # Cyrillic glued to an English word by a glitching tokenizer.
+        (GEMMA, "proposal_first_round", "тельнуюmodel", NOT_WORDS),
+        # The model talking to the reader, cut off mid-sentence.
+        (GEMMA, "proposal_first_round_json_object", "The cat in your picture is", FRAGMENT),
+        # A chat-template control token the default chat format leaks.
+        ("gemma-3-270m-q4_k_m-default", "proposal_first_round", "/INST", NOT_WORDS),
+    ],
+)
+def test_a_real_small_models_leaks_are_dropped_with_their_reason(capture, probe, phrase, reason):
+    screened, dropped = _screened_capture(capture, probe)
+    assert phrase not in screened.kept
+    assert dropped[phrase] == reason
+
+
+def test_two_phrases_joined_by_a_semicolon_are_judged_one_by_one():
+    """Gemma wrote "young woman's bedroom; close-up photograph" as one phrase; the second half is
+    already in the prompt ("a cat, tabby fur, close-up photograph"), the first may be tried."""
+    screened, dropped = _screened_capture(GEMMA, "proposal_later_round")
+    assert not any(";" in phrase for phrase in screened.kept)
+    assert "young woman's bedroom" in screened.kept
+    assert dropped["close-up photograph"] == ECHOES_PROMPT

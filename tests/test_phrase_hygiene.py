@@ -106,16 +106,18 @@ def test_url_pieces_markup_and_glued_scripts_are_not_words():
 
 def test_names_numbers_and_other_languages_are_words():
     screen = _screen("a cat")
-    for phrase in ["by J.M.W. Turner", "by Albert Joseph Pénot", "by Alexej von Jawlensky", "35mm f/1.8 lens",
-                   "van gogh's brushwork", "black & white photo", "sci-fi cityscape", "Kinder im Garten",
-                   "кошка на окне", "水墨画 style", "by Mike \"Beeple\" Winkelmann", "(1920s) film still"]:
+    for phrase in ["by J.M.W. Turner", "by Albert Joseph Pénot", "by Alexej von Jawlensky",
+                   "35mm f/1.8 lens", "van gogh's brushwork", "black & white photo", "sci-fi cityscape",
+                   "Kinder im Garten", "кошка на окне", "水墨画 style", "by Mike \"Beeple\" Winkelmann",
+                   "(1920s) film still"]:
         assert screen.reason_to_drop(phrase) is None, phrase
 
 
 def test_clause_fragments_and_talk_to_the_reader_are_dropped_but_phrasal_endings_stay():
     screen = _screen("a cat")
-    for phrase in ["The cat in your picture is", "a kitten with", "a cat in the style of", "the background of the",
-                   "as you can see", "matches your reference", "the cat in your picture"]:
+    for phrase in ["The cat in your picture is", "a kitten with", "a cat in the style of",
+                   "the background of the", "as you can see", "matches your reference",
+                   "the cat in your picture"]:
         assert screen.reason_to_drop(phrase) == FRAGMENT, phrase
     for phrase in ["zoomed in", "street lights on", "looming over you", "rusty trash can", "by Kun Can",
                    "by Gu An", "your name poster", "close up portrait"]:
@@ -148,9 +150,12 @@ def test_the_template_words_a_model_copies_mid_sentence_echo_the_instructions():
 def test_semicolons_pipes_and_bullets_separate_phrases_judged_alone():
     # Gemma 3 270M wrote "young woman's bedroom; close-up photograph" as one phrase.
     screen = _screen("a cat, tabby fur, close-up photograph")
-    screened = screen.screen(["young woman's bedroom; close-up photograph", "soft rim light | film grain",
-                              "green eyes • long whiskers"])
-    assert screened.kept == ["young woman's bedroom", "soft rim light", "film grain", "green eyes", "long whiskers"]
+    screened = screen.screen(
+        ["young woman's bedroom; close-up photograph", "soft rim light | film grain",
+         "green eyes • long whiskers"]
+    )
+    kept = ["young woman's bedroom", "soft rim light", "film grain", "green eyes", "long whiskers"]
+    assert screened.kept == kept
     assert [(d.phrase, d.reason) for d in screened.dropped] == [("close-up photograph", ECHOES_PROMPT)]
 
 
