@@ -15,8 +15,15 @@ completions protocol but differ in what they accept, so capabilities are negotia
 
 Retries belong to tenacity alone: the SDK client is built with `max_retries=0` so the two never stack.
 Whether a failure is worth retrying is read from the reply body, not the status alone (a 500 whose
-body is a validation error will fail the same way again). Every HTTP request, failed ones included,
-leaves one `BrainCallRecord` in the backend's `CallLog` with its status and error.
+body is a validation error will fail the same way again). An empty reply is asked again once only:
+the same request with the same seed gets the same nothing, which points at the server's chat template.
+Every HTTP request, failed ones included, leaves one `BrainCallRecord` in the backend's `CallLog` with
+its status, error and the token counts the server reported.
+
+A reply is only as good as what the model read: servers whose chat format cannot read a message sent
+as a list of parts (llama-cpp-python's text formats, which is every format of a text-only model) drop
+it without a word, and the model answers an empty prompt. When the server's prompt token count is far
+below what the request's text alone must cost, the call fails for good and says so (`_unread_prompt`).
 
 The SDK call blocks inside httpx, out of reach of Ctrl-C, so each request runs on a daemon thread
 while the caller waits in short, interruptible steps: Ctrl-C stops every waiting call within a fraction
@@ -112,6 +119,15 @@ _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{4,}")
 _VALIDATION_ENTRY = re.compile(r"\{(?:[^{}]|\{[^{}]*\})*?'msg':(?:[^{}]|\{[^{}]*\})*\}")
 
 _MAX_DETAIL_CHARS = 200
+
+_EMPTY_REPLY_RETRIES = 1
+"""An empty reply is asked again this many times (a glitch passes); the same request, seed and
+temperature again would only get the same nothing."""
+_MAX_CHARS_PER_TOKEN = 6
+"""No tokenizer writes English prose in fewer tokens than one per six characters (most need one per
+three or four), so a prompt counted below characters / 6 was not read whole by the model."""
+_LEAST_JUDGED_PROMPT_TOKENS = 20
+"""Texts shorter than this many tokens (by the measure above) are not judged: too little to tell."""
 _POLL_S = 0.05
 """How often a waiting call looks for Ctrl-C when it is not on the main thread."""
 _DEADLINE_GRACE_S = 5.0
@@ -400,6 +416,10 @@ class _TransientFailure(Exception):
         self.reason = reason
 
 
+class _EmptyReply(_TransientFailure):
+    """The model answered nothing; worth asking once more, not more (see _EMPTY_REPLY_RETRIES)."""
+
+
 class _ParameterRefused(Exception):
     """The model refused one of the sampling parameters by name (see _UNSUPPORTED_PARAMETER)."""
 
@@ -428,6 +448,7 @@ class _Call:
     temperature: float | None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
+    empty_replies: int = 0
     interrupts_at_start: int = field(default_factory=lambda: _INTERRUPTS.count)
 
 
@@ -438,6 +459,10 @@ class _Outcome:
     status_code: int | None = None
     error: str | None = None
     reply: BrainReply | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    """What the server reported, kept for the record even when the reply is refused."""
 
 
 class ChatBackend:
@@ -590,7 +615,7 @@ class ChatBackend:
                 outcome.status_code = exc.status_code
                 self._judge_status_error(call, exc, response_format)
             outcome.status_code = 200
-            outcome.reply = self._reply_from(completion, call.call_id, response_format)
+            outcome.reply = self._reply_from(completion, call, response_format, outcome)
             return outcome.reply
         except _TransientFailure as failure:
             outcome.error = failure.reason
@@ -724,26 +749,88 @@ class ChatBackend:
             return None if match.group(1) in self._renamed_parameters else match.group(1)
 
     def _reply_from(
-        self, completion: Any, call_id: str, response_format: ResponseFormat | None
+        self, completion: Any, call: _Call, response_format: ResponseFormat | None, outcome: _Outcome
     ) -> BrainReply:
-        """The reply text and usage; an empty reply is transient (worth asking again)."""
+        """The reply text and usage (noted on `outcome` first, so a refused reply keeps them).
+
+        A reply to a request the model did not read fails for good; an empty reply is transient once.
+        """
         choices = getattr(completion, "choices", None) or []
         text = choices[0].message.content if choices and choices[0].message else None
-        finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
-        if not text or not text.strip():
-            raise _TransientFailure("empty reply" + (f" (finish_reason {finish_reason})"
-                                                     if finish_reason not in (None, "stop") else ""))
         usage = getattr(completion, "usage", None)
+        outcome.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
+        outcome.prompt_tokens = getattr(usage, "prompt_tokens", None)
+        outcome.completion_tokens = getattr(usage, "completion_tokens", None)
+        unread = self._unread_prompt(call, usage)
+        if unread is not None:
+            raise BrainError(unread)
+        if not text or not text.strip():
+            self._empty_reply(call, outcome, has_choices=bool(choices))
         return BrainReply(
-            call_id=call_id,
+            call_id=call.call_id,
             text=text,
             model=getattr(completion, "model", None) or self.config.model,
             latency_s=0.0,
-            prompt_tokens=getattr(usage, "prompt_tokens", None),
-            completion_tokens=getattr(usage, "completion_tokens", None),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
             attempts=0,
             response_format=response_format,
-            finish_reason=finish_reason,
+            finish_reason=outcome.finish_reason,
+        )
+
+    def _unread_prompt(self, call: _Call, usage: Any) -> str | None:
+        """Why the model cannot have read this request, or None when nothing says so.
+
+        Only requests with content sent as parts are judged: those are what servers drop. The count
+        the server reported (with any tokens it served from its cache) must reach the text's
+        characters / 6; images only add to it, and a prompt cache never removes the new image.
+        """
+        if not any(isinstance(message.get("content"), list) for message in call.messages):
+            return None
+        least = _text_chars(call.messages) // _MAX_CHARS_PER_TOKEN
+        reported = (getattr(usage, "prompt_tokens", None) or 0) + _cached_tokens(usage)
+        if least < _LEAST_JUDGED_PROMPT_TOKENS or reported == 0 or reported >= least:
+            return None  # 0: a server that does not count
+        summary = (
+            f"{self._who(call.role)} at {self._where()} never saw the request: the server counted "
+            f"{reported} prompt tokens where its text alone needs {least} or more"
+        )
+        if _has_images(call.messages):
+            return (
+                f"{summary}, so the message and its images were dropped (a text-only model, or a chat "
+                "format without image support: llama-cpp-python's text formats drop such messages); "
+                "serve a vision model there, or use --vlm-brain offline (with --framework vanilla)"
+            )
+        return (
+            f"{summary}; the server's chat format cannot read content sent as a list of parts, "
+            "send it as a plain string"
+        )
+
+    def _empty_reply(self, call: _Call, outcome: _Outcome, *, has_choices: bool) -> None:
+        """Raise for an empty reply: _EmptyReply the first time, BrainError when it comes again."""
+        call.empty_replies += 1
+        reason = self._empty_reason(call, outcome, has_choices=has_choices)
+        if call.empty_replies > _EMPTY_REPLY_RETRIES:
+            raise BrainError(f"{self._who(call.role)}: {reason} (asked {call.empty_replies} times)")
+        raise _EmptyReply(reason)
+
+    def _empty_reason(self, call: _Call, outcome: _Outcome, *, has_choices: bool) -> str:
+        """'empty reply' with what the server said about it and the likely cause."""
+        if not has_choices:
+            return "empty reply (no choices)"
+        prompt = (f"a {outcome.prompt_tokens}-token prompt" if outcome.prompt_tokens
+                  else "a prompt of unreported size")
+        if outcome.finish_reason == "length":
+            budget = self.config.max_tokens_for(call.role)
+            return (
+                f"empty reply to {prompt}: the whole budget of {budget} tokens went before any text "
+                "(a reasoning model thinking?); raise it with --llm-max-tokens or --vlm-max-tokens"
+            )
+        return (
+            f"empty reply to {prompt} (finish_reason {outcome.finish_reason}); the server's chat "
+            "template probably does not suit this model (a base model, or the wrong chat format): "
+            "check its chat format (llama-cpp-python --chat_format, llama-server --jinja) or serve "
+            "an instruct model"
         )
 
     def _record(
@@ -762,14 +849,14 @@ class ChatBackend:
             provider=self.config.provider,
             started_at=started_at,
             latency_s=latency,
-            prompt_tokens=reply.prompt_tokens if reply else None,
-            completion_tokens=reply.completion_tokens if reply else None,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
             attempts=call.attempts,
             ok=reply is not None,
             error=None if reply is not None else (outcome.error or "unknown failure"),
             status_code=outcome.status_code,
             response_format=response_format,
-            finish_reason=reply.finish_reason if reply else None,
+            finish_reason=outcome.finish_reason,
             server=self.config.server,
         )
 
@@ -806,6 +893,33 @@ class ChatBackend:
         if len(text) > _MAX_DETAIL_CHARS:
             text = text[: _MAX_DETAIL_CHARS - 1] + "…"
         return text
+
+
+def _text_chars(messages: list[dict]) -> int:
+    """Characters of text in `messages`, as strings or text parts (images not counted)."""
+    total = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content)
+        elif isinstance(content, list):
+            total += sum(len(part.get("text") or "") for part in content
+                         if isinstance(part, dict) and part.get("type") == "text")
+    return total
+
+
+def _has_images(messages: list[dict]) -> bool:
+    return any(isinstance(part, dict) and part.get("type") == "image_url"
+               for message in messages if isinstance(message.get("content"), list)
+               for part in message["content"])
+
+
+def _cached_tokens(usage: Any) -> int:
+    """Prompt tokens a server says it served from its cache (some leave them out of prompt_tokens)."""
+    details = getattr(usage, "prompt_tokens_details", None)
+    if isinstance(details, dict):
+        return int(details.get("cached_tokens") or 0)
+    return int(getattr(details, "cached_tokens", None) or 0)
 
 
 def _with_detail(summary: str, detail: str) -> str:

@@ -362,8 +362,9 @@ class ScriptedBrain:
         refusal = self.personality.refusal(body)
         if refusal is not None:
             return _Answer(refusal.status, refusal.body, delay)
+        prompt_tokens = self.prompt_tokens(body)
         if reply.no_choices:
-            return _Answer(200, _completion(request, None), delay)
+            return _Answer(200, _completion(request, None, prompt_tokens=prompt_tokens), delay)
         if reply.content is not None:
             content = reply.content
         elif self.personality.sees_prompt(body):
@@ -371,8 +372,15 @@ class ScriptedBrain:
         else:
             content = DROPPED_PROMPT_REPLY
         generation = self.personality.generate(body, content)
-        completion = _completion(request, generation.text, generation.finish_reason)
+        completion = _completion(request, generation.text, generation.finish_reason, prompt_tokens)
         return _Answer(200, completion, delay + generation.seconds)
+
+    def prompt_tokens(self, body: dict) -> int:
+        """The prompt size the server reports: what the model read (a dropped message costs only the
+        chat template's tokens), one token per four characters plus 85 per image."""
+        seen = ReceivedRequest("POST", "", {}, {**body, "messages": self.personality.seen_messages(body)}, None)
+        text_tokens = len(seen.text) // 4 if seen.text else 0
+        return max(1, self.personality.template_tokens + text_tokens + 85 * len(seen.image_urls))
 
     def default_text(self, request: ReceivedRequest) -> str:
         """The default responder: a plausible reply for the request's kind."""
@@ -414,9 +422,12 @@ def _rough_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _completion(request: ReceivedRequest, content: str | None, finish_reason: str = "stop") -> dict:
-    """An OpenAI chat.completion body with rough token counts (85 per image)."""
-    prompt_tokens = _rough_tokens(request.text) + 85 * len(request.image_urls)
+def _completion(
+    request: ReceivedRequest, content: str | None, finish_reason: str = "stop", prompt_tokens: int | None = None
+) -> dict:
+    """An OpenAI chat.completion body with rough token counts (85 per image when not given)."""
+    if prompt_tokens is None:
+        prompt_tokens = _rough_tokens(request.text) + 85 * len(request.image_urls)
     choices = []
     completion_tokens = 0
     if content is not None:

@@ -7,10 +7,12 @@ personality first and lets its default responder write the answer's words.
 
 - `OpenAiPersonality`: accepts everything the OpenAI API accepts; stops at `max_tokens`.
 - `LlamaCppPersonality`: llama-cpp-python's server. `response_format` json_schema is refused with
-  HTTP 500 and a printed pydantic validation error (only `text` and `json_object` are accepted); a
-  text-only message sent as a list of content parts is either dropped by the built-in chat formats
-  (the model sees an empty prompt) or fails in a model's own chat template with HTTP 500
-  "can only concatenate str (not "list") to str".
+  HTTP 500 and a printed pydantic validation error (only `text` and `json_object` are accepted). A
+  text-only model reads only string content: a message sent as a list of parts, images included, is
+  either dropped whole by the built-in chat formats (the model sees an empty prompt, the server counts
+  a few template tokens and says nothing) or fails in a model's own chat template with HTTP 500
+  "can only concatenate str (not "list") to str". Models served through a multimodal chat handler
+  (`--chat_format llava-1-5 --clip_model_path ...`, or per model in a `--config_file`) read parts.
 - `OllamaPersonality`: Ollama's /v1 endpoint. json_schema and json_object honoured, `seed` and
   `max_tokens` honoured; an unknown model is a 404 "model ... not found, try pulling it first"; an
   image must be a base64 data URL; an over-long prompt is silently cut to the context window.
@@ -79,9 +81,16 @@ class OpenAiPersonality:
         """The error this server answers `body` with, or None when it serves it."""
         return None
 
+    template_tokens: int = 0
+    """Prompt tokens the server's chat template adds to every request."""
+
     def sees_prompt(self, body: dict) -> bool:
         """Whether the model gets the request's text (False when the server dropped it)."""
         return True
+
+    def seen_messages(self, body: dict) -> list:
+        """The request's messages as the model reads them (what the server counts as the prompt)."""
+        return list(body.get("messages") or [])
 
     def generate(self, body: dict, answer: str) -> Generation:
         """The model's output when `answer` is what it means to say."""
@@ -96,20 +105,38 @@ class LlamaCppPersonality(OpenAiPersonality):
     """llama-cpp-python's OpenAI-compatible server (see the module docstring)."""
 
     name = "llama-cpp"
+    template_tokens = 7  # Gemma 3 270M's default chat format, counted on an empty message
 
-    def __init__(self, list_content: Literal["drop", "refuse"] = "drop") -> None:
+    def __init__(
+        self, list_content: Literal["drop", "refuse"] = "drop", vision_models: tuple[str, ...] = ()
+    ) -> None:
+        """`list_content`: what a text-only model's chat format does with content sent as parts (the
+        built-in formats drop it, a model's own Jinja template fails on it). `vision_models`: model
+        names served through a multimodal chat handler, which reads parts, images included."""
         self.list_content = list_content
+        self.vision_models = vision_models
 
     def refusal(self, body: dict) -> Refusal | None:
         format_type = (body.get("response_format") or {}).get("type")
         if format_type not in (None, "text", "json_object"):
             return Refusal(500, self.error_body(500, LLAMA_CPP_SCHEMA_REFUSAL, "internal_server_error"))
-        if self.list_content == "refuse" and _has_text_only_part_lists(body):
+        if self.list_content == "refuse" and self._unreadable_lists(body):
             return Refusal(500, self.error_body(500, LLAMA_CPP_LIST_REFUSAL, "internal_server_error"))
         return None
 
     def sees_prompt(self, body: dict) -> bool:
-        return not _has_text_only_part_lists(body)
+        return not self._unreadable_lists(body)
+
+    def seen_messages(self, body: dict) -> list:
+        messages = super().seen_messages(body)
+        if not self._unreadable_lists(body):
+            return messages
+        return [{**message, "content": ""} if isinstance(message.get("content"), list) else message
+                for message in messages if isinstance(message, dict)]
+
+    def _unreadable_lists(self, body: dict) -> bool:
+        """Whether the request sends parts to a model whose chat format reads only strings."""
+        return bool(_parts_lists(body)) and body.get("model") not in self.vision_models
 
 
 class OllamaPersonality(OpenAiPersonality):
@@ -215,12 +242,6 @@ def _bounded(text: str, max_tokens: int | None, token_s: float) -> Generation:
 def _parts_lists(body: dict) -> list[list]:
     return [message["content"] for message in body.get("messages") or []
             if isinstance(message, dict) and isinstance(message.get("content"), list)]
-
-
-def _has_text_only_part_lists(body: dict) -> bool:
-    """Whether some message sends text alone as a list of content parts."""
-    return any(all(isinstance(part, dict) and part.get("type") == "text" for part in parts)
-               for parts in _parts_lists(body))
 
 
 def _image_urls(body: dict) -> list[str]:

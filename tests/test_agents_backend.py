@@ -12,6 +12,7 @@ import urllib.request
 import openai
 import pytest
 from arpo.agents.scripted_server import ScriptedReply
+from arpo.agents.server_personalities import Generation
 from fixtures_brain import TEST_API_KEY, brain_server, scripted_backend  # noqa: F401
 
 from arpo.agents.backend import BackendConfig, ChatBackend
@@ -169,20 +170,46 @@ def test_timeout_is_retried(brain_server):
     assert (reply.text, reply.attempts) == ("on time", 2)
 
 
-def test_empty_replies_are_retried(brain_server):
-    brain_server.enqueue(ScriptedReply.empty(), ScriptedReply.without_choices(),
+def test_an_empty_reply_is_asked_again_once(brain_server):
+    brain_server.enqueue(ScriptedReply.status(503), ScriptedReply.without_choices(),
                          ScriptedReply.text("finally"))
-    backend = scripted_backend(brain_server, max_attempts=3)
+    backend = scripted_backend(brain_server, max_attempts=5)
 
     reply = backend.complete(HELLO, role="differ")
 
     assert (reply.text, reply.attempts) == ("finally", 3)
 
 
-def test_endless_empty_replies_give_up(brain_server):
-    brain_server.enqueue(*[ScriptedReply.empty()] * 2)
-    backend = scripted_backend(brain_server, max_attempts=2)
-    with pytest.raises(BrainError, match="gave up after 2 attempts: empty reply"):
+def test_a_second_empty_reply_fails_for_good_with_the_likely_cause(brain_server):
+    brain_server.enqueue(*[ScriptedReply.empty()] * 5)
+    backend = scripted_backend(brain_server, max_attempts=5)
+
+    with pytest.raises(BrainError) as caught:
+        backend.complete(HELLO, role="differ")
+
+    message = str(caught.value)
+    assert len(brain_server.requests) == 2, "an identical request gets the same nothing"
+    assert message.startswith("differ brain scripted-model: empty reply to a 5-token prompt (finish_reason stop)")
+    assert "chat format" in message and "--chat_format" in message and message.endswith("(asked 2 times)")
+    assert "\n" not in message
+    records = backend.call_log.drain()
+    assert [(r.ok, r.status_code, r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in records] == [
+        (False, 200, 5, 0, "stop")] * 2
+    assert records[0].error.startswith("empty reply to a 5-token prompt") and records[1].error == message
+
+
+def test_an_empty_reply_on_the_last_attempt_gives_up_with_the_hint(brain_server):
+    brain_server.enqueue(ScriptedReply.empty())
+    backend = scripted_backend(brain_server, max_attempts=1)
+    with pytest.raises(BrainError, match=r"gave up after 1 attempts: empty reply to a 5-token prompt .*--jinja"):
+        backend.complete(HELLO, role="differ")
+
+
+def test_an_empty_reply_that_ran_out_of_budget_says_so(brain_server):
+    brain_server.enqueue(ScriptedReply.empty(), ScriptedReply.empty())
+    brain_server.brain.personality.generate = lambda body, answer: Generation("", "length", 0.0)
+    backend = scripted_backend(brain_server, max_tokens=64)
+    with pytest.raises(BrainError, match="the whole budget of 64 tokens went before any text"):
         backend.complete(HELLO, role="differ")
 
 

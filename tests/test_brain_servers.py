@@ -329,3 +329,99 @@ def test_a_reasoning_model_refusing_max_tokens_and_temperature_gets_what_it_acce
         assert "max_tokens" not in body and "temperature" not in body and body["seed"] == 0
     assert [r.error.split(" refused")[0] for r in backend.call_log.drain() if not r.ok] == [
         "parameter max_tokens", "parameter temperature"]
+
+
+# A text-only model in the VLM role: llama-cpp-python drops what it cannot read, and arpo notices.
+
+def _pictures():
+    from PIL import Image
+
+    return Image.new("RGB", (32, 32), (200, 120, 40)), Image.new("RGB", (32, 32), (40, 40, 40))
+
+
+def test_a_text_only_model_asked_to_compare_images_stops_the_call_naming_the_fix(serve):
+    from arpo.agents.roles import Comparer
+
+    server = serve(LlamaCppPersonality())
+    backend = scripted_backend(server, model="gemma-3-270m", max_attempts=5)
+
+    with pytest.raises(BrainError) as caught:
+        Comparer(backend).compare(*_pictures())
+
+    message = str(caught.value)
+    assert message.startswith(f"comparer brain gemma-3-270m at {server.base_url} never saw the request: "
+                              "the server counted 7 prompt tokens where its text alone needs ")
+    assert "serve a vision model there, or use --vlm-brain offline (with --framework vanilla)" in message
+    assert "\n" not in message
+    assert len(server.requests) == 1, "a dropped message is dropped again: not retried"
+    [record] = backend.call_log.drain()
+    assert (record.ok, record.status_code, record.prompt_tokens, record.error) == (False, 200, 7, message)
+    assert record.completion_tokens > 0, "the model babbled at an empty prompt; its count is kept"
+
+
+def test_a_vision_model_on_the_same_server_reads_its_images(serve):
+    from arpo.agents.roles import Comparer
+
+    server = serve(LlamaCppPersonality(vision_models=("moondream2",)))
+    backend = scripted_backend(server, model="moondream2")
+
+    differences = Comparer(backend).compare(*_pictures())
+
+    assert differences.startswith("Image 1")
+    [record] = backend.call_log.drain()
+    assert record.ok and record.prompt_tokens > 170, "text and two images counted"
+
+
+def test_describing_with_a_text_only_model_stops_too(serve):
+    from arpo.agents.roles import Describer
+
+    server = serve(LlamaCppPersonality())
+    backend = scripted_backend(server, model="gemma-3-270m")
+    with pytest.raises(BrainError, match="describer brain gemma-3-270m at .* never saw the request"):
+        Describer(backend).describe(_pictures()[0])
+
+
+def test_text_sent_as_parts_and_dropped_says_to_send_a_string(serve):
+    server = serve(LlamaCppPersonality())
+    backend = scripted_backend(server)
+    listed = [{"role": "user", "content": [{"type": "text", "text": "Compare these two descriptions. " * 8}]}]
+    with pytest.raises(BrainError, match="cannot read content sent as a list of parts, send it as a plain string"):
+        backend.complete(listed, role="differ")
+
+
+@pytest.mark.parametrize("chars_per_token, seen", [(2, True), (5, True), (7, False), (40, False)])
+def test_a_prompt_counted_below_one_token_per_six_characters_was_not_read(serve, chars_per_token, seen):
+    """A tokenizer as thrifty as five characters a token passes; a count below characters / 6 fails."""
+    server = serve()
+    text = "Describe the lighting, colours and composition of this picture in detail. " * 4
+    server.brain.prompt_tokens = lambda body: len(text) // chars_per_token
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    backend = scripted_backend(server)
+
+    if seen:
+        assert backend.complete([user_message(text, image)], role="describer").text
+    else:
+        with pytest.raises(BrainError, match="never saw the request"):
+            backend.complete([user_message(text, image)], role="describer")
+
+
+@pytest.mark.parametrize("reported", [0, 3])
+def test_plain_strings_and_servers_that_do_not_count_are_not_judged(serve, reported):
+    server = serve()
+    server.brain.prompt_tokens = lambda body: reported
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    long_text = "Describe the lighting and composition of this picture. " * 6
+    backend = scripted_backend(server)
+    backend.complete([user_message(long_text)], role="differ")  # a string is never dropped
+    if reported == 0:  # 0: the server does not count at all
+        backend.complete([user_message(long_text, image)], role="describer")
+
+
+def test_a_llama_cpp_template_refusing_image_parts_is_permanent_and_quoted(serve):
+    from arpo.agents.roles import Comparer
+
+    server = serve(LlamaCppPersonality(list_content="refuse"))
+    backend = scripted_backend(server, max_attempts=5)
+    with pytest.raises(BrainError, match=r"request failed \(500\): can only concatenate str"):
+        Comparer(backend).compare(*_pictures())
+    assert len(server.requests) == 1

@@ -14,7 +14,7 @@ import time
 import pytest
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 from arpo.agents.server_personalities import (
     BabblerPersonality,
     LlamaCppPersonality,
@@ -23,8 +23,11 @@ from arpo.agents.server_personalities import (
 )
 
 PERSONALITIES = {
-    "llama-cpp-drops-lists": lambda: LlamaCppPersonality(list_content="drop"),
-    "llama-cpp-template-refuses-lists": lambda: LlamaCppPersonality(list_content="refuse"),
+    # One llama-cpp-python server with two models (a --config_file): the VLM behind a multimodal chat
+    # handler, the LLM text-only, whose chat format drops (or its template refuses) any list of parts.
+    "llama-cpp-drops-lists": lambda: LlamaCppPersonality(list_content="drop", vision_models=("scripted-vlm",)),
+    "llama-cpp-template-refuses-lists": lambda: LlamaCppPersonality(
+        list_content="refuse", vision_models=("scripted-vlm",)),
     "ollama": lambda: OllamaPersonality(models=("scripted-vlm", "scripted-llm")),
     "vllm": lambda: VllmPersonality(),
     "babbler": lambda: BabblerPersonality(),
@@ -70,7 +73,7 @@ def test_both_frameworks_complete_against_each_server(capsys, arpo_home, persona
 
 
 def test_a_run_that_fails_on_its_brain_keeps_every_failed_request(capsys, arpo_home):
-    with BrainServer(ScriptedBrain(personality=LlamaCppPersonality())) as server:
+    with BrainServer(ScriptedBrain(personality=LlamaCppPersonality(vision_models=("scripted-vlm",)))) as server:
         outcome = invert_against(capsys, server, "--llm-structured-output", "json-schema")
     assert outcome.exit_code == 3
     last_line = outcome.stderr.strip().splitlines()[-1]
@@ -146,3 +149,54 @@ def test_ctrl_c_during_a_brain_call_exits_130_quickly_and_the_run_resumes(capsys
         resumed = run_arpo(capsys, "resume", run_id, "--json")
     assert resumed.exit_code == 0, resumed.stderr
     assert resumed.json()["status"] == "finished"
+
+
+@pytest.mark.parametrize("framework", ["vanilla", "enhanced"])
+def test_a_text_only_model_in_the_vlm_role_stops_the_run_in_one_line(capsys, arpo_home, framework):
+    """llama-cpp-python drops every image message sent to a text-only model; the model answers an
+    empty prompt. arpo notices from the prompt token count instead of passing the babble on."""
+    with BrainServer(ScriptedBrain(personality=LlamaCppPersonality())) as server:
+        base_url = server.base_url
+        outcome = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--brain", "vllm",
+                           "--base-url", base_url, "--steps", "1", "--framework", framework)
+    assert outcome.exit_code == 3, outcome.stderr
+    last_line = outcome.stderr.strip().splitlines()[-1]
+    role = "comparer" if framework == "vanilla" else "describer"
+    assert f" at {base_url} never saw the request: the server counted 7 prompt tokens" in last_line
+    assert last_line.startswith(f"arpo: error: {role} brain ")
+    assert "serve a vision model there, or use --vlm-brain offline (with --framework vanilla)" in last_line
+    assert "Traceback" not in outcome.stderr
+    assert not any(request.kind == "phrases" for request in server.requests), "no babble reached the LLM"
+    with sqlite3.connect(arpo_home / "arpo.db") as db:
+        run_id, status = db.execute("SELECT id, status FROM runs").fetchone()
+    assert status == "failed"
+    failed = [call for call in stored_calls(arpo_home, run_id) if not call["ok"]]
+    assert failed and {(c["role"], c["status_code"], c["prompt_tokens"]) for c in failed} == {(role, 200, 7)}
+    assert all(call["iteration_index"] == 0 and call["completion_tokens"] > 0 for call in failed)
+
+
+def test_a_failed_run_files_its_calls_under_their_iteration_and_shows_the_best_prompt_so_far(capsys, arpo_home):
+    """Iteration 0 is scored, then the comparison fails on the empty replies of a mismatched chat
+    format: the failed calls belong to iteration 0 and the history shows iteration 0's prompt."""
+    brain = ScriptedBrain()
+    brain.enqueue(ScriptedReply.empty(), ScriptedReply.empty())
+    with BrainServer(brain) as server:
+        outcome = invert_against(capsys, server, "--vlm-max-tokens", "50")
+    assert outcome.exit_code == 3
+    last_line = outcome.stderr.strip().splitlines()[-1]
+    assert "comparer brain scripted-vlm: empty reply to a " in last_line and "(asked 2 times)" in last_line
+    assert "--chat_format" in last_line
+    assert len(server.requests) == 2, "asked once more, not five times"
+    with sqlite3.connect(arpo_home / "arpo.db") as db:
+        [run_id] = db.execute("SELECT id FROM runs").fetchone()
+    calls = stored_calls(arpo_home, run_id)
+    assert [(c["role"], c["ok"], c["iteration_index"], c["completion_tokens"]) for c in calls] == [
+        ("comparer", 0, 0, 0)] * 2
+    assert all(call["prompt_tokens"] > 170 for call in calls), "text and both images counted"
+
+    shown = run_arpo(capsys, "history", run_id)
+    scored = run_arpo(capsys, "history", run_id, "--json").json()
+    [first] = scored["iterations"]
+    assert "best prompt: None" not in shown.stdout
+    assert f"best prompt so far (iteration 0, CLIP-I {first['clip_i']:.4f}): {first['prompt']}" in shown.stdout
+    assert (scored["prompt"], scored["best_clip_i"]) == (first["prompt"], first["clip_i"])
