@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -70,11 +71,12 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
                 "dropped": [d.model_dump() for d in record.proposal.dropped] if record.proposal else [],
             }
         )
+    best = best_so_far(detail)
     result = {
         "run_id": detail.id,
         "status": detail.status,
-        "prompt": detail.best_prompt,
-        "best_clip_i": detail.best_clip_i,
+        "prompt": best.prompt if best else None,
+        "best_clip_i": best.clip_i if best else None,
         "last_prompt": detail.last_prompt,
         "stopped_because": detail.stopped_because,
         "error": detail.error,
@@ -94,6 +96,36 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
     if out_dir is not None:
         (out_dir / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+@dataclass(frozen=True)
+class BestPrompt:
+    """The best prompt of a run: the one it finished with, or the best scored before it stopped."""
+
+    prompt: str
+    clip_i: float | None
+    iteration: int | None = None
+    """The iteration it was found in when it comes from a run that did not finish (else None)."""
+
+
+def best_so_far(detail: RunDetail) -> BestPrompt | None:
+    """The run's best prompt; for a run that failed or stopped early, its best scored iteration (by
+    CLIP-I, the earliest of equals, as the loop chooses); None when nothing was scored."""
+    if detail.best_prompt is not None:
+        return BestPrompt(detail.best_prompt, detail.best_clip_i)
+    if not detail.iterations_detail:
+        return None
+    best = max(detail.iterations_detail, key=lambda record: (record.clip_i, -record.index))
+    return BestPrompt(best.prompt, best.clip_i, best.index)
+
+
+def _best_prompt_line(detail: RunDetail) -> str:
+    best = best_so_far(detail)
+    if best is None:
+        return "best prompt: none (no iteration was scored)"
+    if best.iteration is None:
+        return f"best prompt: {best.prompt}"
+    return f"best prompt so far (iteration {best.iteration}, CLIP-I {best.clip_i:.4f}): {best.prompt}"
 
 
 def _copy_into(source: Path, target: Path) -> Path:
@@ -164,5 +196,5 @@ def iterations_text(detail: RunDetail, history: History | None = None) -> str:
         for turn in (t for t in turns if t.iteration_index == record.index):
             said = turn.text or ", ".join(turn.phrases or [])
             lines.append(f"     you: {turn.action}{': ' + said if said else ''}")
-    lines.append(f"best prompt: {detail.best_prompt}")
+    lines.append(_best_prompt_line(detail))
     return "\n".join(lines)

@@ -132,7 +132,7 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     pauses, marking the run failed or interrupted in the history when it cannot go on."""
     history = handle.context.history
     thread = thread_config(handle.run_id)
-    with failures_recorded(history, handle.run_id), brain_calls_kept(handle):
+    with failures_recorded(history, handle.run_id), brain_calls_kept(handle, lambda: current_iteration(graph, thread)):
         history.set_status(handle.run_id, "running")
         for chunk in graph.stream(
             start, thread, context=handle.context, stream_mode="updates", durability="sync"
@@ -150,17 +150,37 @@ class RunFailedError(ArpoError):
 
 
 @contextmanager
-def brain_calls_kept(handle: RunHandle) -> Iterator[None]:
+def brain_calls_kept(handle: RunHandle, iteration: Callable[[], int | None] | None = None) -> Iterator[None]:
     """On any failure or Ctrl-C, store the brain calls made since the last save (failed requests
-    included) before the run is marked, so the history shows what the brains answered."""
+    included) before the run is marked, so the history shows what the brains answered.
+
+    `iteration` says which iteration the interrupted step belonged to, so the calls are filed under
+    it as a finished step's calls would be (None when it cannot tell).
+    """
     try:
         yield
     except BaseException:
         try:
-            handle.context.save_brain_calls(handle.run_id, None)
+            index = _iteration_or_none(iteration)
+            handle.context.save_brain_calls(handle.run_id, index)
         except Exception:  # noqa: BLE001 - never hide the original failure behind this one
             pass
         raise
+
+
+def current_iteration(graph: Any, thread: dict) -> int:
+    """The iteration of the run's last checkpoint: the one its next (or failed) step works on.
+    Before the first step ends there is none, and the first step's calls belong to iteration 0."""
+    return graph.get_state(thread).values.get("iteration", 0)
+
+
+def _iteration_or_none(iteration: Callable[[], int | None] | None) -> int | None:
+    if iteration is None:
+        return None
+    try:
+        return iteration()
+    except Exception:  # noqa: BLE001 - the calls are worth keeping even unfiled
+        return None
 
 
 @contextmanager
