@@ -76,6 +76,9 @@ _TASK_NOUNS = frozenset(
     "picture pictures image images photo photos reference prompt prompts description request question "
     "phrase phrases list answer example instructions".split()
 )
+# Alphabets a glitching tokenizer glues together ("тельнуюmodel", "сinematic" with a Cyrillic "с"). Other
+# scripts mix within one word as a matter of course (Japanese kanji with kana, Chinese with "3D" or "CG").
+_ALPHABETS = frozenset({"LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "GEORGIAN", "HEBREW", "ARABIC"})
 _TOKEN_EDGES = "\"'“”‘’.!:;()"
 
 
@@ -202,12 +205,12 @@ def _is_placeholder(phrase: str, key: str) -> bool:
 
 def _is_not_words(phrase: str) -> bool:
     """Whether the phrase holds something other than words: an address or file name, markup or
-    code punctuation, or a token glued together from two scripts ("тельнуюmodel")."""
+    code punctuation, or a token glued together from two alphabets ("тельнуюmodel")."""
     if _ADDRESS.search(phrase):
         return True
     if any(not _is_phrase_character(char) for char in phrase):
         return True
-    return any(len(_scripts(token)) > 1 for token in phrase.split())
+    return any(len(_scripts(token) & _ALPHABETS) > 1 for token in phrase.split())
 
 
 def _is_phrase_character(char: str) -> bool:

@@ -31,7 +31,7 @@ _LIST_MARKER = re.compile(
 )
 _BOLD_LABEL = re.compile(r"^\*\*([^*]{1,40})\*\*\s*[:\-–—]\s*(.+)$")
 _QUOTES = "\"'`“”‘’«»"
-_EDGE_PUNCTUATION = ".,;:!?[]{}"
+_EDGE_PUNCTUATION = ".,;:!?[]{}*_"  # with markdown emphasis: "*soft light*", "_film grain_"
 # Openings that mark a line as the model talking rather than listing.
 _CHATTER_OPENINGS = (
     "sure", "here", "sorry", "certainly", "of course", "i ", "i'", "as an", "note", "these ",

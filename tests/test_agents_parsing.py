@@ -100,3 +100,8 @@ def test_parse_json_object_finds_the_object(reply):
 def test_parse_json_object_raises_when_absent():
     with pytest.raises(MalformedReplyError, match="no Verdict object"):
         parse_json_object('{"closer": "two"}', Verdict)
+
+
+def test_markdown_emphasis_around_a_phrase_is_not_part_of_it():
+    reply = "- *soft rim light*\n- _film grain_\n- **golden hour**"
+    assert parse_phrase_list(reply) == ["soft rim light", "film grain", "golden hour"]

@@ -100,7 +100,7 @@ def test_url_pieces_markup_and_glued_scripts_are_not_words():
     screen = _screen("a cat")
     for phrase in ["//raw.githubusercontent. altınauser", "raw.githubusercontent altınauser", "/INST",
                    "a_1056894723d9e6f9c9b5.jpg photo", "тельнуюmodel cat", "<end_of_turn> cat",
-                   "visit www.example.org", "see https site"]:
+                   "visit www.example.org", "see https site", "сinematic lighting"]:
         assert screen.reason_to_drop(phrase) == NOT_WORDS, phrase
 
 
@@ -109,7 +109,7 @@ def test_names_numbers_and_other_languages_are_words():
     for phrase in ["by J.M.W. Turner", "by Albert Joseph Pénot", "by Alexej von Jawlensky",
                    "35mm f/1.8 lens", "van gogh's brushwork", "black & white photo", "sci-fi cityscape",
                    "Kinder im Garten", "кошка на окне", "水墨画 style", "by Mike \"Beeple\" Winkelmann",
-                   "(1920s) film still"]:
+                   "(1920s) film still", "水墨画の スタイル", "CG插画 风格"]:
         assert screen.reason_to_drop(phrase) is None, phrase
 
 
