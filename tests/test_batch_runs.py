@@ -247,7 +247,7 @@ def test_killed_batch_is_finished_by_a_rerun_without_duplicates(capsys, tmp_path
             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:
-            _wait_for(lambda: _one_done_and_another_started(db_path), 120, process)
+            _wait_for(_mid_brain_call_after_progress(db_path, server), 120, process)
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
@@ -289,6 +289,25 @@ def _one_done_and_another_started(db_path):
     except sqlite3.OperationalError:  # the tables do not exist yet
         return False
     return "finished" in statuses and started >= 1
+
+
+def _mid_brain_call_after_progress(db_path, server):
+    """True once an item is done and another has started, at the moment a new brain request arrives.
+
+    Killing then, while that request waits out the brain's latency, is sure to catch its item
+    unfinished; killing as soon as the rows look right could land in an item's last few milliseconds.
+    """
+    requests_at_progress = None
+
+    def condition():
+        nonlocal requests_at_progress
+        if requests_at_progress is None:
+            if _one_done_and_another_started(db_path):
+                requests_at_progress = len(server.requests)
+            return False
+        return len(server.requests) > requests_at_progress
+
+    return condition
 
 
 def _wait_for(condition, timeout_s, process):
