@@ -11,11 +11,12 @@ as `--chat_format` (a GGUF without a chat template, such as the Gemma 3 270M bas
 llama-cpp-python's llama-2 fallback, to which that model answers nothing: use `gemma` there). The test
 starts the server itself on a free loopback port, as a person would, and stops it afterwards.
 
-The same text-only model plays both brain roles, which is what a person with one small local model
-does. The server's chat formats drop messages sent as content parts, so the VLM roles see nothing of
-the images and describe or compare from nothing; the run must still finish, negotiate structured
-output with the server (which refuses json_schema with a 500), record every request, and keep only
-well-formed phrases.
+A person with one small text model first tries it in both roles. The server's chat formats drop any
+message sent as content parts, images and instructions with it, so the VLM roles would describe or
+compare from nothing: arpo must notice (the server counts a handful of prompt tokens for a long
+request) and stop in one line that names the fix, with the request on record. With the VLM role
+offline, the vanilla loop must finish against the same server: negotiate structured output (it
+refuses json_schema with a 500), record every request and keep only well-formed phrases.
 """
 
 from __future__ import annotations
@@ -125,10 +126,30 @@ def _assert_well_formed(phrase: str, prompt: str) -> None:
 
 
 @pytest.mark.parametrize("framework", ["vanilla", "enhanced"])
-def test_invert_completes_with_a_small_model_behind_llama_cpp(capsys, arpo_home, llama_server, framework):
+def test_a_text_only_model_in_the_vlm_role_is_refused_in_one_line(capsys, arpo_home, llama_server, framework):
     outcome = run_arpo(
         capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--steps", "2", "--framework", framework,
-        "--brain", "vllm", "--base-url", llama_server, "--vlm", MODEL_ALIAS, "--llm", MODEL_ALIAS, "--json",
+        "--brain", "vllm", "--base-url", llama_server, "--vlm", MODEL_ALIAS, "--llm", MODEL_ALIAS,
+    )
+    assert outcome.exit_code == 3, outcome.stderr
+    errors = [line for line in outcome.stderr.splitlines() if line.startswith("arpo: error:")]
+    assert len(errors) == 1 and "Traceback" not in outcome.stderr, outcome.stderr
+    message = errors[0]
+    assert "never saw the request" in message, message
+    assert "--vlm-brain offline" in message
+    with sqlite3.connect(arpo_home / "arpo.db") as db:
+        run_id, status = db.execute("SELECT id, status FROM runs").fetchone()
+    assert status == "failed"
+    calls = _brain_calls(arpo_home, run_id)
+    assert calls and calls[-1][2] == 0 and "never saw the request" in calls[-1][5]
+    assert {call[0] for call in calls} <= ROLES_BY_FRAMEWORK[framework] - {"proposer"}
+
+
+def test_vanilla_loop_completes_with_a_small_text_model_as_its_llm(capsys, arpo_home, llama_server):
+    outcome = run_arpo(
+        capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--steps", "2", "--framework", "vanilla",
+        "--vlm-brain", "offline", "--llm-brain", "vllm", "--llm-base-url", llama_server, "--llm", MODEL_ALIAS,
+        "--json",
     )
     assert outcome.exit_code == 0, outcome.stderr
     result = outcome.json()
@@ -137,14 +158,14 @@ def test_invert_completes_with_a_small_model_behind_llama_cpp(capsys, arpo_home,
     calls = _brain_calls(arpo_home, result["run_id"])
     assert calls, "no brain call was recorded"
     assert result["brain_calls"] == len(calls)
-    assert {call[0] for call in calls} == ROLES_BY_FRAMEWORK[framework]
+    assert {call[0] for call in calls} == {"proposer"}
     assert all(call[1] == MODEL_ALIAS for call in calls)
     assert all(call[3] in (200, 500) for call in calls), "every request's HTTP status is recorded"
     # llama-cpp-python refuses json_schema with a 500; arpo falls back and remembers it for the run.
     schema_requests = [call for call in calls if call[4] == "json_schema"]
     assert len(schema_requests) == 1, schema_requests
     assert schema_requests[0][3] == 500 and "Input should be 'text' or 'json_object'" in schema_requests[0][5]
-    proposals = [call for call in calls if call[0] == "proposer" and call[3] == 200]
+    proposals = [call for call in calls if call[3] == 200]
     assert proposals and all(call[4] == "json_object" for call in proposals)
 
     rounds = [it for it in result["iterations"] if it["candidates"]]
