@@ -290,3 +290,18 @@ def test_final_prompt_is_fixed_before_any_evaluation_render(tmp_path, monkeypatc
     assert events == [("render", 7), ("chosen", 7), ("render", 1000), ("render", 1001), ("render", 1002)]
     assert sorted(cell.seed for cell in cells) == [1000, 1001, 1002]
     assert all(cell.details["search_seeds"] == [7] for cell in cells)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "euler", "euler-a", "dpm++"])
+def test_evaluation_renders_with_every_scheduler(capsys, tmp_path, dataset_dir, one_step_tiny_generator, scheduler):
+    out = tmp_path / "out"
+    args = ["eval", dataset_dir, "--methods", "caption", "--models", "tiny", "--scheduler", scheduler,
+            "--seeds", "2", "--out", out]
+    outcome = run_arpo(capsys, *args)
+    assert outcome.exit_code == 0, outcome.stderr
+    clip_i = json.loads((out / "table.json").read_text())["rows"][0]["metrics"]["clip_i"]
+    assert clip_i["n"] == 4 and -100 <= clip_i["mean"] <= 100  # reported as 100 × cosine
+    if scheduler in ("pndm", "dpm++"):  # the stateful ones: a second evaluation must render the same images
+        again = run_arpo(capsys, *args[:-1], tmp_path / "again")
+        assert again.exit_code == 0, again.stderr
+        assert json.loads((tmp_path / "again" / "table.json").read_text())["rows"][0]["metrics"]["clip_i"] == clip_i
