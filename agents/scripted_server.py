@@ -364,7 +364,7 @@ class ScriptedBrain:
             return _Answer(refusal.status, refusal.body, delay)
         prompt_tokens = self.prompt_tokens(body)
         if reply.no_choices:
-            return _Answer(200, _completion(request, None, prompt_tokens=prompt_tokens), delay)
+            return _Answer(200, _completion(request, None, prompt_tokens), delay)
         if reply.content is not None:
             content = reply.content
         elif self.personality.sees_prompt(body):
@@ -372,7 +372,7 @@ class ScriptedBrain:
         else:
             content = DROPPED_PROMPT_REPLY
         generation = self.personality.generate(body, content)
-        completion = _completion(request, generation.text, generation.finish_reason, prompt_tokens)
+        completion = _completion(request, generation.text, prompt_tokens, generation.finish_reason)
         return _Answer(200, completion, delay + generation.seconds)
 
     def prompt_tokens(self, body: dict) -> int:
@@ -422,12 +422,8 @@ def _rough_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _completion(
-    request: ReceivedRequest, content: str | None, finish_reason: str = "stop", prompt_tokens: int | None = None
-) -> dict:
-    """An OpenAI chat.completion body with rough token counts (85 per image when not given)."""
-    if prompt_tokens is None:
-        prompt_tokens = _rough_tokens(request.text) + 85 * len(request.image_urls)
+def _completion(request: ReceivedRequest, content: str | None, prompt_tokens: int, finish_reason: str = "stop") -> dict:
+    """An OpenAI chat.completion body reporting `prompt_tokens` and a rough completion token count."""
     choices = []
     completion_tokens = 0
     if content is not None:
