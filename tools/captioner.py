@@ -41,7 +41,7 @@ from transformers import (
 
 from arpo.errors import InvalidInputError
 from arpo.tools.cache_paths import cache_dir, list_hash, write_cache_file
-from arpo.tools.devices import pick_device, pick_dtype
+from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import load_or_fail
 
 DEFAULT_CAPTIONER = "Salesforce/blip2-opt-2.7b"
@@ -160,7 +160,7 @@ class Captioner:
             "revision": self.revision,
             "architecture": type(self.model).__name__,
             "max_new_tokens": self.max_new_tokens,
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.model.dtype),
             "device": str(self.device),
             "rests_on_cpu": self.offloads,
             "transformers_version": transformers.__version__,

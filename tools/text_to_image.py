@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from arpo.errors import InvalidInputError
-from arpo.tools.devices import pick_device, pick_dtype
+from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
 from arpo.tools.tiny_pipelines import cast_like_loading, tiny_pipeline
@@ -199,7 +199,7 @@ class TextToImage:
             "height": self.height,
             "width": self.width,
             "token_budget": self._budget,
-            "dtype": str(self.pipeline.dtype).removeprefix("torch."),
+            "dtype": dtype_name(self.pipeline.dtype),
             "device": str(self.pipeline.device),
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,

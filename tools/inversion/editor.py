@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from arpo.errors import InvalidInputError
+from arpo.tools.devices import dtype_name
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.embedding_to_text import EmbeddingToText, embedding_distance
@@ -110,7 +111,7 @@ class EditorInverter:
                 "best_reconstruction_loss": optimised.best_loss,
                 "skipped_steps": optimised.skipped,
                 "gradient_checkpointing": optimised.checkpointed,
-                "model_dtype": str(parts.dtype).removeprefix("torch."),
+                "model_dtype": dtype_name(parts.dtype),
                 "caption_distance": float(embedding_distance(optimised.best[0], start)[0]),
                 "embedding_distance": recovery.distance,
                 "text_recovery": getattr(text_recovery, "name", "custom"),

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from arpo.errors import InvalidInputError
+from arpo.tools.devices import dtype_name
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.precision import GradientGuard, NonFiniteGradient
@@ -128,7 +129,7 @@ class Ph2pInverter:
                 "timesteps": list(self.timesteps),
                 "ranking_timesteps": search.ranking.timesteps.tolist(),
                 "skipped_steps": search.guard.skipped,
-                "model_dtype": str(search.parts.dtype).removeprefix("torch."),
+                "model_dtype": dtype_name(search.parts.dtype),
                 "stopped_because": tracker.stop_reason(),
             },
             rendered=renders.get(prompt),
