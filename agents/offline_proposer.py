@@ -136,7 +136,8 @@ def _distinct(phrases: Sequence[str]) -> list[str]:
     seen: set[str] = set()
     distinct = []
     for phrase in phrases:
-        if phrase_key(phrase) not in seen:
-            seen.add(phrase_key(phrase))
+        key = phrase_key(phrase)
+        if key not in seen:
+            seen.add(key)
             distinct.append(phrase)
     return distinct
