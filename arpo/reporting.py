@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from arpo.storage.history import History
-    from arpo.storage.records import RunDetail, RunSummary
+    from arpo.storage.records import IterationRecord, RunDetail, RunSummary
 
 
 def progress_line(node: str, update: dict) -> str | None:
@@ -113,10 +114,14 @@ def best_so_far(detail: RunDetail) -> BestPrompt | None:
     CLIP-I, the earliest of equals, as the loop chooses); None when nothing was scored."""
     if detail.best_prompt is not None:
         return BestPrompt(detail.best_prompt, detail.best_clip_i)
-    if not detail.iterations_detail:
-        return None
-    best = max(detail.iterations_detail, key=lambda record: (record.clip_i, -record.index))
-    return BestPrompt(best.prompt, best.clip_i, best.index)
+    best = best_scored(detail.iterations_detail)
+    return None if best is None else BestPrompt(best.prompt, best.clip_i, best.index)
+
+
+def best_scored(records: Iterable[IterationRecord]) -> IterationRecord | None:
+    """The iteration with the highest CLIP-I, the earliest of equals, as the loop chooses; None when
+    there is none (for runs whose best is not stored yet: paused, failed or cut off)."""
+    return max(records, key=lambda record: (record.clip_i, -record.index), default=None)
 
 
 def _best_prompt_line(detail: RunDetail) -> str:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from arpo.errors import ArpoError
 from arpo.graphs.session_driver import SessionDriver
+from arpo.reporting import best_scored
 from arpo.storage.history import History
 from arpo.storage.records import RunDetail
 
@@ -48,8 +49,8 @@ def _best_so_far(history: History, run) -> tuple[float | None, str]:
     from its iterations."""
     if run.best_clip_i is not None or not run.iterations:
         return run.best_clip_i, run.best_prompt or ""
-    best = max(history.iterations(run.id), key=lambda record: record.clip_i)
-    return best.clip_i, best.prompt
+    best = best_scored(history.iterations(run.id))
+    return (best.clip_i, best.prompt) if best is not None else (None, "")
 
 
 def export_files(history: History, run_id: Any) -> tuple[Any, str]:
