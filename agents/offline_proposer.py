@@ -6,12 +6,12 @@ before; a person's feedback in a session steers it through the notes' CLIP text 
 selection then decides which candidates stay.
 """
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from arpo.agents.phrase_hygiene import contains_words
 from arpo.agents.proposal import ProposalRequest
 from arpo.graphs.prompt_text import phrase_key
 from arpo.tools.clip_scorer import ClipScorer
@@ -112,7 +112,7 @@ class _UsedPhrases:
         if not normalized or normalized in self._tried_keys:
             return True
         # "Already in the prompt" means present as whole words, so "oil" is not blocked by "toil".
-        return re.search(rf"(?<!\w){re.escape(normalized)}(?!\w)", self._prompt) is not None
+        return contains_words(self._prompt, normalized)
 
 
 def _best_unused(

@@ -151,7 +151,7 @@ class PhraseScreen:
             return ECHOES_INSTRUCTIONS
         if family in self.banned:
             return BANNED
-        if family in self.prompt_families or _contains_words(self.prompt_key, key):
+        if family in self.prompt_families or contains_words(self.prompt_key, key):
             return ECHOES_PROMPT
         if _has_repeated_word(words):
             return REPEATED_WORDS
@@ -181,7 +181,7 @@ class PhraseScreen:
         found there word for word and not in the picture's context."""
         if len(words) < 2 or all(word in _FUNCTION_WORDS for word in words):
             return False
-        return _contains_words(self.instructions_key, key) and not _contains_words(self.context_key, key)
+        return contains_words(self.instructions_key, key) and not contains_words(self.context_key, key)
 
     @staticmethod
     def _repeat_reason(phrase: str, seen: dict[str, str]) -> str | None:
@@ -248,6 +248,6 @@ def _has_repeated_word(words: list[str]) -> bool:
     return len(set(meaningful)) < len(meaningful)
 
 
-def _contains_words(text: str, phrase: str) -> bool:
+def contains_words(text: str, phrase: str) -> bool:
     """Whether `phrase` occurs in `text` as whole words (so 'art' is not found in 'party')."""
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
