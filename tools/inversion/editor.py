@@ -154,7 +154,7 @@ class EditorInverter:
                     result.initial_loss = value if result.initial_loss is None else result.initial_loss
                     if value < result.best_loss:  # the loss belongs to the embedding before this update
                         result.best, result.best_loss = embedding.detach().clone(), value
-                if finite and math.isfinite(value):
+                if finite:
                     optimizer.step()
                     guard.applied()
                 else:

@@ -104,10 +104,10 @@ class PezInverter:
                 text.encode(hard, ids).float(), target.float().unsqueeze(0)
             ).mean()
             loss = 1.0 - similarity
-            (gradient,) = torch.autograd.grad(guard.scaled(loss), [hard])
+            gradient = guard.gradient(loss, hard)
             similarity = float(similarity.detach())
             details: dict = {"similarity": similarity}
-            if guard.unscale_([gradient]) and torch.isfinite(loss):
+            if gradient is not None:
                 optimizer.zero_grad(set_to_none=True)
                 soft.grad = gradient
                 optimizer.step()

@@ -232,7 +232,7 @@ class Ph2pSearch:
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             loss = self._loss(self.soft, start_ids, timestep, noisy, target)
-            if not self.guard.backward(loss, [self.soft]) or not torch.isfinite(loss):
+            if not self.guard.backward(loss, [self.soft]):
                 raise NonFiniteGradient
             return loss.detach()
 
@@ -258,8 +258,8 @@ class Ph2pSearch:
         start_ids, hard = self.projector.project(self.soft)
         hard = hard.float().requires_grad_(True)
         loss = self._loss(hard, start_ids, timestep, noisy, target)
-        (gradient,) = torch.autograd.grad(self.guard.scaled(loss), [hard])
-        if not self.guard.unscale_([gradient]) or not torch.isfinite(loss):
+        gradient = self.guard.gradient(loss, hard)
+        if gradient is None:
             raise NonFiniteGradient
         self.first_order.zero_grad(set_to_none=True)
         self.soft.grad = gradient

@@ -61,9 +61,17 @@ class GradientGuard:
         return finite
 
     def backward(self, loss: torch.Tensor, variables: Iterable[torch.Tensor]) -> bool:
-        """Scaled backward pass, then unscaled gradients on `variables`; True when they are finite."""
+        """Scaled backward pass, then unscaled gradients on `variables`; True when they and the loss
+        are finite (only then may the step be applied)."""
         self.scaled(loss).backward()
-        return self.unscale_(variable.grad for variable in variables)
+        return self.unscale_(variable.grad for variable in variables) and bool(torch.isfinite(loss))
+
+    def gradient(self, loss: torch.Tensor, variable: torch.Tensor) -> torch.Tensor | None:
+        """The unscaled gradient of `loss` with respect to `variable` (left out of `.grad`), or None
+        when it or the loss is not finite."""
+        (gradient,) = torch.autograd.grad(self.scaled(loss), [variable])
+        finite = self.unscale_([gradient]) and bool(torch.isfinite(loss))
+        return gradient if finite else None
 
     def applied(self) -> None:
         """A step's update went through: after enough of those in a row the scale may grow."""
