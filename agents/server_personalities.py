@@ -31,9 +31,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-PersonalityName = Literal["openai", "llama-cpp", "ollama", "vllm", "babbler"]
-PERSONALITY_NAMES: tuple[str, ...] = ("openai", "llama-cpp", "ollama", "vllm", "babbler")
-
 CHARS_PER_TOKEN = 4
 """The scripted server's rough tokenizer: one token per four characters."""
 
@@ -218,15 +215,19 @@ class BabblerPersonality(OpenAiPersonality):
         return _bounded(text, budget, self.token_s)
 
 
+_PERSONALITIES: dict[str, type[OpenAiPersonality]] = {
+    personality.name: personality
+    for personality in (OpenAiPersonality, LlamaCppPersonality, OllamaPersonality, VllmPersonality, BabblerPersonality)
+}
+PERSONALITY_NAMES: tuple[str, ...] = tuple(_PERSONALITIES)
+"""openai, llama-cpp, ollama, vllm, babbler: each personality's own `name`."""
+
+
 def personality_named(name: str, **options: Any) -> OpenAiPersonality:
     """A personality by name ("llama-cpp", ...), with its constructor's options."""
-    classes = {
-        "openai": OpenAiPersonality, "llama-cpp": LlamaCppPersonality, "ollama": OllamaPersonality,
-        "vllm": VllmPersonality, "babbler": BabblerPersonality,
-    }
-    if name not in classes:
+    if name not in _PERSONALITIES:
         raise ValueError(f"unknown server personality {name!r}; choose {', '.join(PERSONALITY_NAMES)}")
-    return classes[name](**options)
+    return _PERSONALITIES[name](**options)
 
 
 def _bounded(text: str, max_tokens: int | None, token_s: float) -> Generation:
