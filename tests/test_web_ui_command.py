@@ -104,3 +104,29 @@ def test_run_options_from_the_cli_shape_every_session_the_page_starts(capsys, la
     assert config.steps == 4 and config.vlm.max_tokens == 123 and config.llm.temperature == 0.5
     assert config.vlm.provider == "offline" and config.llm.provider == "vllm"
     assert config.llm.base_url == "http://127.0.0.1:9/v1"
+
+
+def test_scheduler_and_dtype_flags_shape_every_session_the_page_starts(capsys, launched, tmp_path, monkeypatch):
+    import os
+
+    import arpo.web_ui
+    from arpo.web_ui_handlers import SessionHandlers, StartForm
+
+    monkeypatch.setenv("ARPO_HOME", str(tmp_path))
+    monkeypatch.delenv("ARPO_SCHEDULER", raising=False)
+    monkeypatch.delenv("ARPO_DTYPE", raising=False)
+    seen = []
+    real = arpo.web_ui.build_ui
+    monkeypatch.setattr(arpo.web_ui, "build_ui", lambda history, defaults: seen.append(defaults) or real(history, defaults))
+    outcome = run_arpo(capsys, "ui", "--models", "tiny", "--brain", "offline", "--scheduler", "DDIM", "--dtype", "bf16")
+    assert outcome.exit_code == 0, outcome.stderr
+    config = SessionHandlers(None, seen[0]).config(StartForm(models="tiny", brain="offline"))
+    assert config.scheduler == "ddim" and config.dtype == "bfloat16"
+    assert "ARPO_SCHEDULER" not in os.environ and "ARPO_DTYPE" not in os.environ  # the server's own process settings stay
+
+
+@pytest.mark.parametrize("flag", [["--scheduler", "nonsense"], ["--dtype", "float8"]])
+def test_bad_scheduler_or_dtype_is_refused_before_serving(capsys, launched, flag):
+    outcome = run_arpo(capsys, "ui", *flag)
+    assert outcome.exit_code == 2 and outcome.stderr.count("\n") == 1, outcome.stderr
+    assert launched == []

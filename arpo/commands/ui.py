@@ -72,12 +72,11 @@ def ui(
     from arpo.web_ui import UiDefaults, build_ui
 
     settings = ArpoSettings()
-    _models_settings_from_flags(settings, scheduler, dtype)
     run_options = {
         "steps": steps, "structured_output": structured_output, "vlm_structured_output": vlm_structured_output,
         "llm_structured_output": llm_structured_output, "max_tokens": max_tokens, "vlm_max_tokens": vlm_max_tokens,
         "llm_max_tokens": llm_max_tokens, "temperature": temperature, "brain_seed": brain_seed,
-        "clip_model": clip_model, "captioner": captioner, "device": device,
+        "clip_model": clip_model, "captioner": captioner, "device": device, "scheduler": scheduler, "dtype": dtype,
     }
     run_options = {name: value for name, value in run_options.items() if value is not None}
     # Check every flag now, as the other commands do, rather than at the first Start in the page.
@@ -137,12 +136,3 @@ def _login(text: str, where: str) -> tuple[str, str]:
     if not colon or not user.strip() or not password:
         raise InvalidInputError(f"{where} must be USER:PASSWORD with both parts non-empty")
     return user.strip(), password
-
-
-def _models_settings_from_flags(settings: ArpoSettings, scheduler: str | None, dtype: str | None) -> None:
-    """Make --scheduler/--dtype this server's settings: the UI reads ArpoSettings for every run it
-    starts, so the checked values go into this process's ARPO_* environment."""
-    checked = opt.build_run_config(settings, scheduler=scheduler, dtype=dtype)  # one-line error if bad
-    for variable, value in (("ARPO_SCHEDULER", scheduler and checked.scheduler), ("ARPO_DTYPE", dtype and checked.dtype)):
-        if value:
-            os.environ[variable] = value
