@@ -40,7 +40,7 @@ from transformers import (
 )
 
 from arpo.errors import InvalidInputError
-from arpo.tools.cache_paths import cache_dir, list_hash, write_cache_file
+from arpo.tools.cache_paths import cache_dir, list_hash
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import load_or_fail
 
@@ -264,6 +264,8 @@ def tiny_opt_tokenizer() -> GPT2Tokenizer:
 def _write_byte_level_bpe(folder: Path, phrases: list[str]) -> None:
     from tokenizers import ByteLevelBPETokenizer  # local: only the tiny captioner trains a tokenizer
 
+    from arpo.tools.clip_tokenizer import write_bpe_files
+
     trainer = ByteLevelBPETokenizer()
     trainer.train_from_iterator(
         phrases,
@@ -273,12 +275,8 @@ def _write_byte_level_bpe(folder: Path, phrases: list[str]) -> None:
         show_progress=False,
     )
     model = json.loads(trainer.to_str())["model"]
-    vocabulary = json.dumps(model["vocab"], ensure_ascii=False)
     merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in model["merges"]]
-    # The first line of a merges file is a version header that readers skip.
-    merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
-    write_cache_file(folder / "vocab.json", lambda file: file.write(vocabulary.encode("utf-8")))
-    write_cache_file(folder / "merges.txt", lambda file: file.write(merges_text.encode("utf-8")))
+    write_bpe_files(folder, model["vocab"], merges)
 
 
 def _parameter_device(model: torch.nn.Module) -> torch.device:

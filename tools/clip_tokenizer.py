@@ -47,11 +47,17 @@ def _write_tokenizer_files(folder: Path) -> None:
     if vocab_path.is_file() and merges_path.is_file():
         return
     merges = _clip_merges()
-    vocabulary = json.dumps(_clip_vocabulary(merges), ensure_ascii=False)
-    write_cache_file(vocab_path, lambda file: file.write(vocabulary.encode("utf-8")))
+    write_bpe_files(folder, _clip_vocabulary(merges), merges)
+
+
+def write_bpe_files(folder: Path, vocabulary: dict[str, int], merges: list[str]) -> None:
+    """The `vocab.json` and `merges.txt` a transformers BPE tokenizer (CLIP, GPT-2) reads, written
+    atomically into `folder`; `merges` are "left right" lines in merge order."""
+    encoded = json.dumps(vocabulary, ensure_ascii=False).encode("utf-8")
+    write_cache_file(folder / "vocab.json", lambda file: file.write(encoded))
     # The first line of a merges file is a version header that readers skip.
     merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
-    write_cache_file(merges_path, lambda file: file.write(merges_text.encode("utf-8")))
+    write_cache_file(folder / "merges.txt", lambda file: file.write(merges_text.encode("utf-8")))
 
 
 def _clip_merges() -> list[str]:
