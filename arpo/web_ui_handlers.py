@@ -88,9 +88,6 @@ class StartForm:
     seed: Any = None
 
 
-START_FIELDS = list(StartForm.__dataclass_fields__)
-
-
 class SessionHandlers:
     """Start, steer, browse and resume sessions from the page; one `SessionDriver` shared by all."""
 
