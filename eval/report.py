@@ -249,12 +249,12 @@ def trajectory_svg(method: str, cells: Sequence[CellRecord]) -> str | None:
     """An inline SVG of the scores along each search's iterations (ARPO: CLIP-I and CLIP-T; inversion:
     loss), or None when the method has no trajectory."""
     # Every evaluation seed's cell carries the same search trajectory: draw each search once.
-    searches: dict[str, tuple[str, list]] = {}
+    searches: dict[str, list] = {}
     for cell in cells:
         if cell.trajectory:
             seeds = cell.details.get("search_seeds") or [cell.seed]
-            searches.setdefault(",".join(map(str, seeds)), (",".join(map(str, seeds)), cell.trajectory))
-    series = list(searches.values())
+            searches.setdefault(",".join(map(str, seeds)), cell.trajectory)
+    series = list(searches.items())
     if not series:
         return None
     from matplotlib.figure import Figure
