@@ -125,9 +125,9 @@ def _dtype_name(name: str | None) -> str | None:
     """--dtype as RunConfig stores it; the short forms people type (fp16, bf16) are read too."""
     if not name:
         return None
-    from arpo.tools.devices import DTYPE_NAMES, parse_dtype
+    from arpo.tools.devices import DTYPE_NAMES, dtype_name, parse_dtype
 
     try:
-        return str(parse_dtype(name)).removeprefix("torch.")
+        return dtype_name(parse_dtype(name))
     except InvalidInputError:
         raise InvalidInputError(f"invalid value for --dtype: '{name}'; choose one of: {', '.join(DTYPE_NAMES)}") from None

@@ -15,7 +15,7 @@ from arpo.agents.phrase_hygiene import BANNED
 from arpo.agents.proposal import DroppedPhrase, Proposal, ProposalRequest
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.prompt_text import phrase_key
-from arpo.graphs.selection import ScorerWindow, SelectionOutcome, greedy_select
+from arpo.graphs.selection import DUPLICATE, OVER_BUDGET, ScorerWindow, SelectionOutcome, greedy_select
 from arpo.graphs.state import ArpoState
 from arpo.storage.records import CandidateRecord, IterationRecord, ProposalRecord
 
@@ -257,11 +257,11 @@ def _proposal_record(proposed: dict | None) -> tuple[ProposalRecord | None, str 
 def _why_nothing_selected(state: ArpoState, outcome: SelectionOutcome, budget: int) -> str:
     if not state.get("candidates"):
         return "no new candidate phrases were proposed"
-    if outcome.over_budget and all(v.reason in ("over budget", "duplicate") for v in outcome.verdicts):
+    if outcome.over_budget and all(v.reason in (OVER_BUDGET, DUPLICATE) for v in outcome.verdicts):
         return f"the prompt is at the {budget}-token budget; no candidate fits"
     unseen = set(outcome.past_scorer_window)
-    if unseen and all(v.reason in ("over budget", "duplicate") or v.phrase in unseen for v in outcome.verdicts):
+    if unseen and all(v.reason in (OVER_BUDGET, DUPLICATE) or v.phrase in unseen for v in outcome.verdicts):
         return "the prompt fills the scorer's token window; no candidate it could see is left"
-    if all(v.reason == "duplicate" for v in outcome.verdicts):
+    if all(v.reason == DUPLICATE for v in outcome.verdicts):
         return "every candidate repeated a phrase already in the prompt"
     return "no candidate raised CLIP similarity"

@@ -23,6 +23,7 @@ ScorePrompts = Callable[[list[str]], list[float]]
 FitsBudget = Callable[[str], bool]
 """Whether the T2I model's tokenizer would read a prompt without truncating it."""
 OVER_BUDGET = "over budget"
+DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateVerdict],
         verdicts.append(verdict)
         key = phrase_key(phrase)
         if not key or key in seen:
-            verdict.reason = "duplicate"
+            verdict.reason = DUPLICATE
             continue
         seen.add(key)
         pool.append(verdict)
