@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel
@@ -59,15 +59,13 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from arpo.errors import BrainError, InvalidInputError
+from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
+from arpo.core.errors import BrainError, InvalidInputError
+from arpo.core.run_config import STRUCTURED_OUTPUT_MODES, StructuredOutput
 
 Provider = Literal["openai", "vllm"]
-StructuredOutput = Literal["auto", "json-schema", "json-object", "off"]
-"""What a backend asks for when a caller wants JSON: negotiate (auto), or one fixed response format."""
-ResponseFormat = Literal["json_schema", "json_object", "text"]
-"""What one request really asked for (`text`: no response_format sent)."""
+"""The brain providers that are a chat server (`offline` is none)."""
 
-STRUCTURED_OUTPUT_CHOICES: tuple[str, ...] = get_args(StructuredOutput)
 _FORMATS_BY_STRENGTH: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "text")
 _FIXED_FORMAT: dict[str, ResponseFormat] = {
     "json-schema": "json_schema", "json-object": "json_object", "off": "text",
@@ -163,10 +161,10 @@ class BackendConfig:
             raise InvalidInputError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.timeout_s <= 0:
             raise InvalidInputError(f"the brain timeout must be positive, not {self.timeout_s:g} s")
-        if self.structured_output not in STRUCTURED_OUTPUT_CHOICES:
+        if self.structured_output not in STRUCTURED_OUTPUT_MODES:
             raise InvalidInputError(
                 f"unknown structured output {self.structured_output!r}; choose "
-                + ", ".join(STRUCTURED_OUTPUT_CHOICES)
+                + ", ".join(STRUCTURED_OUTPUT_MODES)
             )
         if self.max_tokens is not None and self.max_tokens < 1:
             raise InvalidInputError(f"max_tokens must be at least 1, not {self.max_tokens}")
@@ -221,35 +219,6 @@ class BackendConfig:
             url = base_url or DEFAULT_VLLM_BASE_URL
             return cls(provider="vllm", model=model, base_url=url, api_key=key, **options)
         raise InvalidInputError(f"unknown brain provider {provider!r}; use openai or vllm")
-
-
-class BrainCallRecord(BaseModel):
-    """One HTTP request to a brain as the history stores it: who asked, which model, how it went.
-
-    A `complete()` call that needed retries or a format fallback leaves one record per request, all
-    with the same `call_id`.
-    """
-
-    call_id: str
-    role: str
-    model: str
-    provider: str
-    started_at: datetime
-    latency_s: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempts: int
-    """Which attempt of its call this request was (1 for the first); format fallbacks share one."""
-    ok: bool
-    error: str | None = None
-    """One line, never containing the key. Set on failure, or when the reply was unusable."""
-    status_code: int | None = None
-    """HTTP status of the reply; None when none came (timeout, connection error, interrupted)."""
-    response_format: ResponseFormat | None = None
-    """What the request asked for; None when the caller wanted no JSON."""
-    finish_reason: str | None = None
-    """Why the model stopped ("stop", "length" when it ran out of max_tokens, ...)."""
-    server: str | None = None
 
 
 class BrainReply(BaseModel):

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from arpo.agents.backend import BackendConfig, BrainCallRecord, ChatBackend, FormatMemory
-from arpo.errors import InvalidInputError
+from arpo.agents.backend import BackendConfig, ChatBackend, FormatMemory
+from arpo.core.brain_calls import BrainCallRecord
+from arpo.core.run_config import BrainProvider
+from arpo.core.errors import InvalidInputError
 
-BrainProvider = Literal["openai", "vllm", "offline"]
 
 DEFAULT_MODELS: dict[str, dict[str, str]] = {
     "openai": {"vlm": "gpt-4o", "llm": "gpt-4o"},
@@ -79,7 +80,7 @@ def build_brains(
 
 
 def build_run_brains(vlm: Any, llm: Any) -> Brains:
-    """Backends for a run's two brain choices (`arpo.graphs.run_config.BrainChoice`)."""
+    """Backends for a run's two brain choices (`arpo.core.run_config.BrainChoice`)."""
     return build_brains(
         vlm.provider,
         llm.provider,

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from arpo.agents.phrase_hygiene import contains_words
 from arpo.agents.proposal import ProposalRequest
-from arpo.graphs.prompt_text import phrase_key
+from arpo.core.phrases import contains_words, phrase_key
 from arpo.tools.clip_scorer import ClipScorer
 from arpo.tools.phrase_bank import PhraseIndex, load_phrase_bank, shared_phrase_index
 

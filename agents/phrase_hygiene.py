@@ -9,7 +9,7 @@ pieces and glued tokens ("//raw.githubusercontent. altınauser"), and pieces of 
 placeholder that happens to raise CLIP similarity by chance would end up in the prompt. Each check
 here names its reason, so the history can show what was dropped and why.
 
-Identity of phrases is `phrase_key` (graphs/prompt_text.py) throughout; near-duplicates meet under
+Identity of phrases is `phrase_key` (arpo/core/phrases.py) throughout; near-duplicates meet under
 `phrase_family_key`, which also folds plurals, a few spelling variants and word order.
 """
 
@@ -19,9 +19,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from arpo.agents.proposal import DroppedPhrase, ProposalRequest
-from arpo.agents.reply_parsing import clean_phrase
-from arpo.graphs.prompt_text import phrase_family_key, phrase_key, phrase_words, prompt_phrases
+from arpo.agents.proposal import ProposalRequest
+from arpo.core.phrases import DroppedPhrase, clean_phrase, contains_words, phrase_family_key, phrase_key, phrase_words, prompt_phrases
 
 # The reasons a phrase is dropped, as recorded in the history.
 PLACEHOLDER = "placeholder"
@@ -246,8 +245,3 @@ def _is_fragment(phrase: str) -> bool:
 def _has_repeated_word(words: list[str]) -> bool:
     meaningful = [word for word in words if word not in _FUNCTION_WORDS]
     return len(set(meaningful)) < len(meaningful)
-
-
-def contains_words(text: str, phrase: str) -> bool:
-    """Whether `phrase` occurs in `text` as whole words (so 'art' is not found in 'party')."""
-    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None

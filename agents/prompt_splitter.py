@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from arpo.agents.backend import ChatBackend
 from arpo.agents.reply_parsing import MalformedReplyError, parse_json_object
-from arpo.graphs.prompt_text import phrase_key, prompt_phrases
+from arpo.core.phrases import phrase_key, prompt_phrases
 from arpo.tools.prompt_parts import PromptParts, split_prompt
 
 PROMPT_PARTS_SCHEMA: dict = {

@@ -13,7 +13,7 @@ from PIL import Image
 
 from arpo.agents.backend import BrainReply, ChatBackend
 from arpo.agents.image_parts import image_part, user_message
-from arpo.errors import BrainError
+from arpo.core.errors import BrainError
 
 PROMPT_WRITER_TEMPLATE = """\
 Write the prompt that a text-to-image model such as Stable Diffusion would need to recreate this \

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from arpo.core.phrases import DroppedPhrase
+
 PHRASE_WORDS: tuple[int, int] = (2, 6)
 """How many words a proposed phrase may have (fewest, most): the one place the range is set. The
 proposal template asks for it and phrase hygiene drops what falls outside it."""
@@ -29,13 +31,6 @@ class ProposalRequest(BaseModel):
     max_candidates: int = 12
     min_words: int = PHRASE_WORDS[0]
     max_words: int = PHRASE_WORDS[1]
-
-
-class DroppedPhrase(BaseModel):
-    """A phrase a proposer offered that never became a candidate, and why."""
-
-    phrase: str
-    reason: str
 
 
 class Proposal(BaseModel):

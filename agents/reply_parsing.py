@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from arpo.graphs.prompt_text import phrase_key
+from arpo.core.phrases import LIST_MARKER, clean_phrase, phrase_key
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -26,12 +26,7 @@ class MalformedReplyError(ValueError):
 
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
-_LIST_MARKER = re.compile(
-    r"^\s*(?:[-*+•‣▪◦●·]|\(?\d{1,3}[.):\]]|\(?[A-Za-z][.)])\s+(.*\S)\s*$"  # bullet, 1. 2) (3) a)
-)
 _BOLD_LABEL = re.compile(r"^\*\*([^*]{1,40})\*\*\s*[:\-–—]\s*(.+)$")
-_QUOTES = "\"'`“”‘’«»"
-_EDGE_PUNCTUATION = ".,;:!?[]{}*_"  # with markdown emphasis: "*soft light*", "_film grain_"
 # Openings that mark a line as the model talking rather than listing.
 _CHATTER_OPENINGS = (
     "sure", "here", "sorry", "certainly", "of course", "i ", "i'", "as an", "note", "these ",
@@ -218,7 +213,7 @@ def _marked_lines(text: str) -> list[str]:
     """Items of numbered or bulleted lines; other lines (introductions, remarks) are ignored."""
     items = []
     for line in text.splitlines():
-        match = _LIST_MARKER.match(line)
+        match = LIST_MARKER.match(line)
         if match:
             item = match.group(1)
             labelled = _BOLD_LABEL.match(item)
@@ -264,20 +259,6 @@ def _clean_phrases(raw_items: list[str], distinct: bool = True) -> list[str]:
             seen.add(key)
             phrases.append(phrase)
     return phrases
-
-
-def clean_phrase(raw: str) -> str:
-    """One phrase without list markers, markdown emphasis, surrounding quotes or edge punctuation."""
-    phrase = " ".join(str(raw).split())
-    marker = _LIST_MARKER.match(phrase)
-    if marker:
-        phrase = marker.group(1)
-    phrase = phrase.replace("**", "").replace("__", "")
-    previous = None
-    while phrase != previous:
-        previous = phrase
-        phrase = phrase.strip().strip(_QUOTES).strip(_EDGE_PUNCTUATION).strip()
-    return phrase
 
 
 def _preview(text: str, limit: int = 80) -> str:

@@ -22,7 +22,7 @@ from arpo.agents.image_parts import image_part, user_message
 from arpo.agents.phrase_hygiene import PhraseScreen, ScreenedPhrases
 from arpo.agents.proposal import Proposal, ProposalRequest
 from arpo.agents.reply_parsing import MalformedReplyError, parse_phrase_list
-from arpo.errors import BrainError
+from arpo.core.errors import BrainError
 
 
 class ImageDescription(BaseModel):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.eval.seeds import REFERENCE_SEED_BASE
 from arpo.tools.reference_image import IMAGE_SUFFIXES
 

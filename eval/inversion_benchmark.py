@@ -29,8 +29,8 @@ def measure(method: str, models_name: str, steps: int, device: str | None, seed:
     import torch
 
     from arpo import SAMPLE_IMAGE
-    from arpo.graphs.run_config import RunConfig
-    from arpo.tools.inversion.registry import build_inverter
+    from arpo.core.run_config import RunConfig
+    from arpo.tools.inverters import build_inverter
     from arpo.tools.model_stack import build_model_stack
     from arpo.tools.reference_image import load_reference_image
 

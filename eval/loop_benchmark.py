@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 from arpo import SAMPLE_IMAGE
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs.invocation import build_context, execute_run, start_run
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.graphs.telemetry import NodeTiming
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack

@@ -10,7 +10,7 @@ are named on the command line:
 | `caption` | the stack's captioner alone (BLIP-2 for real stacks) |
 | `vlm-caption` | the VLM brain asked once to write a prompt (agents/prompt_writer.py) |
 | `ci-fast`, `ci-classic`, `ci-best` | the `clip-interrogator` package's modes, on the stack's CLIP and captioner |
-| `pez`, `ph2p`, `editor`, `regressor` | an inversion method from `arpo.tools.inversion.registry` |
+| `pez`, `ph2p`, `editor`, `regressor` | an inversion method from `arpo.tools.inverters` |
 | `arpo-vanilla`, `arpo-enhanced` | the ARPO loop with the configured brains; `arpo-vanilla:offline` (or `:vllm`, `:openai`) picks the backend of both brains |
 """
 
@@ -23,12 +23,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from arpo.errors import InvalidInputError
-from arpo.tools.inversion.registry import INVERSION_METHODS, build_inverter
+from arpo.core.errors import InvalidInputError
+from arpo.tools.inverters import INVERSION_METHODS, build_inverter
 
 if TYPE_CHECKING:
     from arpo.agents.backend import ChatBackend
-    from arpo.graphs.run_config import BrainChoice, RunConfig
+    from arpo.core.run_config import BrainChoice, RunConfig
     from arpo.storage.history import History
     from arpo.tools.model_stack import ModelStack
     from arpo.tools.reference_image import ReferenceImage

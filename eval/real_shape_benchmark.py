@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from typing import Any
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.eval.inversion_benchmark import _peak_rss_mib, _seconds_per_step
 
 CONFIG_PACKAGE_DIR = ("configs", "sd15")
@@ -223,9 +223,9 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
     from arpo import SAMPLE_IMAGE
     from arpo.agents.offline_proposer import OfflineProposer
     from arpo.agents.proposal import ProposalRequest
+    from arpo.core.run_config import RunConfig
     from arpo.graphs.builder import build_arpo_graph
     from arpo.graphs.invocation import build_context, initial_input, open_graph, start_run, stream_updates
-    from arpo.graphs.run_config import RunConfig
     from arpo.storage.history import History
     from arpo.tools.phrase_bank import load_phrase_bank
     from arpo.tools.reference_image import load_reference_image
@@ -509,7 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from arpo.tools.devices import dtype_name as name_of, pick_device, pick_dtype
+    from arpo.tools.devices import dtype_name as name_of
+    from arpo.tools.devices import pick_device, pick_dtype
 
     workload = workload_from(arguments)
     device = pick_device(arguments.device)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 DEFAULT_SEARCH_SEED = 0
 EVAL_SEED_BASE = 1_000

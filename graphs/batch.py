@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.core.errors import ArpoError, InvalidInputError
+from arpo.core.run_config import RunConfig
 from arpo.graphs.batch_manifest import BatchItem, read_batch_items
 from arpo.graphs.invocation import (
     RunHandle,
@@ -34,7 +35,6 @@ from arpo.graphs.invocation import (
     shareable_initial_inverter,
     start_run,
 )
-from arpo.graphs.run_config import RunConfig
 
 if TYPE_CHECKING:
     from arpo.storage.batches import BatchItemState, BatchStore

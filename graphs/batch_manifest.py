@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.reference_image import IMAGE_SUFFIXES
 
 MANIFEST_FIELDS = ("image", "ground_truth")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 TurnAction = Literal["continue", "stop", "feedback", "edit", "pin", "unpin", "ban"]
 

@@ -10,75 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from arpo.storage.records import InversionStepRecord, IterationRecord
+from arpo.graphs.failures import failures_recorded
+from arpo.graphs.inverter_calls import invert_with
+from arpo.graphs.iterations import iteration_record, render_and_score
+from arpo.storage.records import IterationRecord
 
 if TYPE_CHECKING:
     from arpo.graphs.context import ArpoContext
     from arpo.graphs.invocation import RunHandle
-    from arpo.storage.history import History
-    from arpo.tools.inversion.base import InversionResult, InversionStep, PromptInverter
-
-FLUSH_EVERY = 50
-"""Trajectory steps written to the history per transaction (thousands of PEZ steps, few writes)."""
-
-
-class TrajectoryRecorder:
-    """An `on_step` callback that stores an inverter's steps in the history, in batches."""
-
-    def __init__(self, history: History, run_id: str, method: str, *, also: Callable[[InversionStep], None] | None = None):
-        self.history = history
-        self.run_id = run_id
-        self.method = method
-        self.also = also
-        self._pending: list[InversionStepRecord] = []
-
-    def __call__(self, step: InversionStep) -> None:
-        self._pending.append(
-            InversionStepRecord(
-                method=self.method,
-                step=step.step,
-                loss=step.loss,
-                prompt=step.prompt,
-                seconds=step.seconds,
-                details=step.details or None,
-            )
-        )
-        if len(self._pending) >= FLUSH_EVERY:
-            self.flush()
-        if self.also is not None:
-            self.also(step)
-
-    def flush(self) -> None:
-        if self._pending:
-            self.history.record_inversion_steps(self.run_id, self._pending)
-            self._pending = []
-
-
-def invert_with(
-    inverter: PromptInverter,
-    context: ArpoContext,
-    run_id: str,
-    reference_sha256: str,
-    seed: int,
-    *,
-    on_step: Callable[[InversionStep], None] | None = None,
-) -> InversionResult:
-    """Run `inverter` on a run's reference, storing its trajectory under the run (used by --init too)."""
-    reference = context.reference(reference_sha256)
-    recorder = TrajectoryRecorder(context.history, run_id, inverter.name, also=on_step)
-    try:
-        result = inverter.invert(reference.image, context.models, seed=seed, on_step=recorder)
-    finally:
-        recorder.flush()
-    if result.rendered is not None:  # PH2P rendered its winner with this seed while choosing it
-        context.hand_over_render(result.prompt, seed, result.rendered)
-    return result
+    from arpo.tools.inversion.base import InversionResult, InversionStep
 
 
 def run_inversion(handle: RunHandle, *, on_step: Callable[[InversionStep], None] | None = None) -> InversionResult:
     """Execute a `--method` run to its end: invert, render, score, record, finish."""
-    from arpo.graphs.invocation import failures_recorded
-    from arpo.tools.inversion.registry import build_inverter
+    from arpo.tools.inverters import build_inverter
 
     context, config = handle.context, handle.config
     history = context.history
@@ -100,8 +45,6 @@ def run_inversion(handle: RunHandle, *, on_step: Callable[[InversionStep], None]
 
 def _iteration_zero(context: ArpoContext, reference_sha256: str, result: InversionResult, seed: int) -> IterationRecord:
     """The recovered prompt rendered with the run's seed and scored both ways, as iteration 0."""
-    from arpo.graphs.nodes import iteration_record, render_and_score
-
     scored = render_and_score(context, reference_sha256, result.prompt, seed, method=result.method)
     record = iteration_record(context, {"iteration": 0, "prompt": result.prompt, **scored})
     summary = f"{result.method}: {len(result.steps)} step(s) in {result.seconds:.1f} s"

@@ -5,17 +5,17 @@ The CLI, batch runs and sessions all go through here, so a run started one way c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import RunConfig
 from arpo.graphs.builder import compile_arpo_graph
 from arpo.graphs.checkpoints import open_checkpointer, thread_config
 from arpo.graphs.context import ArpoContext
-from arpo.graphs.run_config import RunConfig
+from arpo.graphs.failures import failures_recorded
 from arpo.graphs.state import ArpoInput
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ def build_context(
     if config.init == "caption" or config.initial_prompt:
         initial_inverter = None
     elif initial_inverter is None:
-        from arpo.tools.inversion.registry import build_inverter
+        from arpo.tools.inverters import build_inverter
 
         initial_inverter = build_inverter(config.init, config, llm=brains.llm)
     return ArpoContext(
@@ -142,13 +142,6 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
                     on_update(node, update or {})
 
 
-class RunFailedError(ArpoError):
-    """A run stopped by an error that is not arpo's own (a model, a library, the disk): the run is
-    marked failed with the reason and stays resumable from its last checkpoint."""
-
-    exit_code = 3
-
-
 @contextmanager
 def brain_calls_kept(handle: RunHandle, iteration: Callable[[], int | None] | None = None) -> Iterator[None]:
     """On any failure or Ctrl-C, store the brain calls made since the last save (failed requests
@@ -181,51 +174,6 @@ def _iteration_or_none(iteration: Callable[[], int | None] | None) -> int | None
         return iteration()
     except Exception:  # noqa: BLE001 - the calls are worth keeping even unfiled
         return None
-
-
-@contextmanager
-def failures_recorded(history: History, run_id: str) -> Iterator[None]:
-    """Mark the run failed (any error) or interrupted (Ctrl-C) in the history, and re-raise.
-
-    An arpo error goes on as it is; any other exception becomes a one-line RunFailedError that names
-    the step it happened in and how to continue (with ARPO_DEBUG set, the original is re-raised for
-    its traceback).
-    """
-    try:
-        yield
-    except ArpoError as error:
-        history.fail_run(run_id, str(error))
-        raise
-    except KeyboardInterrupt:
-        history.set_status(run_id, "interrupted")
-        raise
-    except Exception as error:  # noqa: BLE001 - whatever broke, the run must not stay "running"
-        reason = failure_reason(error)
-        history.fail_run(run_id, reason)
-        if os.environ.get("ARPO_DEBUG"):
-            raise
-        raise RunFailedError(f"run {run_id} failed: {reason}; {_how_to_continue(history, run_id)}") from error
-
-
-def failure_reason(error: BaseException) -> str:
-    """One line saying what failed and where: the graph node (from LangGraph's note), type and message."""
-    message = " ".join(str(error).split()) or "(no message)"
-    reason = f"{type(error).__name__}: {message}"
-    if len(reason) > 300:
-        reason = reason[:299] + "…"
-    for note in getattr(error, "__notes__", ()):
-        # LangGraph notes the task an exception escaped from: "During task with name 'select' and id ..."
-        if note.startswith("During task with name '"):
-            node = note.split("'")[1]
-            return f"in step {node}: {reason}"
-    return reason
-
-
-def _how_to_continue(history: History, run_id: str) -> str:
-    kind = history.get_run(run_id).kind
-    if kind == "session":
-        return f"once the cause is fixed, continue with: arpo session --resume {run_id}"
-    return f"once the cause is fixed, continue with: arpo resume {run_id}"
 
 
 def initial_input(handle: RunHandle) -> ArpoInput:

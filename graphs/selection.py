@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from arpo.graphs.prompt_text import clean_phrase, join_prompt, phrase_key, prompt_phrases
+from arpo.core.phrases import join_prompt, phrase_key, prompt_phrase, prompt_phrases
+from arpo.storage.records import CandidateRecord
 
 ScorePrompts = Callable[[list[str]], list[float]]
 """Scores prompts against the reference image in one batch (CLIP text–image cosine similarity)."""
@@ -40,23 +41,13 @@ class ScorerWindow:
 
 
 @dataclass
-class CandidateVerdict:
-    """What selection decided about one proposed phrase."""
-
-    phrase: str
-    score: float | None = None
-    selected: bool = False
-    reason: str = "not scored"
-
-
-@dataclass
 class SelectionOutcome:
     """Result of one greedy selection over one iteration's candidates."""
 
     prompt: str
     """The prompt with the selected phrases appended."""
     selected: list[str]
-    verdicts: list[CandidateVerdict]
+    verdicts: list[CandidateRecord]
     start_score: float
     """Score of the unchanged prompt (s_max before the first round)."""
     best_score: float
@@ -83,7 +74,7 @@ def greedy_select(
     start_score = score_prompts([prompt])[0]
     best_score, scoring_calls = start_score, 1
     chosen: list[str] = []
-    decided: list[CandidateVerdict] = []
+    decided: list[CandidateRecord] = []
     while pool:
         pool = _drop_unfitting(prompt, chosen, pool, fits_budget, OVER_BUDGET)
         if scorer_window is not None:
@@ -117,14 +108,14 @@ def greedy_select(
     )
 
 
-def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateVerdict], list[CandidateVerdict]]:
+def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateRecord], list[CandidateRecord]]:
     """Clean the candidates; repeats and phrases the prompt already has never reach scoring."""
     seen = {phrase_key(p) for p in prompt_phrases(prompt)}
-    verdicts: list[CandidateVerdict] = []
-    pool: list[CandidateVerdict] = []
+    verdicts: list[CandidateRecord] = []
+    pool: list[CandidateRecord] = []
     for raw in candidates:
-        phrase = clean_phrase(raw)
-        verdict = CandidateVerdict(phrase=phrase or raw)
+        phrase = prompt_phrase(raw)
+        verdict = CandidateRecord(phrase=phrase or raw)
         verdicts.append(verdict)
         key = phrase_key(phrase)
         if not key or key in seen:
@@ -136,8 +127,8 @@ def _screen(prompt: str, candidates: list[str]) -> tuple[list[CandidateVerdict],
 
 
 def _drop_unfitting(
-    prompt: str, chosen: list[str], pool: list[CandidateVerdict], fits: FitsBudget, reason: str
-) -> list[CandidateVerdict]:
+    prompt: str, chosen: list[str], pool: list[CandidateRecord], fits: FitsBudget, reason: str
+) -> list[CandidateRecord]:
     """The candidates whose extended prompt `fits`; the others get `reason` and leave the pool."""
     fitting = []
     for verdict in pool:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.types import Command
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.phrases import replace_words
+from arpo.core.run_config import RunConfig
 from arpo.graphs.builder import compile_session_graph
 from arpo.graphs.human_turn import HumanTurn
 from arpo.graphs.invocation import (
@@ -27,9 +29,8 @@ from arpo.graphs.invocation import (
     start_run,
     stream_updates,
 )
-from arpo.graphs.run_config import RunConfig
 from arpo.storage.records import RenderRecord, RunDetail, SessionTurnRecord
-from arpo.tools.prompt_parts import PromptParts, replace_words, split_prompt
+from arpo.tools.prompt_parts import PromptParts, split_prompt
 
 if TYPE_CHECKING:
     from arpo.storage.history import History

@@ -8,14 +8,12 @@ resumes, so everything before `interrupt()` only reads.
 
 from __future__ import annotations
 
-import re
-
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
+from arpo.core.phrases import has_phrase, join_prompt, phrase_key
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.human_turn import HumanTurn
-from arpo.graphs.prompt_text import join_prompt, phrase_key
 from arpo.graphs.state import ArpoState
 from arpo.storage.records import SessionTurnRecord
 
@@ -113,7 +111,7 @@ def apply_turn(state: ArpoState, turn: HumanTurn) -> dict:
 
 def with_pinned(prompt: str, pinned: list[str]) -> str:
     """The prompt with every pinned phrase that it lacks appended (whole-word match, any case)."""
-    missing = [phrase for phrase in pinned if not _contains_phrase(prompt, phrase)]
+    missing = [phrase for phrase in pinned if not has_phrase(prompt, phrase)]
     return join_prompt(prompt, missing)
 
 
@@ -134,11 +132,6 @@ def _new_prompt(state: ArpoState, prompt: str) -> dict:
     if index > state["max_steps"]:
         update["max_steps"] = index
     return update
-
-
-def _contains_phrase(prompt: str, phrase: str) -> bool:
-    key = phrase_key(phrase)
-    return bool(key) and re.search(rf"(?<!\w){re.escape(key)}(?!\w)", phrase_key(prompt)) is not None
 
 
 def _merged(existing: list[str], added: list[str]) -> list[str]:

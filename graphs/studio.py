@@ -2,8 +2,8 @@
 
 The ARPO loop's context (`ArpoContext`) holds live models, brains and the history, which a server
 cannot send over HTTP. So Studio gets a thin outer graph whose context is plain settings
-(`StudioSettings`: model stack, brains, database; each defaults from the same ARPO_* variables the CLI
-reads, and with none set, tiny models and no brain, so it runs anywhere offline). Its `start` node
+(`StudioSettings`: model stack, brains, database; each left empty takes the same ARPO_* setting the
+CLI reads, and with none set, tiny models and no brain, so it runs anywhere offline). Its `start` node
 stores the reference and opens a run in the history; its `invert` node builds the live context from the
 settings and runs the unchanged ARPO loop as a subgraph, so Studio shows the loop's own nodes and the
 server's checkpointer covers them too. Runs started here are ordinary history runs: `arpo history`
@@ -18,45 +18,53 @@ once per process and per settings, on the first run that needs them.
 
 from __future__ import annotations
 
-import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 
+from arpo.core.run_config import RunConfig
+from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
 from arpo.graphs.builder import compile_arpo_graph, compile_session_graph
 from arpo.graphs.invocation import build_context, initial_input, load_run, start_run
-from arpo.graphs.run_config import BrainChoice, RunConfig
 
 if TYPE_CHECKING:
     from arpo.storage.history import History
     from arpo.tools.model_stack import ModelStack
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(name) or default
+STUDIO_FALLBACKS = {"models": "tiny", "brain": "offline"}
+"""What Studio uses where neither its context panel nor an ARPO_* variable says: a run that works
+anywhere offline."""
 
 
 @dataclass
 class StudioSettings:
-    """Run settings chosen in Studio's context panel (defaults from ARPO_* environment variables)."""
+    """Run settings chosen in Studio's context panel; each left empty (None) takes the ARPO_* setting
+    the CLI reads, else Studio's fallback (tiny models, no brain)."""
 
-    models: str = field(default_factory=lambda: _env("ARPO_MODELS", "tiny"))
+    models: str | None = None
     """Model stack: tiny, sd15, sdxl, pixart, or a diffusers model id or local path."""
-    brain: str = field(default_factory=lambda: _env("ARPO_BRAIN", "offline"))
+    brain: str | None = None
     """Backend of both brain roles: openai, vllm or offline (phrase banks, no LLM)."""
-    base_url: str | None = field(default_factory=lambda: _env("ARPO_BASE_URL"))
+    base_url: str | None = None
     """Server of an OpenAI-compatible brain (vLLM); None takes the provider's default."""
-    vlm: str | None = field(default_factory=lambda: _env("ARPO_VLM"))
+    vlm: str | None = None
     """VLM model name; None takes the provider's default."""
-    llm: str | None = field(default_factory=lambda: _env("ARPO_LLM"))
+    llm: str | None = None
     """LLM model name; None takes the provider's default."""
-    framework: str = field(default_factory=lambda: _env("ARPO_FRAMEWORK", "vanilla"))
+    framework: str | None = None
     """vanilla (one two-image comparison) or enhanced (describe both images, then compare)."""
-    db: str | None = field(default_factory=lambda: _env("ARPO_DB"))
+    db: str | None = None
     """History database URL; None takes arpo's default under ARPO_HOME."""
+
+    def arpo_settings(self) -> ArpoSettings:
+        return ArpoSettings.read(**STUDIO_FALLBACKS)
+
+    def database_url(self) -> str | None:
+        return self.db or self.arpo_settings().db
 
 
 class StudioInput(TypedDict, total=False):
@@ -125,15 +133,11 @@ class _Resources:
 
 
 def run_config_for(settings: StudioSettings, state: StudioInput) -> RunConfig:
-    """The run configuration a Studio run records, from the context settings and the input."""
-    brain = BrainChoice(provider=settings.brain, base_url=settings.base_url)
-    return RunConfig(
-        models=settings.models,
-        vlm=brain.model_copy(update={"model": settings.vlm}),
-        llm=brain.model_copy(update={"model": settings.llm}),
-        framework=settings.framework,
-        steps=state.get("steps", 10),
-        seed=state.get("seed", 0),
+    """The run configuration a Studio run records: the context panel and the input over the settings."""
+    return settings.arpo_settings().run_config(
+        ModelOptions.chosen(models=settings.models),
+        BrainOptions.chosen(brain=settings.brain, base_url=settings.base_url, vlm=settings.vlm, llm=settings.llm),
+        LoopOptions.chosen(framework=settings.framework, steps=state.get("steps"), seed=state.get("seed")),
         initial_prompt=state.get("initial_prompt") or None,
     )
 
@@ -158,7 +162,7 @@ def build_studio_graph(models: ModelStack | None = None, *, session: bool = Fals
             return {}
         settings = runtime.context or StudioSettings()
         config = run_config_for(settings, state)
-        history = resources.history(settings.db)
+        history = resources.history(settings.database_url())
         reference = load_reference_image(state["image"])
         context = build_context(config, history, resources.models(config))
         handle = start_run(history, config, reference, context, kind=run_kind)
@@ -167,7 +171,7 @@ def build_studio_graph(models: ModelStack | None = None, *, session: bool = Fals
     def invert(state: StudioState, runtime: Runtime[StudioSettings]) -> dict:
         """Run the ARPO loop for the opened run, with live models and brains as its context."""
         settings = runtime.context or StudioSettings()
-        history = resources.history(settings.db)
+        history = resources.history(settings.database_url())
         stored = RunConfig.model_validate(history.get_run(state["run_id"]).config)
         handle = load_run(history, state["run_id"], resources.models(stored))
         result = arpo_loop.invoke(initial_input(handle), context=handle.context)

@@ -4,7 +4,6 @@ from arpo.storage.database import create_database_engine
 from arpo.storage.history import History
 from arpo.storage.image_store import ImageStore, StoredImageRef
 from arpo.storage.locations import (
-    arpo_home,
     checkpoint_path_for,
     default_database_url,
     default_image_root,
@@ -19,7 +18,6 @@ __all__ = [
     "RunDetail",
     "RunSummary",
     "StoredImageRef",
-    "arpo_home",
     "checkpoint_path_for",
     "create_database_engine",
     "default_database_url",

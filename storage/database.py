@@ -8,11 +8,11 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from arpo.errors import ArpoError, InvalidInputError
+import arpo.storage.batches  # noqa: F401  (registers its tables)
+import arpo.storage.evaluations  # noqa: F401  (registers its tables)
+from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.storage.locations import sqlite_file_of
 from arpo.storage.models import Base
-import arpo.storage.evaluations  # noqa: F401  (registers its tables)
-import arpo.storage.batches  # noqa: F401  (registers its tables)
 
 # How long a SQLite writer waits for another process's lock before giving up. LangGraph checkpoints,
 # a batch run and a browsing CLI may all touch the same files at once.

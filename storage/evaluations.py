@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.storage.models import Base, UtcDateTime, utc_now
 
 EVALUATION_ID_LENGTH = 12

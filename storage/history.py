@@ -8,7 +8,7 @@ import enum
 import json
 import secrets
 from collections.abc import Iterable
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -18,7 +18,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from arpo.errors import InvalidInputError
+from arpo.core.brain_calls import BrainCallRecord
+from arpo.core.errors import InvalidInputError
 from arpo.storage.database import create_database_engine
 from arpo.storage.image_store import ImageStore, StoredImageRef
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root
@@ -37,8 +38,6 @@ from arpo.storage.models import (
     utc_now,
 )
 from arpo.storage.records import (
-    BrainCallLike,
-    BrainCallView,
     InversionStepRecord,
     IterationRecord,
     RenderRecord,
@@ -161,7 +160,7 @@ class History:
             run.updated_at = utc_now()
 
     def record_brain_calls(
-        self, run_id: str, iteration_index: int | None, calls: Iterable[BrainCallLike]
+        self, run_id: str, iteration_index: int | None, calls: Iterable[BrainCallRecord]
     ) -> None:
         """Store brain calls made for a run (and iteration). Each call is kept, retries included,
         because each one was really made and cost tokens."""
@@ -244,14 +243,14 @@ class History:
                 completion_tokens=completion_tokens,
             )
 
-    def brain_calls(self, run_id: str) -> list[BrainCallView]:
+    def brain_calls(self, run_id: str) -> list[BrainCallRecord]:
         """Every brain request of a run, failed ones included, oldest first; accepts an id prefix."""
         with self._sessions() as session:
             run = _run_by_id_or_prefix(session, run_id)
             rows = session.scalars(
                 select(BrainCall).where(BrainCall.run_id == run.id).order_by(BrainCall.id)
             ).all()
-            return [BrainCallView.model_validate(row, from_attributes=True) for row in rows]
+            return [BrainCallRecord.model_validate(row, from_attributes=True) for row in rows]
 
     def record_inversion_steps(self, run_id: str, steps: Iterable[InversionStepRecord]) -> None:
         """Store steps of an inversion trajectory; a step written again (after a resume) replaces the old."""
@@ -380,36 +379,26 @@ def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
     return [IterationRecord.model_validate(row, from_attributes=True) for row in rows]
 
 
-def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallLike) -> BrainCall:
+def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallRecord) -> BrainCall:
     return BrainCall(
         run_id=run_id,
         iteration_index=iteration_index,
         role=call.role,
         provider=call.provider,
         model=call.model,
-        started_at=_as_datetime(call.started_at),
+        started_at=call.started_at,
         latency_s=float(call.latency_s or 0.0),
         prompt_tokens=call.prompt_tokens,
         completion_tokens=call.completion_tokens,
         attempts=call.attempts,
         ok=bool(call.ok),
         error=call.error,
-        # Optional on BrainCallLike: a caller from before these fields existed leaves them unset.
-        call_id=getattr(call, "call_id", None),
-        status_code=getattr(call, "status_code", None),
-        response_format=getattr(call, "response_format", None),
-        finish_reason=getattr(call, "finish_reason", None),
-        server=getattr(call, "server", None),
+        call_id=call.call_id,
+        status_code=call.status_code,
+        response_format=call.response_format,
+        finish_reason=call.finish_reason,
+        server=call.server,
     )
-
-
-def _as_datetime(moment: Any) -> datetime:
-    """A brain call's start time, whether given as a datetime or as seconds since the epoch."""
-    if moment is None:
-        return utc_now()
-    if isinstance(moment, datetime):
-        return moment
-    return datetime.fromtimestamp(float(moment), tz=timezone.utc)
 
 
 def _summary(run: Run, iteration_count: int) -> RunSummary:

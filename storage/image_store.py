@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 # A fixed level keeps the bytes (and so the name) of an image the same from one call to the next.
 PNG_COMPRESS_LEVEL = 6

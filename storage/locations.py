@@ -1,29 +1,20 @@
 """Where arpo keeps its files: the home folder, the history database, images and checkpoints."""
 
-import os
 from pathlib import Path
 
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.locations import arpo_home
 
-HOME_ENV_VAR = "ARPO_HOME"
 DATABASE_FILE_NAME = "arpo.db"
 IMAGE_FOLDER_NAME = "images"
 CHECKPOINT_FILE_NAME = "checkpoints.sqlite"
 
 # SQLite names for a database that lives only in memory; it has no folder to put a sibling file in.
 _IN_MEMORY_SQLITE = {"", ":memory:"}
-
-
-def arpo_home() -> Path:
-    """The folder that holds arpo's history: `$ARPO_HOME`, else `~/.local/share/arpo`; created if missing."""
-    configured = os.environ.get(HOME_ENV_VAR)
-    home = Path(configured).expanduser() if configured else Path.home() / ".local" / "share" / "arpo"
-    home.mkdir(parents=True, exist_ok=True)
-    return home
 
 
 def default_database_url() -> str:

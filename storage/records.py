@@ -1,9 +1,11 @@
 """Plain records the graph writes into the history and the CLI reads back out of it."""
 
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+from arpo.core.phrases import DroppedPhrase
 
 RunStatus = Literal["running", "paused", "finished", "failed", "interrupted"]
 
@@ -17,19 +19,12 @@ class CandidateRecord(BaseModel):
     reason: str = "not scored"
 
 
-class DroppedCandidateRecord(BaseModel):
-    """A phrase a proposer offered that never became a candidate (phrase hygiene), and why."""
-
-    phrase: str
-    reason: str
-
-
 class ProposalRecord(BaseModel):
     """Where an iteration's candidates came from and what was dropped before selection saw them."""
 
     source: str = "llm"
     """llm, offline (no LLM configured) or offline-fallback (the LLM's replies held nothing usable)."""
-    dropped: list[DroppedCandidateRecord] = Field(default_factory=list)
+    dropped: list[DroppedPhrase] = Field(default_factory=list)
 
 
 class InversionStepRecord(BaseModel):
@@ -120,47 +115,3 @@ class RunDetail(RunSummary):
     brain_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-
-
-class BrainCallLike(Protocol):
-    """What the history needs from a brain-call record (`arpo.agents.backend.BrainCallRecord` fits).
-
-    `started_at` may be a datetime or seconds since the epoch; token counts may be None when the
-    server did not report usage.
-    """
-
-    role: str
-    model: str
-    provider: str
-    started_at: Any
-    latency_s: float
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    attempts: int
-    """Which attempt of its call the request was: one record per HTTP request, failed ones included.
-    Optional further attributes are stored when present: call_id, status_code, response_format,
-    finish_reason, server."""
-    ok: bool
-    error: str | None
-
-
-class BrainCallView(BaseModel):
-    """One stored brain request, as `History.brain_calls` reads it back."""
-
-    role: str
-    model: str
-    provider: str
-    started_at: datetime
-    latency_s: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempts: int
-    """Which attempt of its call this request was."""
-    ok: bool
-    error: str | None = None
-    iteration_index: int | None = None
-    call_id: str | None = None
-    status_code: int | None = None
-    response_format: str | None = None
-    finish_reason: str | None = None
-    server: str | None = None

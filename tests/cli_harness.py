@@ -7,8 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from arpo import SAMPLE_IMAGE  # noqa: F401  (re-exported for the CLI tests)
-from arpo.cli import main
-
+from arpo.app.cli import main
 
 
 @dataclass

@@ -11,12 +11,12 @@ import urllib.request
 
 import openai
 import pytest
-from arpo.agents.scripted_server import ScriptedReply
-from arpo.agents.server_personalities import Generation
 from fixtures_brain import TEST_API_KEY, brain_server, scripted_backend  # noqa: F401
 
 from arpo.agents.backend import BackendConfig, ChatBackend
-from arpo.errors import BrainError, InvalidInputError
+from arpo.agents.scripted_server import ScriptedReply
+from arpo.agents.server_personalities import Generation
+from arpo.core.errors import BrainError, InvalidInputError
 
 HELLO = [{"role": "user", "content": "List the differences."}]
 SCHEMA = {"type": "object", "properties": {"phrases": {"type": "array", "items": {"type": "string"}}},

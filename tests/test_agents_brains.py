@@ -8,7 +8,7 @@ import pytest
 from fixtures_brain import TEST_API_KEY, brain_server  # noqa: F401
 
 from arpo.agents.brains import build_brains, build_run_brains
-from arpo.errors import BrainError, InvalidInputError
+from arpo.core.errors import BrainError, InvalidInputError
 
 HELLO = [{"role": "user", "content": "hi"}]
 
@@ -79,7 +79,7 @@ def test_drain_calls_merges_both_backends_without_duplicates(brain_server):
 
 
 def test_run_brains_take_each_roles_tuning():
-    from arpo.graphs.run_config import BrainChoice
+    from arpo.core.run_config import BrainChoice
 
     vlm = BrainChoice(provider="vllm", model="same", structured_output="off", max_tokens=64)
     llm = BrainChoice(provider="vllm", model="same", structured_output="json-object", temperature=0.0, seed=5)

@@ -7,14 +7,14 @@ import io
 import time
 
 import pytest
-from arpo.agents.scripted_server import DEFAULT_CONTENT_DESCRIPTIONS, DEFAULT_STYLE_DESCRIPTIONS, ScriptedReply
 from fixtures_brain import brain_server, scripted_backend  # noqa: F401
 from PIL import Image
 
 from arpo.agents.image_parts import image_part
 from arpo.agents.proposal import ProposalRequest
 from arpo.agents.roles import Comparer, Describer, Differ, ImageDescription, LlmProposer
-from arpo.errors import BrainError
+from arpo.agents.scripted_server import DEFAULT_CONTENT_DESCRIPTIONS, DEFAULT_STYLE_DESCRIPTIONS, ScriptedReply
+from arpo.core.errors import BrainError
 
 RED = (200, 20, 20)
 BLUE = (20, 20, 200)

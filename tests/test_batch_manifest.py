@@ -3,7 +3,7 @@
 import pytest
 from cli_harness import run_arpo
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.graphs.batch_manifest import read_batch_items
 
 

@@ -15,10 +15,10 @@ from cli_harness import run_arpo
 from PIL import Image
 
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
-from arpo.batch_export import EXPORT_COLUMNS, write_batch_exports
+from arpo.app.batch_export import EXPORT_COLUMNS, write_batch_exports
+from arpo.core.run_config import RunConfig
 from arpo.graphs.batch import item_key, run_batch
 from arpo.graphs.batch_manifest import BatchItem
-from arpo.graphs.run_config import RunConfig
 from arpo.storage.batches import BatchStore
 from arpo.storage.history import History
 
@@ -243,7 +243,7 @@ def test_killed_batch_is_finished_by_a_rerun_without_duplicates(capsys, tmp_path
             "--steps", "1", "--concurrency", "2",
         ]
         process = subprocess.Popen(
-            [sys.executable, "-m", "arpo.cli", *args],
+            [sys.executable, "-m", "arpo.app.cli", *args],
             env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:

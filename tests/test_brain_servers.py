@@ -8,12 +8,12 @@ import time
 
 import openai
 import pytest
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 from fixtures_brain import scripted_backend
 
 from arpo.agents import backend as backend_module
 from arpo.agents.backend import ROLE_MAX_TOKENS, BackendConfig, ChatBackend, FormatMemory
 from arpo.agents.image_parts import user_message
+from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 from arpo.agents.server_personalities import (
     LLAMA_CPP_LIST_REFUSAL,
     BabblerPersonality,
@@ -21,7 +21,7 @@ from arpo.agents.server_personalities import (
     OllamaPersonality,
     VllmPersonality,
 )
-from arpo.errors import BrainError, InvalidInputError
+from arpo.core.errors import BrainError, InvalidInputError
 
 SCHEMA = {"type": "object", "properties": {"phrases": {"type": "array", "items": {"type": "string"}}},
           "required": ["phrases"], "additionalProperties": False}

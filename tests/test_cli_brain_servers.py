@@ -114,13 +114,13 @@ def test_a_bad_structured_output_value_is_one_line(capsys, arpo_home):
                        "--structured-output", "yaml")
     assert outcome.exit_code == 2
     [line] = outcome.stderr.strip().splitlines()[-1:]
-    assert line.startswith("arpo: error: invalid value for structured_output: Input should be 'auto'")
+    assert line.startswith("arpo: error: invalid value for --structured-output: Input should be 'auto'")
 
 
 def test_ctrl_c_during_a_brain_call_exits_130_quickly_and_the_run_resumes(capsys, arpo_home):
     brain = ScriptedBrain(latency_s=60.0)
     with BrainServer(brain) as server:
-        command = [sys.executable, "-m", "arpo.cli", "invert", str(SAMPLE_IMAGE), "--models", "tiny",
+        command = [sys.executable, "-m", "arpo.app.cli", "invert", str(SAMPLE_IMAGE), "--models", "tiny",
                    "--brain", "vllm", "--base-url", server.base_url, "--steps", "1"]
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env={**os.environ, "ARPO_HOME": str(arpo_home)})

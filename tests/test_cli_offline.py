@@ -76,9 +76,11 @@ def test_init_prompt_and_steps_zero_only_score_the_given_prompt(capsys):
 @pytest.mark.parametrize(
     "args, problem",
     [
-        (("--framework", "fancy"), "framework"),
-        (("--steps", "-1"), "steps"),
-        (("--brain", "telepathy"), "provider"),
+        (("--framework", "fancy"), "invalid value for --framework"),
+        (("--steps", "-1"), "invalid value for --steps"),
+        (("--brain", "telepathy"), "invalid value for --brain: Input should be 'openai', 'vllm' or 'offline'"),
+        (("--llm-max-tokens", "0"), "invalid value for --llm-max-tokens"),
+        (("--scheduler", "fast"), "invalid value for --scheduler"),
     ],
 )
 def test_bad_flag_values_exit_2_with_one_line(capsys, args, problem):

@@ -44,7 +44,7 @@ def test_resume_after_kill_finishes_without_duplicates(capsys, arpo_home):
     # round: the tiny random CLIP must find one that helps, or the run ends after iteration 0.
     with BrainServer(ScriptedBrain(latency_s=0.5, phrases_per_reply=8)) as server:
         command = [
-            sys.executable, "-m", "arpo.cli", "invert", str(SAMPLE_IMAGE), "--models", "tiny",
+            sys.executable, "-m", "arpo.app.cli", "invert", str(SAMPLE_IMAGE), "--models", "tiny",
             "--brain", "vllm", "--base-url", server.base_url, "--steps", "4",
         ]
         process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

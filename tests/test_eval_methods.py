@@ -13,10 +13,10 @@ from PIL import Image
 from arpo import SAMPLE_IMAGE
 from arpo.agents.prompt_writer import clean_prompt_reply
 from arpo.agents.scripted_server import ScriptedReply
-from arpo.errors import BrainError, InvalidInputError
+from arpo.core.errors import BrainError, InvalidInputError
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.eval.datasets import load_dataset, make_self_consistent_set
 from arpo.eval.methods import MethodContext, build_method, validate_method_names
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
 from arpo.tools.phrase_bank import load_phrase_bank

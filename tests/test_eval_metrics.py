@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.eval.metrics.image_embeddings import ImageEmbeddingSimilarity
 from arpo.eval.metrics.perceptual import LpipsDistance
 from arpo.eval.metrics.perplexity import PromptPerplexity

@@ -14,13 +14,13 @@ from fixtures_brain import brain_server  # noqa: F401  (fixture)
 from PIL import Image
 
 from arpo import SAMPLE_IMAGE
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.eval.datasets import load_dataset
 from arpo.eval.methods import MethodContext, build_method
 from arpo.eval.metrics.suite import build_metric_suite
 from arpo.eval.runner import EvalRunner
 from arpo.eval.seeds import EVAL_SEED_BASE, REFERENCE_SEED_BASE, SeedPlan
 from arpo.graphs.invocation import build_context, start_run
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.storage.evaluations import EvaluationStore
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack

@@ -1,15 +1,15 @@
 """The ARPO graph invoked from Python, with a CLIP scorer whose text scores are known in advance,
 so the stop rule and the prompt's growth can be checked exactly."""
 
+from types import SimpleNamespace
+
 import pytest
 from cli_harness import SAMPLE_IMAGE
 
-from types import SimpleNamespace
-
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs import nodes
 from arpo.graphs.invocation import build_context, execute_run, start_run
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
 from arpo.tools.reference_image import load_reference_image

@@ -63,8 +63,8 @@ def test_init_pez_writes_the_loops_first_prompt(capsys, arpo_home):
         (("--init", "regressor"), "needs its checkpoint: pass --regressor"),
         (("--method", "ph2p", "--init", "pez"), "does not combine with --method ph2p"),
         (("--init", "pez", "--init-prompt", "a cat"), "either --init-prompt or --init pez"),
-        (("--method", "dalle"), "invalid value for method"),
-        (("--method", "pez", "--inversion-steps", "0"), "invalid value for inversion_steps"),
+        (("--method", "dalle"), "invalid value for --method"),
+        (("--method", "pez", "--inversion-steps", "0"), "invalid value for --inversion-steps"),
     ],
 )
 def test_bad_inversion_flags_are_one_line_and_store_nothing(capsys, arpo_home, flags, message):
@@ -75,8 +75,8 @@ def test_bad_inversion_flags_are_one_line_and_store_nothing(capsys, arpo_home, f
 
 
 def test_resume_finishes_an_interrupted_method_run_with_its_method_not_the_loop(capsys, arpo_home):
+    from arpo.core.run_config import RunConfig
     from arpo.graphs.invocation import build_context, start_run
-    from arpo.graphs.run_config import RunConfig
     from arpo.tools.reference_image import load_reference_image
 
     history = History.open()
@@ -93,7 +93,7 @@ def test_resume_finishes_an_interrupted_method_run_with_its_method_not_the_loop(
 
 
 def test_resume_points_a_session_to_arpo_session(capsys, arpo_home):
-    from arpo.graphs.run_config import RunConfig
+    from arpo.core.run_config import RunConfig
     from arpo.graphs.session_driver import SessionDriver
     from arpo.tools.reference_image import load_reference_image
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from arpo import SAMPLE_IMAGE
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.editor import EditorInverter, Reconstruction

@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from arpo import SAMPLE_IMAGE
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget
 from arpo.tools.inversion.editor import EditorInverter
 from arpo.tools.inversion.pez import PezInverter
@@ -189,8 +189,8 @@ def test_editor_optimised_embedding_reconstructs_better_than_its_start(models, r
     assert losses[-1] < losses[0]
     assert all(later <= earlier + 1e-6 for earlier, later in zip(losses, losses[1:]))
 
-    from arpo.tools.inversion.editor import Reconstruction
     from arpo.tools.inversion.diffusion_parts import DiffusionParts
+    from arpo.tools.inversion.editor import Reconstruction
 
     parts = DiffusionParts(models.text_to_image, "EDITOR")
     check = Reconstruction(parts, reference, 2, 2, "latent")

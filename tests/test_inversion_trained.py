@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from arpo import SAMPLE_IMAGE
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.inversion.base import InversionBudget
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.editor import EditorInverter

@@ -34,7 +34,7 @@ def _write_modules():
         json.dump(sorted(sys.modules), out)
 atexit.register(_write_modules)
 sys.argv = ["arpo", *sys.argv[1:]]
-from arpo.cli import main
+from arpo.app.cli import main
 main()
 """
 

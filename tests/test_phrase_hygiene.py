@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from arpo.agents.scripted_server import ScriptedReply
 from fixtures_brain import brain_server, scripted_backend  # noqa: F401
 
 from arpo.agents import templates
@@ -21,7 +20,8 @@ from arpo.agents.phrase_hygiene import (
 from arpo.agents.proposal import PHRASE_WORDS, ProposalRequest
 from arpo.agents.reply_parsing import parse_phrase_list
 from arpo.agents.roles import LlmProposer
-from arpo.graphs.prompt_text import phrase_family_key, phrase_key
+from arpo.agents.scripted_server import ScriptedReply
+from arpo.core.phrases import phrase_family_key, phrase_key
 from arpo.tools.phrase_bank import load_phrase_bank
 
 FIXTURES = json.loads((Path(__file__).parent / "fixtures" / "weak_model_replies.json").read_text())["replies"]

@@ -7,7 +7,8 @@ from fixtures_brain import brain_server, scripted_backend  # noqa: F401  (fixtur
 
 from arpo.agents.prompt_splitter import PromptSplitter
 from arpo.agents.scripted_server import ScriptedReply
-from arpo.tools.prompt_parts import PromptParts, is_style_phrase, replace_words, split_prompt
+from arpo.core.phrases import replace_words
+from arpo.tools.prompt_parts import PromptParts, is_style_phrase, split_prompt
 
 
 def test_split_sorts_phrases_by_bank_and_style_words_keeping_their_order():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.regressor.backbones import build_backbone, parse_backbone_spec
 from arpo.tools.regressor.checkpoint import load_checkpoint, save_checkpoint
 from arpo.tools.regressor.model import PromptRegressor, RegressorConfig

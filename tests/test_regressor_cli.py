@@ -9,9 +9,9 @@ from cli_harness import run_arpo
 from PIL import Image
 from regressor_shapes import write_shapes
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import RunConfig
 from arpo.storage.history import History
-from arpo.graphs.run_config import RunConfig
 from arpo.tools.inversion.base import InversionStep
 from arpo.tools.regressor.inverter import RegressorInverter
 

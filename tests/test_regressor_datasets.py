@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.regressor.datasets import filter_prompts, load_diffusiondb, load_manifest, load_training_pairs
 from arpo.tools.regressor.vocabulary import Vocabulary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.regressor.prompt_bank import PromptBank, unique_prompts
 from arpo.tools.regressor.sentence_space import HashedWordSpace, load_sentence_space
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from regressor_shapes import write_shapes
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.regressor.checkpoint import load_checkpoint, save_checkpoint
 from arpo.tools.regressor.datasets import load_manifest, open_image
 from arpo.tools.regressor.sentence_space import HashedWordSpace, load_sentence_space

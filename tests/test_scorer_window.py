@@ -4,8 +4,8 @@ import pytest
 from cli_harness import SAMPLE_IMAGE
 
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs.invocation import build_context, execute_run, start_run
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.graphs.selection import ScorerWindow, greedy_select
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack

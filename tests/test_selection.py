@@ -2,7 +2,7 @@
 
 import pytest
 
-from arpo.graphs.prompt_text import join_prompt
+from arpo.core.phrases import join_prompt
 from arpo.graphs.selection import greedy_select
 
 # Each phrase adds a fixed amount to the score, so every round can be worked out on paper.

@@ -10,9 +10,9 @@ from fixtures_brain import brain_server  # noqa: F401  (fixture)
 
 from arpo import SAMPLE_IMAGE
 from arpo.agents.scripted_server import BrainServer, ScriptedBrain
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs.human_turn import HumanTurn
-from arpo.graphs.run_config import BrainChoice, RunConfig
 from arpo.graphs.session_driver import SessionDriver
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack

@@ -8,7 +8,7 @@ import io
 import pytest
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.graphs.human_turn import HumanTurn, parse_reply
 from arpo.storage.history import History
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from arpo.agents.backend import BrainCallRecord
+from arpo.core.brain_calls import BrainCallRecord
 from arpo.storage.history import History
 
 NEW_COLUMNS = ("call_id", "status_code", "response_format", "finish_reason", "server")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.storage import locations
 from arpo.storage.database import create_database_engine
 from arpo.storage.locations import (

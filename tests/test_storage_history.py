@@ -2,7 +2,6 @@
 
 import itertools
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,27 +10,19 @@ from PIL import Image
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.brain_calls import BrainCallRecord
 from arpo.storage.history import History
 from arpo.storage.models import BrainCall, Candidate, Iteration, StoredImage
 from arpo.storage.records import CandidateRecord, IterationRecord
 from arpo.storage.secrets_guard import names_a_credential
 
 
-@dataclass
-class FakeBrainCall:
-    """Shaped like arpo.agents.backend.BrainCallRecord."""
-
-    role: str
-    model: str = "gpt-test"
-    provider: str = "openai"
-    started_at: object = 1_700_000_000.0
-    latency_s: float = 0.5
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempts: int = 1
-    ok: bool = True
-    error: str | None = None
+def brain_call(role: str, **fields) -> BrainCallRecord:
+    """A brain call as the backends record one (a float start time is seconds since the epoch)."""
+    values = {"model": "gpt-test", "provider": "openai", "started_at": 1_700_000_000.0, "latency_s": 0.5,
+              "attempts": 1, "ok": True} | fields
+    return BrainCallRecord(role=role, **values)
 
 
 @pytest.fixture
@@ -199,14 +190,14 @@ def test_brain_calls_are_stored_and_summed(history, reference):
         run_id,
         0,
         [
-            FakeBrainCall("comparer", prompt_tokens=100, completion_tokens=40),
-            FakeBrainCall("proposer", prompt_tokens=60, completion_tokens=None, attempts=3),
+            brain_call("comparer", prompt_tokens=100, completion_tokens=40),
+            brain_call("proposer", prompt_tokens=60, completion_tokens=None, attempts=3),
         ],
     )
     history.record_brain_calls(
         run_id,
         None,
-        [FakeBrainCall("describer", started_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
+        [brain_call("describer", started_at=datetime(2026, 1, 2, tzinfo=timezone.utc),
                        ok=False, error="timed out", prompt_tokens=None)],
     )
     detail = history.get_run(run_id)
@@ -225,7 +216,7 @@ def test_brain_calls_are_stored_and_summed(history, reference):
 
 def test_brain_calls_for_unknown_run_are_refused(history):
     with pytest.raises(InvalidInputError, match="no run with id"):
-        history.record_brain_calls("ffffffffffff", 0, [FakeBrainCall("proposer")])
+        history.record_brain_calls("ffffffffffff", 0, [brain_call("proposer")])
 
 
 def test_finishing_failing_and_resuming(history, reference):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.storage.image_store import ImageStore
 
 

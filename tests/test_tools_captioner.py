@@ -18,7 +18,7 @@ from transformers import (
     OPTForCausalLM,
 )
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.captioner import (
     DEFAULT_CAPTIONER,
     FALLBACK_CAPTION,

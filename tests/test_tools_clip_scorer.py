@@ -10,7 +10,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.clip_scorer import ClipScorer, parse_clip_spec
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import pick_device, pick_dtype
 
 
@@ -56,7 +56,7 @@ def test_named_dtype_wins_and_short_names_are_read():
 
 
 def test_unknown_dtype_is_one_clear_error():
-    from arpo.errors import InvalidInputError
+    from arpo.core.errors import InvalidInputError
     from arpo.tools.devices import parse_dtype
 
     with pytest.raises(InvalidInputError, match="choose one of: float32, float16, bfloat16"):

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools import hub
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from arpo.errors import ModelUnavailableError
+from arpo.core.errors import ModelUnavailableError
 from arpo.tools.captioner import Captioner
 from arpo.tools.clip_scorer import ClipScorer
 from arpo.tools.model_stack import ModelStack, build_model_stack

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.clip_scorer import ClipScorer
 from arpo.tools.phrase_bank import BANK_NAMES, PhraseIndex, load_phrase_bank
 

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from arpo.errors import ModelUnavailableError
+from arpo.core.errors import ModelUnavailableError
 from arpo.tools.text_to_image import TextToImage, _content_token_budget
 
 # Four tokens per repetition ("a", "red", "fox", ","): 20 repetitions are far past the 75-token budget.

@@ -49,10 +49,10 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ui_url(brain_server):  # noqa: F811
+    from arpo.app.web_ui import UiDefaults, build_ui
     from arpo.storage.history import History
-    from arpo.web_ui import UiDefaults, build_ui
 
-    defaults = UiDefaults(
+    defaults = UiDefaults.of(
         models="tiny", brain="vllm", base_url=brain_server.base_url, vlm="scripted-vlm", llm="scripted-llm"
     )
     history = History.open(None)
@@ -133,11 +133,11 @@ def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_u
 
 @pytest.fixture
 def offline_ui_url(tmp_path):
+    from arpo.app.web_ui import UiDefaults, build_ui
     from arpo.storage.history import History
-    from arpo.web_ui import UiDefaults, build_ui
 
     history = History.open(f"sqlite:///{tmp_path}/arpo.db")
-    app = build_ui(history, UiDefaults(models="tiny", brain="offline")).queue()
+    app = build_ui(history, UiDefaults.of(models="tiny", brain="offline")).queue()
     _, url, _ = app.launch(
         server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True, footer_links=[]
     )
@@ -241,11 +241,11 @@ def test_a_login_guards_the_page_and_its_config(tmp_path):
 
     from playwright.sync_api import expect
 
+    from arpo.app.web_ui import UiDefaults, build_ui
     from arpo.storage.history import History
-    from arpo.web_ui import UiDefaults, build_ui
 
     history = History.open(f"sqlite:///{tmp_path}/arpo.db")
-    app = build_ui(history, UiDefaults(models="tiny", brain="offline")).queue()
+    app = build_ui(history, UiDefaults.of(models="tiny", brain="offline")).queue()
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
                            footer_links=[], auth=[("alice", "s3cret")])
     try:

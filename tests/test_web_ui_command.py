@@ -7,7 +7,7 @@ import gradio as gr
 import pytest
 from cli_harness import run_arpo
 
-from arpo.commands.ui import is_loopback
+from arpo.app.commands.ui import is_loopback
 
 
 @pytest.fixture
@@ -87,19 +87,18 @@ def test_loopback_addresses(host, loopback):
 
 
 def test_run_options_from_the_cli_shape_every_session_the_page_starts(capsys, launched, tmp_path, monkeypatch):
-    import arpo.web_ui
-    from arpo.web_ui_handlers import SessionHandlers, StartForm
+    import arpo.app.web_ui
+    from arpo.app.web_ui_handlers import SessionHandlers, StartForm
 
     monkeypatch.setenv("ARPO_HOME", str(tmp_path))
     seen = []
-    real = arpo.web_ui.build_ui
-    monkeypatch.setattr(arpo.web_ui, "build_ui", lambda history, defaults: seen.append(defaults) or real(history, defaults))
+    real = arpo.app.web_ui.build_ui
+    monkeypatch.setattr(arpo.app.web_ui, "build_ui", lambda history, defaults: seen.append(defaults) or real(history, defaults))
     outcome = run_arpo(capsys, "ui", "--models", "tiny", "--brain", "offline", "--steps", "4", "--max-tokens", "123",
                        "--temperature", "0.5", "--llm-brain", "vllm", "--llm-base-url", "http://127.0.0.1:9/v1")
     assert outcome.exit_code == 0, outcome.stderr
     defaults = seen[0]
-    form = StartForm(models=defaults.models, brain=defaults.brain, vlm_brain=defaults.vlm_brain, llm_brain=defaults.llm_brain,
-                     llm_base_url=defaults.llm_base_url)
+    form = StartForm(**{name: defaults.shown(name) for name in ("models", "brain", "vlm_brain", "llm_brain", "llm_base_url")})
     config = SessionHandlers(None, defaults).config(form)
     assert config.steps == 4 and config.vlm.max_tokens == 123 and config.llm.temperature == 0.5
     assert config.vlm.provider == "offline" and config.llm.provider == "vllm"
@@ -109,15 +108,15 @@ def test_run_options_from_the_cli_shape_every_session_the_page_starts(capsys, la
 def test_scheduler_and_dtype_flags_shape_every_session_the_page_starts(capsys, launched, tmp_path, monkeypatch):
     import os
 
-    import arpo.web_ui
-    from arpo.web_ui_handlers import SessionHandlers, StartForm
+    import arpo.app.web_ui
+    from arpo.app.web_ui_handlers import SessionHandlers, StartForm
 
     monkeypatch.setenv("ARPO_HOME", str(tmp_path))
     monkeypatch.delenv("ARPO_SCHEDULER", raising=False)
     monkeypatch.delenv("ARPO_DTYPE", raising=False)
     seen = []
-    real = arpo.web_ui.build_ui
-    monkeypatch.setattr(arpo.web_ui, "build_ui", lambda history, defaults: seen.append(defaults) or real(history, defaults))
+    real = arpo.app.web_ui.build_ui
+    monkeypatch.setattr(arpo.app.web_ui, "build_ui", lambda history, defaults: seen.append(defaults) or real(history, defaults))
     outcome = run_arpo(capsys, "ui", "--models", "tiny", "--brain", "offline", "--scheduler", "DDIM", "--dtype", "bf16")
     assert outcome.exit_code == 0, outcome.stderr
     config = SessionHandlers(None, seen[0]).config(StartForm(models="tiny", brain="offline"))

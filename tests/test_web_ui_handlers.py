@@ -14,13 +14,13 @@ import zipfile
 import pytest
 
 from arpo import SAMPLE_IMAGE
+from arpo.app.web_ui import MODEL_CHOICES, UiDefaults, build_ui
+from arpo.app.web_ui_handlers import SessionHandlers, StartForm
+from arpo.app.web_ui_history import HistoryHandlers, run_table
+from arpo.app.web_ui_view import SCORE_HEADER, Screen, score_plot
 from arpo.graphs.human_turn import parse_reply
 from arpo.graphs.session_driver import SessionDriver
 from arpo.storage.history import History
-from arpo.web_ui import MODEL_CHOICES, UiDefaults, build_ui
-from arpo.web_ui_handlers import SessionHandlers, StartForm
-from arpo.web_ui_history import HistoryHandlers, run_table
-from arpo.web_ui_view import SCORE_HEADER, Screen, score_plot
 
 FORM = dict(image=str(SAMPLE_IMAGE), models="tiny", brain="offline", framework="vanilla", seed=0)
 
@@ -38,7 +38,7 @@ def _last(screens) -> Screen:
 def ui(tmp_path_factory):
     history = History.open(f"sqlite:///{tmp_path_factory.mktemp('ui')}/arpo.db")
     driver = SessionDriver(history)
-    handlers = SessionHandlers(driver, UiDefaults(models="tiny", brain="offline"))
+    handlers = SessionHandlers(driver, UiDefaults.of(models="tiny", brain="offline"))
     yield handlers, HistoryHandlers(driver), history
     history.close()
 
@@ -296,7 +296,7 @@ def test_the_page_config_holds_no_api_key(ui, monkeypatch):
     secret = "sk-test-SECRET-should-never-reach-a-browser"
     monkeypatch.setenv("OPENAI_API_KEY", secret)
     monkeypatch.setenv("VLLM_API_KEY", secret)
-    app = build_ui(ui[2], UiDefaults(models="tiny", brain="openai"))
+    app = build_ui(ui[2], UiDefaults.of(models="tiny", brain="openai"))
     config = json.dumps(app.get_config_file(), default=str)
     assert secret not in config and "API_KEY" not in config
     assert "tiny-pixart" in config, "the config is the page's real one (it lists the model menu)"
@@ -309,7 +309,7 @@ def test_a_missing_key_names_the_brain_menu_not_command_line_flags(ui, monkeypat
 
 
 def test_the_session_tab_exports_the_run(ui, session_id):
-    from arpo.web_ui_history import export_files
+    from arpo.app.web_ui_history import export_files
 
     files, line = export_files(ui[2], session_id)
     assert [f.rsplit(".", 1)[1] for f in files] == ["json", "zip"] and session_id in line
@@ -328,7 +328,7 @@ def test_progress_says_which_image_of_how_many_and_leaves_the_reference_alone(ui
 
 
 def test_long_events_hide_gradios_spinner_and_time_guess(ui):
-    config = build_ui(ui[2], UiDefaults(models="tiny", brain="offline")).get_config_file()
+    config = build_ui(ui[2], UiDefaults.of(models="tiny", brain="offline")).get_config_file()
     ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
     triggers = {ids.get(d["targets"][0][0]): d["show_progress"] for d in config["dependencies"] if d["targets"]}
     for control in ("start", "continue", "run-several", "stop", "send-feedback", "feedback", "use-prompt", "resume"):

@@ -10,13 +10,12 @@ import pytest
 from PIL import Image
 
 from arpo import SAMPLE_IMAGE
+from arpo.core.run_config import RunConfig
 from arpo.eval.methods import MethodContext, build_method
 from arpo.graphs.batch import run_batch
 from arpo.graphs.invocation import build_context, execute_run, start_run
-from arpo.graphs.run_config import RunConfig
 from arpo.storage.history import History
-from arpo.tools import phrase_bank
-from arpo.tools.inversion import registry
+from arpo.tools import inverters, phrase_bank
 from arpo.tools.model_stack import build_model_stack
 from arpo.tools.phrase_bank import load_phrase_bank
 from arpo.tools.reference_image import load_reference_image
@@ -32,13 +31,13 @@ def tiny_models():
 def counted_inverter_builds(monkeypatch):
     """How many times the inversion registry built an inverter, by method name."""
     builds: list[str] = []
-    original = registry.build_inverter
+    original = inverters.build_inverter
 
     def counting(method, config, **kwargs):
         builds.append(method)
         return original(method, config, **kwargs)
 
-    monkeypatch.setattr(registry, "build_inverter", counting)
+    monkeypatch.setattr(inverters, "build_inverter", counting)
     return builds
 
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from arpo.storage.locations import arpo_home
+from arpo.core.locations import arpo_home
 
 
 def cache_dir(name: str) -> Path:

@@ -39,7 +39,7 @@ from transformers import (
     GPT2Tokenizer,
 )
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.cache_paths import cache_dir, list_hash
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import load_or_fail

@@ -20,7 +20,7 @@ from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import MISSING_WEIGHTS_ERRORS, load_or_fail
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 _AUTO = {None, "", "auto"}
 # The names --dtype accepts, and the short forms people also type.

@@ -12,7 +12,7 @@ from arpo.tools.devices import parse_dtype
 from arpo.tools.text_to_image import TINY_PRESETS, TextToImage
 
 if TYPE_CHECKING:
-    from arpo.graphs.run_config import RunConfig
+    from arpo.core.run_config import RunConfig
 
 TINY = "tiny"
 DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"

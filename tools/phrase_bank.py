@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
-from arpo.errors import InvalidInputError
-from arpo.tools.cache_paths import cache_dir as arpo_cache_dir, file_safe, list_hash, write_cache_file
+from arpo.core.errors import InvalidInputError
+from arpo.core.phrases import phrase_key
+from arpo.tools.cache_paths import cache_dir as arpo_cache_dir
+from arpo.tools.cache_paths import file_safe, list_hash, write_cache_file
 from arpo.tools.clip_scorer import ClipScorer
 
 BANK_NAMES = ("mediums", "movements", "flavors", "artists")
@@ -40,11 +42,6 @@ def load_phrase_bank(
     return banks
 
 
-def normalize_phrase(phrase: str) -> str:
-    """The form phrases are compared in: lower case, single spaces, no surrounding punctuation."""
-    return " ".join(phrase.lower().split()).strip(" ,.;:")
-
-
 class PhraseIndex:
     """CLIP text embeddings of a fixed phrase list, searchable by image embedding.
 
@@ -68,7 +65,7 @@ class PhraseIndex:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else arpo_cache_dir("phrase-embeddings")
         self.cache_path = self.cache_dir / _cache_name(scorer, self.phrases)
         self.embeddings = self._load_or_embed(batch_size)
-        self._positions_by_phrase = _positions_by_normalized_phrase(self.phrases)
+        self._positions_by_phrase = _positions_by_phrase_key(self.phrases)
 
     def __len__(self) -> int:
         return len(self.phrases)
@@ -78,7 +75,7 @@ class PhraseIndex:
     ) -> list[tuple[str, float]]:
         """The `k` phrases most similar to the image, best first, as (phrase, cosine similarity).
 
-        Phrases in `exclude` are skipped (compared case- and spacing-insensitively).
+        Phrases in `exclude` are skipped (compared under `phrase_key`, as the loop compares phrases).
         """
         if k <= 0 or not self.phrases:
             return []
@@ -86,7 +83,7 @@ class PhraseIndex:
         reference = reference / reference.norm().clamp_min(1e-12)
         scores = self.embeddings @ reference
         for excluded in exclude:
-            for position in self._positions_by_phrase.get(normalize_phrase(excluded), ()):
+            for position in self._positions_by_phrase.get(phrase_key(excluded), ()):
                 scores[position] = float("-inf")
         available = int(torch.isfinite(scores).sum())
         best = torch.topk(scores, min(k, available))
@@ -196,10 +193,10 @@ def _bank_lines(name: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _positions_by_normalized_phrase(phrases: Sequence[str]) -> dict[str, list[int]]:
+def _positions_by_phrase_key(phrases: Sequence[str]) -> dict[str, list[int]]:
     positions: dict[str, list[int]] = {}
     for position, phrase in enumerate(phrases):
-        positions.setdefault(normalize_phrase(phrase), []).append(position)
+        positions.setdefault(phrase_key(phrase), []).append(position)
     return positions
 
 

@@ -10,12 +10,11 @@ brain is configured.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 
 from pydantic import BaseModel
 
-from arpo.graphs.prompt_text import join_prompt, phrase_key, prompt_phrases
+from arpo.core.phrases import join_prompt, phrase_key, prompt_phrases
 from arpo.tools.phrase_bank import load_phrase_bank
 
 STYLE_BANKS = ("mediums", "movements", "artists")
@@ -59,18 +58,6 @@ def is_style_phrase(phrase: str) -> bool:
     if key in _style_bank_keys():
         return True
     return any(word in _STYLE_WORDS for word in key.split())
-
-
-def replace_words(text: str, old: str, new: str) -> str:
-    """Replace a word or phrase everywhere as whole words, keeping a leading capital ("Dog" → "Cat")."""
-    if not old.strip():
-        return text
-    pattern = re.compile(rf"(?<!\w){re.escape(old.strip())}(?!\w)", re.IGNORECASE)
-
-    def keep_case(match: re.Match[str]) -> str:
-        return new[:1].upper() + new[1:] if match.group(0)[:1].isupper() and new else new
-
-    return pattern.sub(keep_case, text)
 
 
 @lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
 # File extensions taken as images when a whole folder is read (batches, evaluation sets, target domains).

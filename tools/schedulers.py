@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 if TYPE_CHECKING:  # diffusers is heavy; importing this module must stay cheap for light commands
     from diffusers import DiffusionPipeline

@@ -24,7 +24,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name

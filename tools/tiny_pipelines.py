@@ -34,7 +34,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.clip_tokenizer import offline_clip_tokenizer
 
 FAMILIES = ("sd15", "sdxl", "pixart")

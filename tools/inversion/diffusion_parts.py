@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.schedulers import fresh_scheduler
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.trained_inverter import InverterConfig, TrainedInverter
 

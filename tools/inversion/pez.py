@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.precision import GradientGuard
 from arpo.tools.inversion.trajectory import TrajectoryTracker

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import dtype_name
 from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
 from arpo.tools.inversion.diffusion_parts import DiffusionParts

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from arpo.errors import InvalidInputError, ModelUnavailableError
+from arpo.core.errors import InvalidInputError, ModelUnavailableError
 from arpo.tools.inversion.embedding_to_text import PromptDistances, PromptEncoder, RoundCallback, TextRecovery
 from arpo.tools.inversion.vocabulary_projection import decode_tokens
 

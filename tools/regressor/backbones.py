@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 TINY = "tiny"
 KINDS = ("tiny", "clip", "timm", "unet")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.regressor.model import PromptRegressor, RegressorConfig
 from arpo.tools.regressor.prompt_bank import PromptBank
 from arpo.tools.regressor.vocabulary import Vocabulary

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 CurriculumKind = Literal["none", "thirds", "thresholds"]
 CURRICULUM_KINDS = ("none", "thirds", "thresholds")

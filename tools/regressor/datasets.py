@@ -24,7 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 NEAR_DUPLICATE_CHARACTERS = 50
 METADATA_NAMES = ("metadata.parquet", "metadata-large.parquet")

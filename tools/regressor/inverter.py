@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.inversion.base import InversionBudget, InversionResult, InversionStep, OnStep
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from arpo.graphs.run_config import RunConfig
+    from arpo.core.run_config import RunConfig
     from arpo.tools.model_stack import ModelStack
     from arpo.tools.regressor.checkpoint import LoadedRegressor
     from arpo.tools.regressor.kernel_adaptation import KernelAdapter

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 DEFAULT_CLUSTERS = 10_000
 PAPER_GAMMA = 0.001

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.tools.cache_paths import cache_dir, file_safe, list_hash, write_cache_file
 
 CACHE_NAME = "regressor-prompt-banks"

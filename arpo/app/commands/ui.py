@@ -15,9 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from arpo import run_options as opt
-from arpo.errors import InvalidInputError
-from arpo.settings import ArpoSettings
+from arpo.app import options as opt
+from arpo.core.errors import InvalidInputError
+from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
 
 UI_HELP = (
     "Serve the web UI: upload an image, pick models and brains, watch iterations arrive, reply as at the "
@@ -32,64 +32,28 @@ def register(app: typer.Typer) -> None:
     app.command(name="ui", help=UI_HELP)(ui)
 
 
+@opt.with_option_groups
 def ui(
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --auth, --auth-file or --no-auth.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
     auth: Annotated[Optional[str], typer.Option(help="USER:PASSWORD that the login page asks for.")] = None,
     auth_file: Annotated[Optional[Path], typer.Option(help="File of USER:PASSWORD lines, one per person allowed in.")] = None,
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Serve a non-loopback address without a login (every session and image is visible).")] = False,
-    models: opt.Models = None,
-    brain: opt.Brain = None,
-    vlm_brain: opt.VlmBrain = None,
-    llm_brain: opt.LlmBrain = None,
-    base_url: opt.BaseUrl = None,
-    vlm_base_url: opt.VlmBaseUrl = None,
-    llm_base_url: opt.LlmBaseUrl = None,
-    vlm: opt.Vlm = None,
-    llm: opt.Llm = None,
-    framework: opt.Framework = None,
-    steps: Annotated[Optional[int], typer.Option(help="Iterations allowed per 'run N' before asking again is forced (default: 10).")] = None,
-    seed: opt.Seed = None,
-    structured_output: opt.StructuredOutput = None,
-    vlm_structured_output: opt.VlmStructuredOutput = None,
-    llm_structured_output: opt.LlmStructuredOutput = None,
-    max_tokens: opt.MaxTokens = None,
-    vlm_max_tokens: opt.VlmMaxTokens = None,
-    llm_max_tokens: opt.LlmMaxTokens = None,
-    temperature: opt.Temperature = None,
-    brain_seed: opt.BrainSeed = None,
-    clip_model: opt.ClipModel = None,
-    captioner: opt.CaptionerModel = None,
-    device: opt.Device = None,
-    scheduler: opt.Scheduler = None,
-    dtype: opt.Dtype = None,
+    *,
+    models: ModelOptions,
+    brains: BrainOptions,
+    loop: LoopOptions,
     db: opt.Database = None,
 ) -> None:
     logins = login_list(host, auth, auth_file, no_auth)  # refuse before anything loads
     # A local tool has no business reporting usage to Gradio's servers; the user can still opt in.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from arpo.app.web_ui import UiDefaults, build_ui
     from arpo.storage.history import History
-    from arpo.web_ui import UiDefaults, build_ui
 
-    settings = ArpoSettings()
-    run_options = {
-        "steps": steps, "structured_output": structured_output, "vlm_structured_output": vlm_structured_output,
-        "llm_structured_output": llm_structured_output, "max_tokens": max_tokens, "vlm_max_tokens": vlm_max_tokens,
-        "llm_max_tokens": llm_max_tokens, "temperature": temperature, "brain_seed": brain_seed,
-        "clip_model": clip_model, "captioner": captioner, "device": device, "scheduler": scheduler, "dtype": dtype,
-    }
-    run_options = {name: value for name, value in run_options.items() if value is not None}
-    # Check every flag now, as the other commands do, rather than at the first Start in the page.
-    opt.build_run_config(
-        settings, models=models, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain, base_url=base_url,
-        vlm_base_url=vlm_base_url, llm_base_url=llm_base_url, vlm=vlm, llm=llm, framework=framework, seed=seed,
-        **run_options,
-    )
-    defaults = UiDefaults.from_settings(
-        settings, models=models, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain, base_url=base_url,
-        vlm_base_url=vlm_base_url, llm_base_url=llm_base_url, vlm=vlm, llm=llm, framework=framework, seed=seed,
-        run_options=run_options,
-    )
+    settings = ArpoSettings.read()
+    settings.run_config(models, brains, loop)  # every flag checked now, as the other commands do, not at the first Start
+    defaults = UiDefaults(settings, (models, brains, loop))
     history = History.open(db or settings.db)
     app = build_ui(history, defaults)
     lock = f"login required ({len(logins)} user(s))" if logins else "no login"

@@ -1,11 +1,23 @@
-"""How a prompt is built from phrases, and how a proposed phrase is cleaned before it can join one."""
+"""The phrase vocabulary: how a prompt is made of phrases, how a proposed phrase is cleaned before it
+can join one, when two phrases are the same (`phrase_key`) or near-duplicates (`phrase_family_key`),
+and where a phrase stands in a text as whole words. Every part of arpo asks these questions here.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 
+from pydantic import BaseModel
+
 _SEPARATOR = ", "
+
+
+class DroppedPhrase(BaseModel):
+    """A phrase a proposer offered that never became a candidate, and why (phrase hygiene's reasons)."""
+
+    phrase: str
+    reason: str
 
 
 def join_prompt(prompt: str, phrases: list[str]) -> str:
@@ -19,10 +31,27 @@ def prompt_phrases(prompt: str) -> list[str]:
     return [part.strip() for part in prompt.split(",") if part.strip()]
 
 
-def clean_phrase(phrase: str) -> str:
-    """Collapse whitespace and drop the punctuation that would break the comma-separated prompt."""
-    phrase = re.sub(r"\s+", " ", phrase.replace(",", " ")).strip()
-    return phrase.strip(" .;:\"'`")
+LIST_MARKER = re.compile(
+    r"^\s*(?:[-*+•‣▪◦●·]|\(?\d{1,3}[.):\]]|\(?[A-Za-z][.)])\s+(.*\S)\s*$"  # bullet, 1. 2) (3) a)
+)
+"""A list item's marker at the start of a line; group 1 is the item."""
+_QUOTES = "\"'`“”‘’«»"
+_EDGE_PUNCTUATION = ".,;:!?[]{}*_"  # with markdown emphasis: "*soft light*", "_film grain_"
+
+
+def clean_phrase(raw: str) -> str:
+    """One phrase without list marker, markdown emphasis, surrounding quotes or edge punctuation, in
+    single spaces. Commas inside stay: a reply's "soft, fluffy coat" is still two phrases to split."""
+    phrase = " ".join(str(raw).split())
+    marker = LIST_MARKER.match(phrase)
+    if marker:
+        phrase = marker.group(1)
+    phrase = phrase.replace("**", "").replace("__", "")
+    previous = None
+    while phrase != previous:
+        previous = phrase
+        phrase = phrase.strip().strip(_QUOTES).strip(_EDGE_PUNCTUATION).strip()
+    return phrase
 
 
 def phrase_key(phrase: str) -> str:
@@ -35,6 +64,40 @@ def phrase_key(phrase: str) -> str:
 def phrase_words(phrase: str) -> list[str]:
     """The words of a phrase under `phrase_key` (lower case, punctuation gone)."""
     return phrase_key(phrase).split()
+
+
+def prompt_phrase(raw: str) -> str:
+    """A candidate as it may join a prompt: cleaned, and with no comma inside (it would split the
+    phrase in two where the prompt is read)."""
+    return clean_phrase(str(raw).replace(",", " "))
+
+
+def contains_words(text: str, phrase: str) -> bool:
+    """Whether `phrase` occurs in `text` as whole words (so "art" is not found in "party")."""
+    return _whole_words(phrase).search(text) is not None
+
+
+def has_phrase(text: str, phrase: str) -> bool:
+    """Whether `phrase` is in `text` as the same phrase, as whole words: both compared under `phrase_key`,
+    so case and punctuation do not matter ("Soft Light." is in "a cat, soft light")."""
+    key = phrase_key(phrase)
+    return bool(key) and contains_words(phrase_key(text), key)
+
+
+def replace_words(text: str, old: str, new: str) -> str:
+    """Replace a word or phrase everywhere as whole words, in any case, keeping a leading capital
+    ("Dog" becomes "Cat")."""
+    if not old.strip():
+        return text
+
+    def keep_case(match: re.Match[str]) -> str:
+        return new[:1].upper() + new[1:] if match.group(0)[:1].isupper() and new else new
+
+    return _whole_words(old.strip(), re.IGNORECASE).sub(keep_case, text)
+
+
+def _whole_words(phrase: str, flags: int = 0) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", flags)
 
 
 def phrase_family_key(phrase: str) -> str:

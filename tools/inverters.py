@@ -1,20 +1,20 @@
 """Inversion methods by name: what `arpo invert --method` and `--init` accept, built from a run's config.
 
-The regressor lives in its own package (`arpo.tools.regressor`) and is imported only when asked for,
-so the other methods work even where it is absent.
+The hard-prompt and embedding methods live in `arpo.tools.inversion`, the prompt-embedding regressor
+in `arpo.tools.regressor`; each is imported only when it is asked for.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import INVERSION_METHODS
 from arpo.tools.inversion.base import InversionBudget, PromptInverter
 
 if TYPE_CHECKING:
-    from arpo.graphs.run_config import RunConfig
+    from arpo.core.run_config import RunConfig
 
-INVERSION_METHODS = ("pez", "ph2p", "editor", "regressor")
 
 
 def inversion_budget(config: RunConfig) -> InversionBudget:
@@ -46,14 +46,8 @@ def build_inverter(method: str, config: RunConfig, *, llm: Any = None) -> Prompt
         recovery = TrainingFreeInverter(rewriter=llm_rewriter(llm) if llm is not None else None)
         return EditorInverter(budget=budget, text_recovery=recovery)
     if method == "regressor":
-        return _regressor(config)
+        from arpo.tools.regressor.inverter import RegressorInverter
+
+        return RegressorInverter.from_config(config)
     raise InvalidInputError(f"unknown inversion method '{method}'; choose from {', '.join(INVERSION_METHODS)}")
 
-
-def _regressor(config: RunConfig) -> PromptInverter:
-    """The prompt-embedding regressor (registered here, implemented in arpo.tools.regressor)."""
-    try:
-        from arpo.tools.regressor.inverter import RegressorInverter
-    except ImportError as missing:
-        raise InvalidInputError(f"the regressor inverter is not available in this installation ({missing})") from None
-    return RegressorInverter.from_config(config)

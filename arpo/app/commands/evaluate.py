@@ -9,9 +9,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from arpo import run_options as opt
+from arpo.app import options as opt
+from arpo.core.settings import ArpoSettings, BrainOptions, ModelOptions
 from arpo.eval.seeds import REFERENCE_SEED_BASE
-from arpo.settings import ArpoSettings
 
 DEFAULT_METHODS = "caption,ci-fast,arpo-vanilla"
 EVAL_HELP = (
@@ -29,10 +29,12 @@ def register(app: typer.Typer) -> None:
     app.command(name="eval-set", help="Generate a self-consistent evaluation set: one reference per prompt in PROMPTS, with the same T2I model the evaluation will use.")(make_eval_set)
 
 
+@opt.with_option_groups
 def evaluate(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest ({image, prompt?, id?, source?} per line) or a folder of images.")],
+    models: ModelOptions,
+    brains: BrainOptions,
     methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = DEFAULT_METHODS,
-    models: opt.Models = None,
     seeds: Annotated[int, typer.Option(help="Evaluation seeds: each recovered prompt is rendered and scored "
                                              "with seeds 1000, 1001, ...; scores are mean ± std over them.")] = 3,
     search_seed: Annotated[int, typer.Option(help="Seed the methods search with (below 1000; never scored).")] = 0,
@@ -42,25 +44,6 @@ def evaluate(
     inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of inversion methods.")] = None,
     inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit per inversion.")] = None,
     regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint for the regressor method.")] = None,
-    brain: opt.Brain = None,
-    vlm_brain: opt.VlmBrain = None,
-    llm_brain: opt.LlmBrain = None,
-    base_url: opt.BaseUrl = None,
-    vlm: opt.Vlm = None,
-    llm: opt.Llm = None,
-    structured_output: opt.StructuredOutput = None,
-    vlm_structured_output: opt.VlmStructuredOutput = None,
-    llm_structured_output: opt.LlmStructuredOutput = None,
-    max_tokens: opt.MaxTokens = None,
-    vlm_max_tokens: opt.VlmMaxTokens = None,
-    llm_max_tokens: opt.LlmMaxTokens = None,
-    temperature: opt.Temperature = None,
-    brain_seed: opt.BrainSeed = None,
-    clip_model: opt.ClipModel = None,
-    captioner: opt.CaptionerModel = None,
-    device: opt.Device = None,
-    scheduler: opt.Scheduler = None,
-    dtype: opt.Dtype = None,
     db: opt.Database = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of Markdown.")] = False,
 ) -> None:
@@ -75,22 +58,17 @@ def evaluate(
     dataset = load_dataset(manifest)
     # Refused before any model loads: references made with an evaluation or search seed.
     check_reference_seeds(plan, ((case.key, case.generation_seed) for case in dataset.cases))
-    settings = ArpoSettings()
-    config = opt.build_run_config(
-        settings, models=models, steps=steps, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain,
-        base_url=base_url, vlm=vlm, llm=llm, structured_output=structured_output,
-        vlm_structured_output=vlm_structured_output, llm_structured_output=llm_structured_output,
-        max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens, llm_max_tokens=llm_max_tokens,
-        temperature=temperature, brain_seed=brain_seed, clip_model=clip_model, captioner=captioner, device=device,
-        scheduler=scheduler, dtype=dtype,
-        inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
+    settings = ArpoSettings.read()
+    config = settings.run_config(
+        models, brains, steps=steps, inversion_steps=inversion_steps, inversion_seconds=inversion_seconds,
+        regressor=regressor,
     )
     out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
     _run_evaluation(dataset, method_names, metric_names, plan, config, db or settings.db, out_dir, as_json)
 
 
 def _run_evaluation(dataset, method_names, metric_names, plan, config, database_url, out_dir: Path, as_json: bool) -> None:
-    from arpo.cli import TINY_NOTE
+    from arpo.app.reporting import TINY_MODELS_NOTE
     from arpo.eval.methods import MethodContext, build_method
     from arpo.eval.metrics.suite import build_metric_suite
     from arpo.eval.report import table_data, write_report
@@ -111,7 +89,7 @@ def _run_evaluation(dataset, method_names, metric_names, plan, config, database_
         # Models are loaded only when some cell is left: a finished evaluation just rewrites its reports.
         stack = model_stack_for(config)
         if stack.is_tiny:
-            print(TINY_NOTE, file=sys.stderr)
+            print(TINY_MODELS_NOTE, file=sys.stderr)
         suite = build_metric_suite(stack.clip, tiny=config.models in TINY_PRESETS, names=metric_names, device=config.device)
         context = MethodContext(models=stack, history=history, base_config=config)
         methods = [build_method(name, context) for name in method_names]
@@ -159,11 +137,10 @@ def make_eval_set(
     from arpo.tools.model_stack import load_text_to_image
 
     texts = read_prompt_lines(prompts)
-    settings = ArpoSettings()
-    choice = models or settings.models
-    text_to_image = load_text_to_image(
-        choice, device, scheduler=scheduler or settings.scheduler, dtype=dtype or settings.dtype
+    config = ArpoSettings.read().run_config(
+        ModelOptions.chosen(models=models, device=device, scheduler=scheduler, dtype=dtype)
     )
+    text_to_image = load_text_to_image(config.models, config.device, scheduler=config.scheduler, dtype=config.dtype)
     if seed < REFERENCE_SEED_BASE:
         print(f"arpo: note: reference seeds below {REFERENCE_SEED_BASE} may collide with search or evaluation "
               "seeds; `arpo eval` refuses references made with one of its seeds", file=sys.stderr)

@@ -19,18 +19,17 @@ from typing import Any
 
 import gradio as gr
 
-from arpo.errors import ArpoError, InvalidInputError
+from arpo.app.reporting import progress_line
+from arpo.app.session_terminal import EDIT_HELP
+from arpo.app.web_ui_view import Screen, candidate_frame, prompt_html, round_candidates, score_plot, scores_text
+from arpo.core.errors import ArpoError, InvalidInputError
+from arpo.core.run_config import BRAIN_PROVIDERS, FRAMEWORKS
+from arpo.core.settings import OPTION_GROUPS, ArpoSettings, BrainOptions, LoopOptions, ModelOptions, OptionGroup
 from arpo.graphs.human_turn import REPLY_HELP, EditRequest, HumanTurn, parse_edit_request, parse_reply, split_phrases
 from arpo.graphs.session_driver import SessionDriver, SessionView
-from arpo.reporting import progress_line
-from arpo.session_terminal import EDIT_HELP
-from arpo.settings import ArpoSettings
-from arpo.web_ui_view import Screen, candidate_frame, prompt_html, round_candidates, score_plot, scores_text
 
 log = logging.getLogger(__name__)
 
-BRAINS = ["openai", "vllm", "offline"]
-FRAMEWORKS = ["vanilla", "enhanced"]
 MAX_UNATTENDED = 100
 MAX_SEED = 2**32 - 1
 NODE_WORDS = {
@@ -42,32 +41,31 @@ NODE_WORDS = {
 
 @dataclass
 class UiDefaults:
-    """What the start form shows before the person changes it (from flags and ARPO_* settings), and
-    the run options the form does not show, which every session started here uses."""
+    """What a session started in the page uses where the person leaves the start form as it is: the
+    `arpo ui` flags (option groups) over the ARPO_* settings, merged as every command merges them."""
 
-    models: str = "sd15"
-    brain: str = "openai"
-    vlm_brain: str = ""
-    llm_brain: str = ""
-    base_url: str = ""
-    vlm_base_url: str = ""
-    llm_base_url: str = ""
-    vlm: str = ""
-    llm: str = ""
-    framework: str = "vanilla"
-    seed: int = 0
-    run_options: dict[str, Any] = field(default_factory=dict)
-    """Further `build_run_config` arguments from `arpo ui` flags (steps, max_tokens, clip_model, ...)."""
+    settings: ArpoSettings = field(default_factory=ArpoSettings.read)
+    chosen: tuple[OptionGroup, ...] = ()
+    """The option groups of the `arpo ui` flags; the form's own choices go over them."""
 
     @classmethod
-    def from_settings(cls, settings: ArpoSettings, **overrides: Any) -> "UiDefaults":
-        values = {
-            "models": settings.models, "brain": settings.brain, "base_url": settings.base_url or "",
-            "vlm": settings.vlm or "", "llm": settings.llm or "", "framework": settings.framework,
-            "seed": settings.seed,
-        }
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls(**values)
+    def of(cls, settings: ArpoSettings | None = None, **flags: Any) -> UiDefaults:
+        """Defaults from flags by name (models="tiny", brain="offline", steps=4, ...)."""
+        groups = [group.chosen(**{name: value for name, value in flags.items() if name in group.model_fields})
+                  for group in OPTION_GROUPS]
+        unknown = set(flags) - {name for group in OPTION_GROUPS for name in group.model_fields}
+        if unknown:
+            raise TypeError(f"not flags of arpo ui: {', '.join(sorted(unknown))}")
+        return cls(settings or ArpoSettings.read(), tuple(groups))
+
+    def shown(self, name: str) -> Any:
+        """What the start form shows in its field `name`: the flag, else the setting, else nothing ("")."""
+        for group in reversed(self.chosen):
+            value = getattr(group, name, None)
+            if value is not None:
+                return value
+        value = getattr(self.settings, name, None)
+        return "" if value is None else value
 
 
 @dataclass
@@ -353,20 +351,18 @@ class SessionHandlers:
 
     def config(self, form: StartForm):
         """The run configuration the start form asks for; a bad field is one InvalidInputError."""
-        from arpo.run_options import build_run_config
-
         models = _text(form.models)
         if not models:
             raise InvalidInputError("choose a model stack in Models (tiny for a quick offline try)")
         choices = {}
         for name in ("brain", "vlm_brain", "llm_brain"):
             value = _text(getattr(form, name)).lower()
-            if value and value not in BRAINS:
-                raise InvalidInputError(f"{name.replace('_', ' ')} must be one of {', '.join(BRAINS)}, not {value!r}")
+            if value and value not in BRAIN_PROVIDERS:
+                raise InvalidInputError(f"{name.replace('_', ' ')} must be one of {', '.join(BRAIN_PROVIDERS)}, not {value!r}")
             choices[name] = value or None
         framework = _text(form.framework).lower() or None
         if framework and framework not in FRAMEWORKS:
-            raise InvalidInputError(f"framework must be vanilla or enhanced, not {framework!r}")
+            raise InvalidInputError(f"framework must be {' or '.join(FRAMEWORKS)}, not {framework!r}")
         seed = None
         if form.seed not in (None, ""):
             seed = _whole_number(form.seed)
@@ -376,10 +372,12 @@ class SessionHandlers:
         for name, url in urls.items():
             if url and not url.startswith(("http://", "https://")):
                 raise InvalidInputError(f"the {name.replace('_', ' ').replace('url', 'URL')} must start with http:// or https://, not {url!r}")
-        return build_run_config(
-            ArpoSettings(), models=models, framework=framework, seed=seed, vlm=_text(form.vlm) or None,
-            llm=_text(form.llm) or None, **choices, **urls, **self.defaults.run_options,
+        form_choices = (
+            ModelOptions.chosen(models=models),
+            BrainOptions.chosen(vlm=_text(form.vlm) or None, llm=_text(form.llm) or None, **choices, **urls),
+            LoopOptions.chosen(framework=framework, seed=seed),
         )
+        return self.defaults.settings.run_config(*self.defaults.chosen, *form_choices)
 
 
 def understood_line(turn: HumanTurn) -> str:

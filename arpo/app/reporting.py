@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from arpo.storage.history import History
     from arpo.storage.records import IterationRecord, RunDetail, RunSummary
 
+TINY_MODELS_NOTE = "note: --models tiny runs tiny random models offline; the recovered prompt is meaningless as a prompt."
+
 
 def progress_line(node: str, update: dict) -> str | None:
     """One line of progress for a node's state update, or None when there is nothing to say."""

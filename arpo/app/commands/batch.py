@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from arpo import run_options as options
-from arpo.errors import InvalidInputError
-from arpo.settings import ArpoSettings
+from arpo.app import options
+from arpo.core.errors import InvalidInputError
+from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
 
 if TYPE_CHECKING:
     from arpo.graphs.batch import BatchItemResult, BatchReport
@@ -34,64 +34,22 @@ def register(app: typer.Typer) -> None:
     app.command(name="batch", help=BATCH_HELP)(batch)
 
 
+@options.with_option_groups
 def batch(
     source: Annotated[Path, typer.Argument(help="A folder of images, or a .jsonl / .csv manifest.")],
-    models: options.Models = None,
-    brain: options.Brain = None,
-    vlm_brain: options.VlmBrain = None,
-    llm_brain: options.LlmBrain = None,
-    base_url: options.BaseUrl = None,
-    vlm_base_url: options.VlmBaseUrl = None,
-    llm_base_url: options.LlmBaseUrl = None,
-    vlm: options.Vlm = None,
-    llm: options.Llm = None,
-    framework: options.Framework = None,
-    steps: options.Steps = None,
-    seed: options.Seed = None,
-    structured_output: options.StructuredOutput = None,
-    vlm_structured_output: options.VlmStructuredOutput = None,
-    llm_structured_output: options.LlmStructuredOutput = None,
-    max_tokens: options.MaxTokens = None,
-    vlm_max_tokens: options.VlmMaxTokens = None,
-    llm_max_tokens: options.LlmMaxTokens = None,
-    temperature: options.Temperature = None,
-    brain_seed: options.BrainSeed = None,
-    scheduler: options.Scheduler = None,
-    dtype: options.Dtype = None,
+    models: ModelOptions,
+    brains: BrainOptions,
+    loop: LoopOptions,
     db: options.Database = None,
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch report as one JSON object.")] = False,
 ) -> None:
-    from arpo.batch_export import write_batch_exports
+    from arpo.app.batch_export import write_batch_exports
     from arpo.graphs.batch import run_batch
 
-    settings = ArpoSettings()
-    config = options.build_run_config(
-        settings,
-        models=models,
-        brain=brain,
-        vlm_brain=vlm_brain,
-        llm_brain=llm_brain,
-        base_url=base_url,
-        vlm_base_url=vlm_base_url,
-        llm_base_url=llm_base_url,
-        vlm=vlm,
-        llm=llm,
-        framework=framework,
-        steps=steps,
-        seed=seed,
-        structured_output=structured_output,
-        vlm_structured_output=vlm_structured_output,
-        llm_structured_output=llm_structured_output,
-        max_tokens=max_tokens,
-        vlm_max_tokens=vlm_max_tokens,
-        llm_max_tokens=llm_max_tokens,
-        temperature=temperature,
-        brain_seed=brain_seed,
-        scheduler=scheduler,
-        dtype=dtype,
-    )
+    settings = ArpoSettings.read()
+    config = settings.run_config(models, brains, loop)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be at least 1, not {concurrency}")
     with _ProgressBar() as progress:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
-from arpo.errors import InvalidInputError
+from arpo.app.reporting import print_progress
+from arpo.core.errors import InvalidInputError
 from arpo.graphs.human_turn import REPLY_HELP, parse_edit_request, parse_reply
 from arpo.graphs.session_driver import SessionDriver, SessionView
-from arpo.reporting import print_progress
 
 EDIT_HELP = """\
   parts                 show the best prompt as content and style

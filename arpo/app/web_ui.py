@@ -20,19 +20,20 @@ from typing import Any
 
 import gradio as gr
 
-from arpo.errors import ArpoError
+from arpo.app.web_ui_handlers import SessionHandlers, UiDefaults
+from arpo.app.web_ui_history import HistoryHandlers, export_files, picked_run_id, run_table
+from arpo.app.web_ui_view import CANDIDATE_COLUMNS, Screen
+from arpo.core.errors import ArpoError
+from arpo.core.run_config import BRAIN_PROVIDERS, FRAMEWORKS
 from arpo.graphs.session_driver import SessionDriver
 from arpo.storage.history import History
-from arpo.web_ui_handlers import BRAINS, FRAMEWORKS, SessionHandlers, UiDefaults
-from arpo.web_ui_history import HistoryHandlers, export_files, picked_run_id, run_table
-from arpo.web_ui_view import CANDIDATE_COLUMNS, Screen
 
 __all__ = ["MODEL_CHOICES", "UiDefaults", "build_ui"]
 
 log = logging.getLogger(__name__)
 
 MODEL_CHOICES = ["tiny", "tiny-sdxl", "tiny-pixart", "sd15", "sdxl", "pixart"]
-ROLE_BRAINS = [("same as Brain", "")] + [(name, name) for name in BRAINS]
+ROLE_BRAINS = [("same as Brain", "")] + [(name, name) for name in BRAIN_PROVIDERS]
 REPLY_PLACEHOLDER = "feedback in words, or: c · run 3 · edit NEW PROMPT · pin/unpin/ban PHRASE, ... · stop · help"
 
 
@@ -51,20 +52,20 @@ def build_ui(history: History, defaults: UiDefaults, driver: SessionDriver | Non
                     generated = gr.Image(type="pil", label="Regenerated image (round shown)", elem_id="generated", height=320, interactive=False)
                 with gr.Accordion("Models and brains", open=False):
                     with gr.Row():
-                        models = gr.Dropdown(MODEL_CHOICES, value=defaults.models, label="Models", allow_custom_value=True, elem_id="models",
+                        models = gr.Dropdown(MODEL_CHOICES, value=defaults.shown("models"), label="Models", allow_custom_value=True, elem_id="models",
                                              info="tiny, tiny-sdxl, tiny-pixart: small random models for a quick offline try")
-                        brain = gr.Dropdown(BRAINS, value=defaults.brain, label="Brain (both roles)", elem_id="brain")
-                        framework = gr.Radio(FRAMEWORKS, value=defaults.framework, label="Framework", elem_id="framework")
-                        seed = gr.Number(value=defaults.seed, precision=0, label="Seed", elem_id="seed")
+                        brain = gr.Dropdown(list(BRAIN_PROVIDERS), value=defaults.shown("brain"), label="Brain (both roles)", elem_id="brain")
+                        framework = gr.Radio(list(FRAMEWORKS), value=defaults.shown("framework"), label="Framework", elem_id="framework")
+                        seed = gr.Number(value=defaults.shown("seed"), precision=0, label="Seed", elem_id="seed")
                     with gr.Row():
-                        base_url = gr.Textbox(value=defaults.base_url, label="Server URL (vLLM / compatible, both roles)", elem_id="base-url")
-                        vlm = gr.Textbox(value=defaults.vlm, label="VLM model", elem_id="vlm")
-                        llm = gr.Textbox(value=defaults.llm, label="LLM model", elem_id="llm")
+                        base_url = gr.Textbox(value=defaults.shown("base_url"), label="Server URL (vLLM / compatible, both roles)", elem_id="base-url")
+                        vlm = gr.Textbox(value=defaults.shown("vlm"), label="VLM model", elem_id="vlm")
+                        llm = gr.Textbox(value=defaults.shown("llm"), label="LLM model", elem_id="llm")
                     with gr.Row():
-                        vlm_brain = gr.Dropdown(ROLE_BRAINS, value=defaults.vlm_brain, label="VLM brain", elem_id="vlm-brain")
-                        vlm_base_url = gr.Textbox(value=defaults.vlm_base_url, label="VLM server URL", elem_id="vlm-base-url")
-                        llm_brain = gr.Dropdown(ROLE_BRAINS, value=defaults.llm_brain, label="LLM brain", elem_id="llm-brain")
-                        llm_base_url = gr.Textbox(value=defaults.llm_base_url, label="LLM server URL", elem_id="llm-base-url")
+                        vlm_brain = gr.Dropdown(ROLE_BRAINS, value=defaults.shown("vlm_brain"), label="VLM brain", elem_id="vlm-brain")
+                        vlm_base_url = gr.Textbox(value=defaults.shown("vlm_base_url"), label="VLM server URL", elem_id="vlm-base-url")
+                        llm_brain = gr.Dropdown(ROLE_BRAINS, value=defaults.shown("llm_brain"), label="LLM brain", elem_id="llm-brain")
+                        llm_base_url = gr.Textbox(value=defaults.shown("llm_base_url"), label="LLM server URL", elem_id="llm-base-url")
                 start = gr.Button("Start session", variant="primary", elem_id="start")
                 status = gr.Markdown("Upload an image and start a session.", elem_id="status")
                 prompt_view = gr.HTML(elem_id="prompt-view")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from arpo.errors import InvalidInputError
+from arpo.core.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from arpo.graphs.batch import BatchReport

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from arpo.graphs.prompt_text import phrase_key, prompt_phrases
+from arpo.core.phrases import phrase_key, prompt_phrases
 from arpo.storage.records import CandidateRecord, IterationRecord, SessionTurnRecord
 
 SCORE_HEADER = "score (CLIP, prompt so far + phrase)"

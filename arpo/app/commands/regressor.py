@@ -9,8 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from arpo.errors import InvalidInputError
-
+from arpo.core.errors import InvalidInputError
 
 regressor_app = typer.Typer(
     help="The prompt-embedding regressor (Reverse Stable Diffusion): image -> sentence embedding -> nearest prompts.",

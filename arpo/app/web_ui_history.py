@@ -16,9 +16,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from arpo.errors import ArpoError
+from arpo.app.reporting import best_scored
+from arpo.core.errors import ArpoError
 from arpo.graphs.session_driver import SessionDriver
-from arpo.reporting import best_scored
 from arpo.storage.history import History
 from arpo.storage.records import RunDetail
 

@@ -12,9 +12,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from arpo import run_options as opt
-from arpo.errors import ArpoError, InvalidInputError
-from arpo.settings import ArpoSettings
+from arpo.app import options as opt
+from arpo.app.reporting import TINY_MODELS_NOTE
+from arpo.core.errors import ArpoError, InvalidInputError
+from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
 
 app = typer.Typer(
     help="Recover the text prompt behind an image for a text-to-image model (the ARPO loop).",
@@ -28,41 +29,19 @@ BRAINS_HELP = (
     "server at --base-url, key from VLLM_API_KEY if it needs one; offline: no LLM, candidates from phrase "
     "banks). --vlm-brain / --llm-brain override one role, so a closed VLM can pair with an open LLM."
 )
-TINY_NOTE = "note: --models tiny runs tiny random models offline; the recovered prompt is meaningless as a prompt."
 
 
 @app.command(help=f"Recover a prompt for IMAGE. {BRAINS_HELP}")
+@opt.with_option_groups
 def invert(
     image: Annotated[Path, typer.Argument(help="Reference image (PNG, JPEG, WebP, GIF, TIFF, ...).")],
-    models: opt.Models = None,
-    brain: opt.Brain = None,
-    vlm_brain: opt.VlmBrain = None,
-    llm_brain: opt.LlmBrain = None,
-    base_url: opt.BaseUrl = None,
-    vlm_base_url: opt.VlmBaseUrl = None,
-    llm_base_url: opt.LlmBaseUrl = None,
-    vlm: opt.Vlm = None,
-    llm: opt.Llm = None,
-    framework: opt.Framework = None,
-    steps: opt.Steps = None,
-    seed: opt.Seed = None,
-    structured_output: opt.StructuredOutput = None,
-    vlm_structured_output: opt.VlmStructuredOutput = None,
-    llm_structured_output: opt.LlmStructuredOutput = None,
-    max_tokens: opt.MaxTokens = None,
-    vlm_max_tokens: opt.VlmMaxTokens = None,
-    llm_max_tokens: opt.LlmMaxTokens = None,
-    temperature: opt.Temperature = None,
-    brain_seed: opt.BrainSeed = None,
-    init_prompt: Annotated[Optional[str], typer.Option("--init-prompt", help="Start from this prompt instead of a caption.")] = None,
-    clip_model: opt.ClipModel = None,
-    captioner: opt.CaptionerModel = None,
-    device: opt.Device = None,
-    scheduler: opt.Scheduler = None,
-    dtype: opt.Dtype = None,
+    models: ModelOptions,
+    brains: BrainOptions,
+    loop: LoopOptions,
+    init_prompt: opt.InitPrompt = None,
     db: opt.Database = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    out: opt.Out = None,
+    as_json: opt.AsJson = False,
     method: Annotated[Optional[str], typer.Option(help="arpo (the loop) | pez | ph2p | editor | regressor: one inversion method on its own, no brain (default: arpo).")] = None,
     init: Annotated[Optional[str], typer.Option(help="How the loop writes its first prompt: caption | pez | ph2p | editor | regressor (default: caption).")] = None,
     inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of the inversion method (default: the method's own).")] = None,
@@ -71,16 +50,11 @@ def invert(
     editor_inverter: Annotated[Optional[str], typer.Option(help="Trained embedding-to-text inverter (folder) for EDITOR (default: the training-free search).")] = None,
     prompt_bank: Annotated[Optional[str], typer.Option(help="File of prompts the regressor's embedding is matched against.")] = None,
 ) -> None:
-    settings = ArpoSettings()
-    config = opt.build_run_config(
-        settings, models=models, brain=brain, vlm_brain=vlm_brain, llm_brain=llm_brain, base_url=base_url,
-        vlm_base_url=vlm_base_url, llm_base_url=llm_base_url, vlm=vlm, llm=llm, framework=framework,
-        steps=steps, seed=seed, structured_output=structured_output, vlm_structured_output=vlm_structured_output,
-        llm_structured_output=llm_structured_output, max_tokens=max_tokens, vlm_max_tokens=vlm_max_tokens,
-        llm_max_tokens=llm_max_tokens, temperature=temperature, brain_seed=brain_seed, initial_prompt=init_prompt, clip_model=clip_model, captioner=captioner,
-        device=device, scheduler=scheduler, dtype=dtype, method=method or "arpo", init=init or "caption", inversion_steps=inversion_steps,
-        inversion_seconds=inversion_seconds, regressor=regressor, prompt_bank=prompt_bank,
-        editor_inverter=editor_inverter,
+    settings = ArpoSettings.read()
+    config = settings.run_config(
+        models, brains, loop, initial_prompt=init_prompt, method=method, init=init,
+        inversion_steps=inversion_steps, inversion_seconds=inversion_seconds, regressor=regressor,
+        prompt_bank=prompt_bank, editor_inverter=editor_inverter,
     )
     _check_inversion_options(config)
     _run_invert(image, config, db or settings.db, out, as_json)
@@ -100,8 +74,8 @@ def _check_inversion_options(config) -> None:
 
 def _finish_single_method(handle, history, out: Path | None, as_json: bool) -> None:
     """Run a --method run's inversion (again from its start when resumed: methods keep no checkpoint)."""
+    from arpo.app.reporting import run_result, summary_text
     from arpo.graphs.inversion_run import run_inversion
-    from arpo.reporting import run_result, summary_text
 
     if history.get_run(handle.run_id).status != "finished":
         run_inversion(handle, on_step=_print_inversion_step)
@@ -116,8 +90,8 @@ def _print_inversion_step(step) -> None:
 
 
 def _run_invert(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
+    from arpo.core.run_config import BrainChoice
     from arpo.graphs.invocation import build_context, start_run
-    from arpo.graphs.run_config import BrainChoice
     from arpo.storage.history import History
     from arpo.tools.reference_image import load_reference_image
 
@@ -129,7 +103,7 @@ def _run_invert(image: Path, config, database_url: str | None, out: Path | None,
     history = History.open(database_url)
     context = build_context(config, history)
     if context.models.is_tiny:
-        print(TINY_NOTE, file=sys.stderr)
+        print(TINY_MODELS_NOTE, file=sys.stderr)
     handle = start_run(history, config, reference, context)
     what = f" ({config.method} inversion)" if single_method else ""
     print(f"run {handle.run_id} started{what}; resume with: arpo resume {handle.run_id}", file=sys.stderr)
@@ -143,19 +117,19 @@ def _run_invert(image: Path, config, database_url: str | None, out: Path | None,
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), as `arpo history` lists it.")],
     db: opt.Database = None,
-    out: Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+    out: opt.Out = None,
+    as_json: opt.AsJson = False,
 ) -> None:
     from arpo.graphs.invocation import load_run
     from arpo.storage.history import History
 
-    history = History.open(db or ArpoSettings().db)
+    history = History.open(db or ArpoSettings.read().db)
     stored = history.get_run(run_id)
     if stored.kind == "session":
         raise InvalidInputError(f"run {stored.id} is a session; continue it with: arpo session --resume {stored.id}")
     handle = load_run(history, stored.id)
     if handle.context.models.is_tiny:
-        print(TINY_NOTE, file=sys.stderr)
+        print(TINY_MODELS_NOTE, file=sys.stderr)
     print(f"resuming run {handle.run_id}", file=sys.stderr)
     if handle.config.method != "arpo":
         _finish_single_method(handle, history, out, as_json)
@@ -164,8 +138,8 @@ def resume(
 
 
 def _execute_and_report(handle, history, out: Path | None, as_json: bool) -> None:
+    from arpo.app.reporting import print_progress, run_result, summary_text
     from arpo.graphs.invocation import execute_run
-    from arpo.reporting import print_progress, run_result, summary_text
 
     execute_run(handle, on_update=print_progress)
     result = run_result(history.get_run(handle.run_id), history, out)
@@ -175,14 +149,14 @@ def _execute_and_report(handle, history, out: Path | None, as_json: bool) -> Non
 @app.command(help="List past runs, or show one run's iterations.")
 def history(
     run_id: Annotated[Optional[str], typer.Argument(help="Show this run's iterations.")] = None,
-    db: Annotated[Optional[str], typer.Option(help="History database URL.")] = None,
+    db: opt.Database = None,
     limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    from arpo.reporting import iterations_text, run_result, runs_table
+    from arpo.app.reporting import iterations_text, run_result, runs_table
     from arpo.storage.history import History
 
-    store = History.open(db or ArpoSettings().db)
+    store = History.open(db or ArpoSettings.read().db)
     if run_id is None:
         runs = store.list_runs(limit=limit)
         print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2) if as_json else runs_table(runs))
@@ -191,14 +165,14 @@ def history(
     print(json.dumps(run_result(detail, store), indent=2) if as_json else iterations_text(detail, store))
 
 
-# Command groups kept in their own modules: each arpo.commands.<name> has `register(app)`, and keeps its
+# Command groups kept in their own modules: each arpo.app.commands.<name> has `register(app)`, and keeps its
 # heavy imports inside the command functions so `arpo --help` stays fast.
 # (one line per module below)
-from arpo.commands import session; session.register(app)  # noqa: E402, E702
-from arpo.commands import ui; ui.register(app)  # noqa: E402, E702
-from arpo.commands import batch; batch.register(app)  # noqa: E402, E702
-from arpo.commands import evaluate; evaluate.register(app)  # noqa: E402, E702
-from arpo.commands import regressor; regressor.register(app)  # noqa: E402, E702
+from arpo.app.commands import session; session.register(app)  # noqa: E402, E702
+from arpo.app.commands import ui; ui.register(app)  # noqa: E402, E702
+from arpo.app.commands import batch; batch.register(app)  # noqa: E402, E702
+from arpo.app.commands import evaluate; evaluate.register(app)  # noqa: E402, E702
+from arpo.app.commands import regressor; regressor.register(app)  # noqa: E402, E702
 
 
 def main() -> None:
