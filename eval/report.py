@@ -199,7 +199,7 @@ def render_html(data: dict[str, Any], cells: Sequence[CellRecord], history: Hist
             return None
         target = images_dir / f"{sha256}.png"
         if not target.exists():
-            shutil.copyfile(history.image_store.path_for(sha256), target)
+            shutil.copyfile(history.image_path(sha256), target)
         return f"images/{sha256}.png"
 
     by_image: dict[str, list[CellRecord]] = defaultdict(list)

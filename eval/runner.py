@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from arpo.eval.metrics.suite import ScoredPrompt
 from arpo.eval.seeds import SeedPlan, check_reference_seeds, check_search_seeds
-from arpo.storage.evaluations import CellRecord, EvaluationStore
+from arpo.storage.evaluations import CellRecord
 
 if TYPE_CHECKING:
     from arpo.eval.datasets import EvalCase, EvalDataset
@@ -49,7 +49,7 @@ class EvalRunner:
     def run(self, evaluation_id: str, dataset: EvalDataset, plan: SeedPlan) -> list[CellRecord]:
         """Fill every missing cell; returns all of the evaluation's finished cells."""
         check_reference_seeds(plan, ((case.key, case.generation_seed) for case in dataset.cases))
-        store = EvaluationStore(self.history.engine)
+        store = self.history.evaluations
         existing = {cell.key: cell for cell in store.cells(evaluation_id)}
         total = len(dataset.cases) * len(self.methods) * len(plan.eval_seeds)
         done = sum(1 for cell in existing.values() if cell.status == "done")

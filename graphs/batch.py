@@ -123,7 +123,6 @@ def run_batch(
     `on_planned` hears the number of items before they start. KeyboardInterrupt stops every item at its
     next graph node, leaving them resumable.
     """
-    from arpo.storage.batches import BatchStore
     from arpo.storage.history import History
 
     if concurrency < 1:
@@ -135,7 +134,7 @@ def run_batch(
     shared = build_context(config, history, models)
     plans = [_plan(item, config) for item in planned_items]
     batch_id = _batch_id(source, config)
-    store = BatchStore(history.engine)
+    store = history.batches
     store.ensure_batch(batch_id, source, config.model_dump(mode="json"), len(plans))
     if on_planned is not None:
         on_planned(len(plans))

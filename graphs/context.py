@@ -45,7 +45,7 @@ class ArpoContext:
     history: History
     """Where runs, iterations, images and brain calls are kept."""
     brains: Brains
-    """The VLM and LLM backends; either may be None (offline)."""
+    """The VLM and LLM brains; either may be None (offline)."""
     framework: Framework = "vanilla"
     """Vanilla: one two-image VLM comparison. Enhanced: describe each image, then an LLM compares."""
     telemetry: LoopTelemetry = field(default_factory=LoopTelemetry)
@@ -62,7 +62,7 @@ class ArpoContext:
         """Reference pixels and embedding, computed on first use only."""
         with self._reference_lock:
             if sha256 not in self._references:
-                image = self.history.image_store.open(sha256)
+                image = self.history.open_image(sha256)
                 embedding = self.models.clip.encode_images([image])[0]
                 self._references[sha256] = ReferenceView(sha256, image, embedding)
             return self._references[sha256]
@@ -112,7 +112,7 @@ class ArpoContext:
 
     def save_brain_calls(self, run_id: str, iteration: int | None) -> None:
         """Move the brain calls made since the last save into the history (and the telemetry)."""
-        calls = self.brains.drain_calls()
+        calls = self.brains.take_calls()
         for call in calls:
             self.telemetry.add_brain_call(call.started_at, call.latency_s)
         if calls:

@@ -72,7 +72,7 @@ def compare(state: ArpoState, runtime: Ctx) -> dict:
     if not ctx.uses_vlm:
         return {"differences": ""}
     reference = ctx.reference(state["reference_sha256"])
-    generated = ctx.history.image_store.open(state["generated_sha256"])
+    generated = ctx.history.open_image(state["generated_sha256"])
     if ctx.framework == "vanilla":
         differences = ctx.comparer.compare(reference.image, generated)
     else:

@@ -2,8 +2,8 @@
 
 An item is keyed by what determines its result, the image's content hash and the run configuration,
 so running a batch again finds every item it already started, whatever the batch was called or where
-the manifest lives. The table registers itself with the history's metadata on import (see
-`arpo.storage.database`), so opening any history creates it.
+the manifest lives. Its tables are in `arpo.storage.models` with the
+others, so opening any history creates them.
 """
 
 from __future__ import annotations
@@ -12,39 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import JSON, Engine, ForeignKey, Integer, String, Text, select
-from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
 
-from arpo.storage.models import RUN_ID_LENGTH, SHA256_LENGTH, Base, Run, UtcDateTime, utc_now
+from arpo.storage.models import BatchItemRow, BatchRow, Run
 
 BATCH_ITEM_STATUSES = ("pending", "running", "finished", "failed")
-
-
-class BatchRow(Base):
-    """One batch: a folder or manifest run with one configuration."""
-
-    __tablename__ = "batches"
-
-    id: Mapped[str] = mapped_column(String(RUN_ID_LENGTH), primary_key=True)
-    source: Mapped[str] = mapped_column(Text)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    item_count: Mapped[int] = mapped_column(Integer, default=0)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
-
-
-class BatchItemRow(Base):
-    """One image of a batch and the run recovering its prompt."""
-
-    __tablename__ = "batch_items"
-
-    key: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
-    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
-    image: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
 
 
 class BatchItemState(BaseModel):

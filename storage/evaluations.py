@@ -8,64 +8,16 @@ resumed evaluation continues that run from its checkpoint instead of starting a 
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint, select
-from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from arpo.core.errors import InvalidInputError
-from arpo.storage.models import Base, UtcDateTime, utc_now
+from arpo.storage.models import EVALUATION_ID_LENGTH, Evaluation, EvaluationCell
 
-EVALUATION_ID_LENGTH = 12
 CELL_STATUSES = ("pending", "done")
-
-
-class Evaluation(Base):
-    """One benchmark: a data set, the methods and seeds compared, and where its reports go."""
-
-    __tablename__ = "evaluations"
-
-    id: Mapped[str] = mapped_column(String(EVALUATION_ID_LENGTH), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    manifest: Mapped[str] = mapped_column(Text)
-    out_dir: Mapped[str] = mapped_column(Text, index=True)
-    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-
-
-class EvaluationCell(Base):
-    """One method's prompt for one image and seed: its regenerated image, scores and cost."""
-
-    __tablename__ = "evaluation_cells"
-    __table_args__ = (
-        UniqueConstraint("evaluation_id", "image_key", "method", "seed", name="uq_evaluation_cell"),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
-    image_key: Mapped[str] = mapped_column(String(512))
-    method: Mapped[str] = mapped_column(String(64))
-    seed: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    run_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    reference_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
-    ground_truth: Mapped[str | None] = mapped_column(Text, nullable=True)
-    generated_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    """metric -> {"value": float, "model": str}."""
-    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
-    t2i_calls: Mapped[int] = mapped_column(Integer, default=0)
-    brain_calls: Mapped[int] = mapped_column(Integer, default=0)
-    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    trajectory: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    """Scores along the method's own iterations (ARPO) or steps (inversion), for the report's plots."""
-    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
 
 class EvaluationRecord(BaseModel):

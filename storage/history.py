@@ -9,6 +9,7 @@ import json
 import secrets
 from collections.abc import Iterable
 from datetime import date, datetime
+from functools import cached_property
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from arpo.core.brain_calls import BrainCallRecord
 from arpo.core.errors import InvalidInputError
+from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
+from arpo.storage.evaluations import EvaluationStore
 from arpo.storage.image_store import ImageStore, StoredImageRef
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root
 from arpo.storage.models import (
@@ -55,8 +58,10 @@ class History:
     """Runs, iterations, candidates, images and brain calls, stored for browsing and resuming."""
 
     def __init__(self, engine: Engine, image_store: ImageStore) -> None:
-        self.engine = engine
-        self.image_store = image_store
+        # Both stay inside: callers ask for images, runs, batches and evaluations by what they are, so
+        # the database and the file layout can change without them noticing.
+        self._engine = engine
+        self._images = image_store
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
@@ -68,11 +73,11 @@ class History:
     @property
     def checkpoint_path(self) -> Path:
         """Where LangGraph checkpoints of this history's runs are kept (see `checkpoint_path_for`)."""
-        return checkpoint_path_for(self.engine.url)
+        return checkpoint_path_for(self._engine.url)
 
     def close(self) -> None:
         """Release the database connections."""
-        self.engine.dispose()
+        self._engine.dispose()
 
     def __enter__(self) -> "History":
         return self
@@ -87,14 +92,14 @@ class History:
     ) -> StoredImageRef:
         """Store an image file and its row; storing the same pixels again keeps the first row as is."""
         _require_choice(role, IMAGE_ROLES, "image role")
-        stored = self.image_store.put(image)
+        stored = self._images.put(image)
         try:
             with self._sessions.begin() as session:
                 if session.get(StoredImage, stored.sha256) is None:
                     session.add(
                         StoredImage(
                             sha256=stored.sha256,
-                            relative_path=self.image_store.relative_path_for(stored.sha256),
+                            relative_path=self._images.relative_path_for(stored.sha256),
                             width=stored.width,
                             height=stored.height,
                             format="PNG",
@@ -109,8 +114,28 @@ class History:
         return stored
 
     def open_image(self, sha256: str) -> Image.Image:
-        """Load a stored image by its hash."""
-        return self.image_store.open(sha256)
+        """Load a stored image by its hash (recently stored or opened images come from memory)."""
+        return self._images.open(sha256)
+
+    def image_path(self, sha256: str) -> Path:
+        """Where the file of an image with this hash is (or would be), to show a person or to copy."""
+        return self._images.path_for(sha256)
+
+    def has_image(self, sha256: str) -> bool:
+        """Whether the image store holds an image with this hash."""
+        return self._images.contains(sha256)
+
+    # Batches and evaluations, kept in the same database
+
+    @cached_property
+    def batches(self) -> BatchStore:
+        """Which images each batch holds and which run recovers each one."""
+        return BatchStore(self._engine)
+
+    @cached_property
+    def evaluations(self) -> EvaluationStore:
+        """Benchmarks and their (image, method, seed) cells."""
+        return EvaluationStore(self._engine)
 
     # Writing runs
 

@@ -1,4 +1,8 @@
-"""Tables of the history: runs, their iterations and candidate phrases, stored images, brain calls."""
+"""Every table of the history: runs, their iterations and candidate phrases, stored images, brain calls,
+inversion trajectories, session turns and renders, batches and their items, evaluations and their cells.
+
+All of them are declared here, on one `Base`, so creating the schema needs this module and nothing
+imported for its side effects."""
 
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +30,7 @@ CANDIDATE_REASONS = (
 
 RUN_ID_LENGTH = 12
 SHA256_LENGTH = 64
+EVALUATION_ID_LENGTH = 12
 
 
 def utc_now() -> datetime:
@@ -251,3 +256,82 @@ class Render(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
 
     run: Mapped[Run] = relationship(back_populates="renders")
+
+
+# Batches (arpo.storage.batches)
+
+
+class BatchRow(Base):
+    """One batch: a folder or manifest run with one configuration."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(RUN_ID_LENGTH), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    item_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+
+
+class BatchItemRow(Base):
+    """One image of a batch and the run recovering its prompt."""
+
+    __tablename__ = "batch_items"
+
+    key: Mapped[str] = mapped_column(String(SHA256_LENGTH), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True)
+    image: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+
+
+# Evaluations (arpo.storage.evaluations)
+
+
+class Evaluation(Base):
+    """One benchmark: a data set, the methods and seeds compared, and where its reports go."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[str] = mapped_column(String(EVALUATION_ID_LENGTH), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    manifest: Mapped[str] = mapped_column(Text)
+    out_dir: Mapped[str] = mapped_column(Text, index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class EvaluationCell(Base):
+    """One method's prompt for one image and seed: its regenerated image, scores and cost."""
+
+    __tablename__ = "evaluation_cells"
+    __table_args__ = (
+        UniqueConstraint("evaluation_id", "image_key", "method", "seed", name="uq_evaluation_cell"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    evaluation_id: Mapped[str] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"), index=True)
+    image_key: Mapped[str] = mapped_column(String(512))
+    method: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    run_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    reference_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ground_truth: Mapped[str | None] = mapped_column(Text, nullable=True)
+    generated_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    scores: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """metric -> {"value": float, "model": str}."""
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    t2i_calls: Mapped[int] = mapped_column(Integer, default=0)
+    brain_calls: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    trajectory: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    """Scores along the method's own iterations (ARPO) or steps (inversion), for the report's plots."""
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)

@@ -19,7 +19,6 @@ from arpo.app.batch_export import EXPORT_COLUMNS, write_batch_exports
 from arpo.core.run_config import RunConfig
 from arpo.graphs.batch import item_key, run_batch
 from arpo.graphs.batch_manifest import BatchItem
-from arpo.storage.batches import BatchStore
 from arpo.storage.history import History
 
 TINY_OFFLINE = ("--models", "tiny", "--brain", "offline")
@@ -141,7 +140,7 @@ def test_a_failing_item_is_recorded_and_the_rest_finish(tmp_path, arpo_home, tin
 
     history = History.open()
     assert len(history.list_runs()) == 3
-    stored = {state.image: state for state in BatchStore(history.engine).items_of(report.batch_id)}
+    stored = {state.image: state for state in history.batches.items_of(report.batch_id)}
     assert stored["broken.png"].status == "failed" and stored["broken.png"].error == broken.error
     assert stored["image-01.png"].status == "finished"
 
@@ -168,7 +167,7 @@ def test_a_run_opened_but_not_recorded_before_a_kill_is_taken_up_not_duplicated(
 
     (path,) = make_images(tmp_path / "images", 1)
     history = History.open()
-    store = BatchStore(history.engine)
+    store = history.batches
     key = item_key(_sha256_of(path), TINY_QUICK)
     # What a kill right after `start_run` leaves: the item marked running, its new run not yet recorded.
     store.ensure_batch("killedbatch0", "earlier", {}, 1)
@@ -200,7 +199,7 @@ def test_a_kill_between_a_nodes_writes_and_its_checkpoint_is_continued_to_the_en
                     f"DELETE FROM {table} WHERE thread_id = ? AND checkpoint_id = ?", (first.run_id, checkpoint_id)
                 )
     history.set_status(first.run_id, "running")
-    BatchStore(history.engine).record(first.key, batch_id=report.batch_id, image=path.name, status="running")
+    history.batches.record(first.key, batch_id=report.batch_id, image=path.name, status="running")
 
     (again,) = run_batch(tmp_path / "images", TINY_QUICK, models=tiny_models, history=history).items
     assert (again.status, again.run_id, again.skipped) == ("finished", first.run_id, False)

@@ -21,7 +21,6 @@ from arpo.eval.metrics.suite import build_metric_suite
 from arpo.eval.runner import EvalRunner
 from arpo.eval.seeds import EVAL_SEED_BASE, REFERENCE_SEED_BASE, SeedPlan
 from arpo.graphs.invocation import build_context, start_run
-from arpo.storage.evaluations import EvaluationStore
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
 
@@ -86,7 +85,7 @@ def test_arpo_eval_writes_table_report_and_history(capsys, tmp_path, dataset_dir
     assert "a tabby cat looking up" in html
 
     history = History.open()
-    evaluation_cells = EvaluationStore(history.engine).cells(table["evaluation_id"])
+    evaluation_cells = history.evaluations.cells(table["evaluation_id"])
     assert len(evaluation_cells) == 8 and {cell.status for cell in evaluation_cells} == {"done"}
     for cell in evaluation_cells:
         assert cell.seed not in cell.details["search_seeds"] and cell.details["eval_seed"] == cell.seed
@@ -159,7 +158,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, brain_serv
     methods = [build_method("caption", context), build_method("arpo-vanilla", context)]
     suite = build_metric_suite(stack.clip, tiny=True, names=["clip_t", "clip_i"])
     dataset = load_dataset(dataset_dir)
-    store = EvaluationStore(history.engine)
+    store = history.evaluations
     evaluation = store.open_evaluation(str(dataset.location), "/tmp/out", {"test": 1})
 
     # An ARPO cell whose run was started and then cut off before it ran: the resume must finish that run.
@@ -248,11 +247,11 @@ def test_runner_refuses_a_method_that_searched_with_an_evaluation_seed(tmp_path)
     Image.new("RGB", (40, 40), (10, 20, 30)).save(folder / "dark.png")
     stack = build_model_stack("tiny")
     history = History.open()
-    evaluation = EvaluationStore(history.engine).open_evaluation(str(folder), str(tmp_path / "out"), {"test": 2})
+    evaluation = history.evaluations.open_evaluation(str(folder), str(tmp_path / "out"), {"test": 2})
     runner = EvalRunner(history, stack, build_metric_suite(stack.clip, tiny=True, names=["clip_t"]), [PeekingMethod()])
     with pytest.raises(RuntimeError, match=r"searched with evaluation seed\(s\) \[1000\]"):
         runner.run(evaluation.id, load_dataset(folder), SeedPlan(search_seed=0, eval_seeds=(1000, 1001)))
-    assert EvaluationStore(history.engine).cells(evaluation.id) == []  # nothing was rendered or scored
+    assert history.evaluations.cells(evaluation.id) == []  # nothing was rendered or scored
 
 
 def test_final_prompt_is_fixed_before_any_evaluation_render(tmp_path, monkeypatch, one_step_tiny_generator):
@@ -282,7 +281,7 @@ def test_final_prompt_is_fixed_before_any_evaluation_render(tmp_path, monkeypatc
     folder.mkdir()
     Image.new("RGB", (40, 40), (10, 20, 30)).save(folder / "dark.png")
     history = History.open()
-    evaluation = EvaluationStore(history.engine).open_evaluation(str(folder), str(tmp_path / "out"), {"test": 3})
+    evaluation = history.evaluations.open_evaluation(str(folder), str(tmp_path / "out"), {"test": 3})
     runner = EvalRunner(history, stack, build_metric_suite(stack.clip, tiny=True, names=["clip_t"]), [SearchingMethod()],
                         progress=lambda line: None)
     cells = runner.run(evaluation.id, load_dataset(folder), SeedPlan(search_seed=7, eval_seeds=(1000, 1001, 1002)))

@@ -81,7 +81,7 @@ def test_an_image_just_stored_is_read_without_decoding_its_file(tmp_path, monkey
 
 def test_databases_commit_to_the_write_ahead_log_without_waiting_for_the_disk(arpo_home):
     history = History.open()
-    with history.engine.connect() as connection:
+    with history._engine.connect() as connection:
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
         synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()
     assert (journal, synchronous) == ("wal", 1)  # 1: NORMAL

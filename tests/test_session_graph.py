@@ -45,7 +45,7 @@ def test_a_session_pauses_after_the_first_image_and_shows_what_a_person_needs(ti
     pause = view.pause
     assert pause["iteration"] == 0 and pause["prompt"] == "a cat"
     assert pause["candidates"] == [] and pause["best_prompt"] == "a cat"
-    assert driver.history.image_store.contains(pause["generated_sha256"])
+    assert driver.history.has_image(pause["generated_sha256"])
     assert view.detail.status == "paused" and view.detail.kind == "session"
 
 

@@ -43,7 +43,7 @@ def generated(history):
 
 
 def count_rows(history: History, table) -> int:
-    with Session(history.engine) as session:
+    with Session(history._engine) as session:
         return session.scalar(select(func.count()).select_from(table))
 
 
@@ -73,7 +73,7 @@ def test_storing_an_image_twice_keeps_one_file_and_one_row(history, tmp_path):
     assert first == second
     assert count_rows(history, StoredImage) == 1
     assert len([path for path in (tmp_path / "images").rglob("*.png")]) == 1
-    with Session(history.engine) as session:
+    with Session(history._engine) as session:
         row = session.get(StoredImage, first.sha256)
         assert (row.role, row.width, row.height, row.format) == ("reference", 5, 3, "PNG")
         assert row.image_metadata == {"source": "upload"}
@@ -202,7 +202,7 @@ def test_brain_calls_are_stored_and_summed(history, reference):
     )
     detail = history.get_run(run_id)
     assert (detail.brain_calls, detail.prompt_tokens, detail.completion_tokens) == (3, 160, 40)
-    with Session(history.engine) as session:
+    with Session(history._engine) as session:
         rows = session.scalars(select(BrainCall).order_by(BrainCall.id)).all()
         assert [(row.role, row.iteration_index, row.attempts, row.ok) for row in rows] == [
             ("comparer", 0, 1, True),

@@ -128,7 +128,7 @@ def test_a_session_in_the_browser_takes_feedback_and_an_edit_and_keeps_them(ui_u
     renders = history.renders(run_id)
     assert len(renders) == 1
     assert renders[0].content == "a dog on a red sofa" and renders[0].prompt.startswith("a dog on a red sofa")
-    assert renders[0].seed == 0 and history.image_store.contains(renders[0].image_sha256)
+    assert renders[0].seed == 0 and history.has_image(renders[0].image_sha256)
 
 
 @pytest.fixture

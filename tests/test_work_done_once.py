@@ -126,7 +126,7 @@ def test_ph2p_renders_its_winner_once_on_its_own(tiny_models, logged_renders):
     shortlist = [candidate["prompt"] for candidate in result.details["rescored"]]
     assert sorted(logged_renders) == sorted((prompt, 0) for prompt in shortlist)  # each once, the winner too
     [iteration] = history.get_run(handle.run_id).iterations_detail
-    stored = history.image_store.open(iteration.generated_sha256)
+    stored = history.open_image(iteration.generated_sha256)
     assert stored.tobytes() == tiny_models.text_to_image.generate(result.prompt, 0).tobytes()  # as if rendered anew
 
 
@@ -136,5 +136,5 @@ def test_ph2p_as_init_hands_its_winner_to_the_loops_first_iteration(tiny_models,
     [iteration] = history.get_run(handle.run_id).iterations_detail
     assert (iteration.prompt, 0) in logged_renders  # PH2P's winner became the loop's first prompt
     assert len(logged_renders) == len(set(logged_renders))  # and nothing was rendered twice
-    stored = history.image_store.open(iteration.generated_sha256)
+    stored = history.open_image(iteration.generated_sha256)
     assert stored.tobytes() == tiny_models.text_to_image.generate(iteration.prompt, 0).tobytes()

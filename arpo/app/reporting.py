@@ -55,7 +55,7 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
     """The run as one JSON-ready object; images are copied into ``out_dir`` when given."""
     iterations = []
     for record in detail.iterations_detail:
-        image_path = history.image_store.path_for(record.generated_sha256)
+        image_path = history.image_path(record.generated_sha256)
         if out_dir is not None:
             image_path = _copy_into(image_path, out_dir / f"iteration-{record.index:03d}.png")
         iterations.append(
@@ -93,7 +93,7 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
             turn.model_dump(mode="json", exclude={"shown"}) for turn in history.session_turns(detail.id)
         ]
         result["renders"] = [
-            render.model_dump(mode="json") | {"image": str(history.image_store.path_for(render.image_sha256))}
+            render.model_dump(mode="json") | {"image": str(history.image_path(render.image_sha256))}
             for render in history.renders(detail.id)
         ]
     if out_dir is not None:

@@ -99,7 +99,7 @@ class TerminalSession:
                 self._say(f"{label}: {', '.join(pause[label])}")
         if pause.get("notice"):
             self._say(f"note: {pause['notice']}")
-        self._say(f"image: {self.driver.history.image_store.path_for(pause['generated_sha256'])}")
+        self._say(f"image: {self.driver.history.image_path(pause['generated_sha256'])}")
         self._say("reply: Enter to go on, feedback in words, or help")
 
     def _show_end(self, view: SessionView) -> None:
@@ -108,7 +108,7 @@ class TerminalSession:
         self._say(f"best prompt (CLIP-I {detail.best_clip_i or 0:.4f}): {detail.best_prompt}")
 
     def _show_render(self, render) -> None:
-        path = self.driver.history.image_store.path_for(render.image_sha256)
+        path = self.driver.history.image_path(render.image_sha256)
         self._say(f"rendered (seed {render.seed}): {render.prompt}\nimage: {path}")
 
     def _ask(self, prompt: str) -> str | None:

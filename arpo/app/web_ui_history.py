@@ -143,13 +143,12 @@ def export_run(history: History, detail: RunDetail) -> tuple[Path, Path]:
     json_path = folder / f"arpo-{detail.id}.json"
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     zip_path = folder / f"arpo-{detail.id}-images.zip"
-    store = history.image_store
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_STORED) as archive:  # PNGs are compressed already
-        archive.write(store.path_for(detail.reference_sha256), "reference.png")
+        archive.write(history.image_path(detail.reference_sha256), "reference.png")
         for record in detail.iterations_detail:
-            archive.write(store.path_for(record.generated_sha256), f"iteration-{record.index:03d}.png")
+            archive.write(history.image_path(record.generated_sha256), f"iteration-{record.index:03d}.png")
         for number, render in enumerate(result["renders"], start=1):
-            archive.write(store.path_for(render["image_sha256"]), f"render-{number:03d}.png")
+            archive.write(history.image_path(render["image_sha256"]), f"render-{number:03d}.png")
         archive.write(json_path, json_path.name)
     return json_path, zip_path
 

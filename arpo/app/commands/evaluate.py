@@ -73,13 +73,12 @@ def _run_evaluation(dataset, method_names, metric_names, plan, config, database_
     from arpo.eval.metrics.suite import build_metric_suite
     from arpo.eval.report import table_data, write_report
     from arpo.eval.runner import EvalRunner, stderr_progress
-    from arpo.storage.evaluations import EvaluationStore
     from arpo.storage.history import History
     from arpo.tools.model_stack import model_stack_for
     from arpo.tools.text_to_image import TINY_PRESETS
 
     history = History.open(database_url)
-    store = EvaluationStore(history.engine)
+    store = history.evaluations
     identity = _identity(dataset, method_names, metric_names, plan, config)
     evaluation = store.open_evaluation(str(dataset.location), str(out_dir), identity)
     stderr_progress(f"evaluation {evaluation.id}: {len(dataset.cases)} image(s) × {len(method_names)} method(s) × "
