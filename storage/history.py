@@ -405,25 +405,7 @@ def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
 
 
 def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallRecord) -> BrainCall:
-    return BrainCall(
-        run_id=run_id,
-        iteration_index=iteration_index,
-        role=call.role,
-        provider=call.provider,
-        model=call.model,
-        started_at=call.started_at,
-        latency_s=float(call.latency_s or 0.0),
-        prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens,
-        attempts=call.attempts,
-        ok=bool(call.ok),
-        error=call.error,
-        call_id=call.call_id,
-        status_code=call.status_code,
-        response_format=call.response_format,
-        finish_reason=call.finish_reason,
-        server=call.server,
-    )
+    return BrainCall(run_id=run_id, iteration_index=iteration_index, **call.model_dump(exclude={"iteration_index"}))
 
 
 def _summary(run: Run, iteration_count: int) -> RunSummary:
