@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arpo.core.errors import InvalidInputError
-from arpo.tools.regressor.curriculum import (
+from arpo.training.regressor.curriculum import (
     DifficultySplit,
     curriculum_schedule,
     default_thresholds,

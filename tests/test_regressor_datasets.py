@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from arpo.core.errors import InvalidInputError
-from arpo.tools.regressor.datasets import filter_prompts, load_diffusiondb, load_manifest, load_training_pairs
 from arpo.tools.regressor.vocabulary import Vocabulary
+from arpo.training.regressor.datasets import filter_prompts, load_diffusiondb, load_manifest, load_training_pairs
 
 LONG = "an intricate matte painting of a floating castle above the clouds, golden hour, "
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from arpo.tools.regressor.kernel_adaptation import (
-    PAPER_GAMMA,
-    KernelAdapter,
-    ensemble_median,
-    fit_kernel_adapter,
-    median_heuristic_gamma,
-    second_order_features,
-)
+from arpo.tools.regressor.kernel_adaptation import KernelAdapter, ensemble_median, second_order_features
+from arpo.training.regressor.kernel_fitting import PAPER_GAMMA, fit_kernel_adapter, median_heuristic_gamma
 
 
 def _direct_dakl(centroids, centroid_targets, target, queries, gamma, ridge):

@@ -10,9 +10,9 @@ from regressor_shapes import write_shapes
 
 from arpo.core.errors import InvalidInputError
 from arpo.tools.regressor.checkpoint import load_checkpoint, save_checkpoint
-from arpo.tools.regressor.datasets import load_manifest, open_image
 from arpo.tools.regressor.sentence_space import HashedWordSpace, load_sentence_space
-from arpo.tools.regressor.training import TrainingOptions, train_regressor
+from arpo.training.regressor.datasets import load_manifest, open_image
+from arpo.training.regressor.loop import TrainingOptions, train_regressor
 
 
 @pytest.fixture(scope="module")

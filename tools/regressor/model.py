@@ -17,7 +17,8 @@ from PIL import Image
 from torch import nn
 
 from arpo.tools.regressor.backbones import Backbone
-from arpo.tools.regressor.losses import DEFAULT_VOCABULARY_WEIGHT
+
+DEFAULT_VOCABULARY_WEIGHT = 0.1  # the paper's λ: weight of the vocabulary loss beside the cosine loss
 
 
 @dataclass

@@ -41,9 +41,9 @@ def train(
 ) -> None:
     from arpo.tools.regressor.backbones import parse_backbone_spec
     from arpo.tools.regressor.checkpoint import save_checkpoint
-    from arpo.tools.regressor.datasets import load_training_pairs
     from arpo.tools.regressor.sentence_space import load_sentence_space
-    from arpo.tools.regressor.training import TrainingOptions, train_regressor
+    from arpo.training.regressor.datasets import load_training_pairs
+    from arpo.training.regressor.loop import TrainingOptions, train_regressor
 
     options = TrainingOptions(
         epochs=epochs,
@@ -109,7 +109,7 @@ def adapt(
     gamma: Annotated[
         Optional[float],
         typer.Option(help="γ of the RBF transform (default: 1 / median anchor distance; the paper's 0.001 "
-                          "suits only its own data, see tools/regressor/kernel_adaptation.py)."),
+                          "suits only its own data, see arpo/training/regressor/kernel_fitting.py)."),
     ] = None,
     ridge: Annotated[
         float, typer.Option(help="L2 regularisation of the kernel ridge regression, relative to its Gram matrix's scale.")
@@ -117,10 +117,10 @@ def adapt(
     seed: Annotated[int, typer.Option(help="k-means seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="Torch device (default: best available).")] = None,
 ) -> None:
-    from arpo.tools.regressor.datasets import load_training_pairs, open_image
     from arpo.tools.regressor.inverter import RegressorInverter
-    from arpo.tools.regressor.kernel_adaptation import fit_kernel_adapter
     from arpo.tools.regressor.sentence_space import load_sentence_space
+    from arpo.training.regressor.datasets import load_training_pairs, open_image
+    from arpo.training.regressor.kernel_fitting import fit_kernel_adapter
 
     if clusters < 1 or (gamma is not None and gamma <= 0) or ridge <= 0:
         raise InvalidInputError("--clusters must be at least 1, --gamma and --ridge positive.")
@@ -155,7 +155,7 @@ def _target_images(target: Path) -> list[Path]:
         if not images:
             raise InvalidInputError(f"No images in '{target}'.")
         return images
-    from arpo.tools.regressor.datasets import load_training_pairs
+    from arpo.training.regressor.datasets import load_training_pairs
 
     return [pair.image for pair in load_training_pairs(target)]
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional
 
-DEFAULT_VOCABULARY_WEIGHT = 0.1  # the paper's λ
+# The checkpoint's config records λ, so its default lives with the model.
+from arpo.tools.regressor.model import DEFAULT_VOCABULARY_WEIGHT
 
 
 @dataclass

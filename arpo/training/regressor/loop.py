@@ -23,7 +23,10 @@ import torch
 
 from arpo.core.errors import InvalidInputError
 from arpo.tools.regressor.backbones import build_backbone, parse_backbone_spec
-from arpo.tools.regressor.curriculum import (
+from arpo.tools.regressor.model import DEFAULT_VOCABULARY_WEIGHT, PromptRegressor, RegressorConfig, to_device
+from arpo.tools.regressor.prompt_bank import PromptBank
+from arpo.tools.regressor.vocabulary import DEFAULT_SIZE, Vocabulary
+from arpo.training.regressor.curriculum import (
     CURRICULUM_KINDS,
     CurriculumKind,
     curriculum_schedule,
@@ -31,11 +34,8 @@ from arpo.tools.regressor.curriculum import (
     split_difficulty,
     stage_batches,
 )
-from arpo.tools.regressor.datasets import ImagePromptPair, open_image
-from arpo.tools.regressor.losses import DEFAULT_VOCABULARY_WEIGHT, cosine_similarities, regressor_loss
-from arpo.tools.regressor.model import PromptRegressor, RegressorConfig, to_device
-from arpo.tools.regressor.prompt_bank import PromptBank
-from arpo.tools.regressor.vocabulary import DEFAULT_SIZE, Vocabulary
+from arpo.training.regressor.datasets import ImagePromptPair, open_image
+from arpo.training.regressor.losses import cosine_similarities, regressor_loss
 
 # Paper: 1e-4 for ViT/Swin, 5e-6 for CLIP. The tiny random CNN starts from nothing and needs more.
 DEFAULT_LEARNING_RATES = {"tiny": 1e-3, "clip": 5e-6, "timm": 1e-4, "unet": 1e-4}
