@@ -12,14 +12,14 @@ from arpo.tools.inversion.base import InversionBudget
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.editor import EditorInverter
 from arpo.tools.inversion.embedding_to_text import embedding_distance
-from arpo.tools.inversion.inverter_training import (
+from arpo.tools.inversion.trained_inverter import TrainedInverter
+from arpo.tools.model_stack import build_model_stack
+from arpo.training.inverter import (
     inverter_config_for,
     load_prompt_corpus,
     main,
     train_inverter,
 )
-from arpo.tools.inversion.trained_inverter import TrainedInverter
-from arpo.tools.model_stack import build_model_stack
 
 CORPUS = ["a cat", "a dog in the snow", "oil painting of a red barn", "portrait of a woman at night"]
 

@@ -61,7 +61,7 @@ class EditorInverter:
     """Embedding-to-text backend; None: the trained inverter in `trained_inverter_folder`, if given,
     else the training-free search."""
     trained_inverter_folder: str | None = None
-    """A trained inverter's folder (`arpo.tools.inversion.inverter_training`); loaded on first use
+    """A trained inverter's folder (`arpo.training.inverter`); loaded on first use
     with the pipeline's tokenizer, which it decodes with."""
     initial_prompt: str | None = None
     """Start from this prompt instead of the captioner's."""

@@ -7,7 +7,7 @@ improved prompt. Decoding uses the generator's CLIP tokenizer as the output voca
 the model writes is a prompt the generator can read. At inversion time beam search proposes several
 hypotheses per round and the one whose re-encoding lies nearest the target is kept.
 
-No trained weights exist to download: a model is trained with `arpo.tools.inversion.inverter_training`
+No trained weights exist to download: a model is trained with `arpo.training.inverter`
 (days on a GPU for a real text encoder; seconds for the tiny one in the tests) and loaded from its folder.
 """
 
@@ -196,7 +196,7 @@ class TrainedInverter(torch.nn.Module):
         if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise ModelUnavailableError(
                 f"no trained EDITOR inverter at {folder} (no weights are published to download); train one "
-                "with `python -m arpo.tools.inversion.inverter_training CORPUS --out FOLDER`, or use EDITOR's "
+                "with `python -m arpo.training.inverter CORPUS --out FOLDER`, or use EDITOR's "
                 "training-free text recovery (the default)"
             )
         config = InverterConfig(**json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")))

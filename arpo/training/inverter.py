@@ -5,7 +5,7 @@ field, or bare JSON strings). Each batch of prompts is encoded by the generator'
 zero-step model learns to write the prompt back from its embedding, then the corrector learns to turn
 the zero-step model's own hypothesis (with its embedding) into the prompt.
 
-    python -m arpo.tools.inversion.inverter_training prompts.txt --models sd15 --out inverter/
+    python -m arpo.training.inverter prompts.txt --models sd15 --out inverter/
 """
 
 from __future__ import annotations
