@@ -1,6 +1,7 @@
-"""The layers hold: imports point down only (app -> eval -> graphs -> agents -> tools | storage -> core),
-no package's modules import each other in a cycle, and the core imports no heavy library. The contracts live in pyproject.toml; `lint-imports` checks them here so
-the README's test command (and CI) runs them."""
+"""The layers hold: imports point down only (app -> eval | training -> graphs -> agents -> tools | storage
+-> core, so training code is reachable from the app alone), no package's modules import each other in a
+cycle, and the core imports no heavy library. The contracts live in pyproject.toml; `lint-imports` checks
+them here so the README's test command (and CI) runs them."""
 
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def _broken_by(contracts, graph, importer: str, imported: str) -> set[str]:
         ("arpo.core.errors", "arpo.app.cli", "Layers"),  # the ground floor reaching the front door
         ("arpo.tools.clip_scorer", "arpo.graphs.state", "Layers"),  # a tool knowing the graph
         ("arpo.storage.history", "arpo.tools.clip_scorer", "Layers"),  # storage and tools stay apart
+        ("arpo.tools.regressor.inverter", "arpo.training.regressor.loop", "Layers"),  # inference reaching training
+        ("arpo.eval.methods", "arpo.training.inverter", "Layers"),  # evaluation and training stay apart
         ("arpo.core.run_config", "torch", "core stays light"),
         ("arpo.graphs.state", "arpo.graphs.builder", "cycles"),  # builder -> nodes -> ... -> state
     ],

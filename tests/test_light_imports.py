@@ -21,8 +21,7 @@ NOT_FOR_INVERT = (
     "lpips",
     "bert_score",
     "arpo.eval.metrics",
-    "arpo.tools.regressor.training",
-    "arpo.tools.inversion.inverter_training",
+    "arpo.training",
 )
 
 # Runs the console entry point with the given arguments and, at exit (also after sys.exit), writes the
