@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import dtype_name
-from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
+from arpo.tools.inversion.base import InversionBudget, InversionResult
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.embedding_to_text import EmbeddingToText, embedding_distance
 from arpo.tools.inversion.precision import GradientGuard
-from arpo.tools.inversion.trajectory import TrajectoryTracker
+from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking, TrajectoryTracker
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -51,8 +51,8 @@ DEFAULT_LR = 1e-2
 
 
 @dataclass
-class EditorInverter:
-    """EDITOR against the stack's pipeline and captioner; `budget` applies when `invert` is given none."""
+class EditorInverter(BudgetedInverter):
+    """EDITOR against the stack's pipeline and captioner."""
 
     denoising_steps: int = DEFAULT_DENOISING_STEPS
     lr: float = DEFAULT_LR
@@ -65,21 +65,15 @@ class EditorInverter:
     with the pipeline's tokenizer, which it decodes with."""
     initial_prompt: str | None = None
     """Start from this prompt instead of the captioner's."""
-    budget: InversionBudget = field(default_factory=InversionBudget)
     name: str = "editor"
+    default_steps = DEFAULT_STEPS
 
-    def invert(
-        self,
-        reference: Image.Image,
-        models: ModelStack,
-        *,
-        seed: int = 0,
-        budget: InversionBudget | None = None,
-        on_step: OnStep | None = None,
+    def _invert(
+        self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking
     ) -> InversionResult:
         parts = DiffusionParts(models.text_to_image, "EDITOR", sdxl=True)
         text_recovery = self._text_recovery(parts)  # a missing trained inverter fails before any work
-        tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
+        tracker = start_tracking()
         caption = (self.initial_prompt or models.captioner.caption(reference)).strip()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

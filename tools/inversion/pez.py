@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from arpo.core.errors import InvalidInputError
-from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
+from arpo.tools.inversion.base import InversionResult
 from arpo.tools.inversion.precision import GradientGuard
-from arpo.tools.inversion.trajectory import TrajectoryTracker
+from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking, TrajectoryTracker
 from arpo.tools.inversion.vocabulary_projection import (
     VocabularyProjector,
     decode_tokens,
@@ -44,23 +44,17 @@ DEFAULT_WEIGHT_DECAY = 0.1
 
 
 @dataclass
-class PezInverter:
-    """PEZ against the run's CLIP scorer; `budget` applies when `invert` is given none."""
+class PezInverter(BudgetedInverter):
+    """PEZ against the run's CLIP scorer."""
 
     prompt_len: int = DEFAULT_PROMPT_LEN
     lr: float = DEFAULT_LR
     weight_decay: float = DEFAULT_WEIGHT_DECAY
-    budget: InversionBudget = field(default_factory=InversionBudget)
     name: str = "pez"
+    default_steps = DEFAULT_STEPS
 
-    def invert(
-        self,
-        reference: Image.Image,
-        models: ModelStack,
-        *,
-        seed: int = 0,
-        budget: InversionBudget | None = None,
-        on_step: OnStep | None = None,
+    def _invert(
+        self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking
     ) -> InversionResult:
         clip = models.clip
         text = ClipTextTower(clip)
@@ -69,7 +63,7 @@ class PezInverter:
                 f"PEZ prompt length {self.prompt_len} does not fit CLIP's {text.context_length - 2} tokens"
             )
         target = clip.encode_images([reference])[0].to(text.device)
-        tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
+        tracker = start_tracking()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             best = self._optimise(text, target, tracker, torch.Generator().manual_seed(seed))

@@ -35,17 +35,17 @@ Deliberate choices, where this departs from the paper or fills in what it leaves
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from arpo.core.errors import InvalidInputError
 from arpo.tools.devices import dtype_name
-from arpo.tools.inversion.base import InversionBudget, InversionResult, OnStep
+from arpo.tools.inversion.base import InversionResult
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.precision import GradientGuard, NonFiniteGradient
-from arpo.tools.inversion.trajectory import TrajectoryTracker
+from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking
 from arpo.tools.inversion.vocabulary_projection import (
     VocabularyProjector,
     decode_tokens,
@@ -75,8 +75,8 @@ Projection = Literal["delayed", "immediate"]
 
 
 @dataclass
-class Ph2pInverter:
-    """PH2P against the stack's text-to-image pipeline; `budget` applies when `invert` is given none."""
+class Ph2pInverter(BudgetedInverter):
+    """PH2P against the stack's text-to-image pipeline."""
 
     prompt_len: int = DEFAULT_PROMPT_LEN
     lbfgs_iterations: int = DEFAULT_LBFGS_ITERATIONS
@@ -91,19 +91,13 @@ class Ph2pInverter:
     """How many fixed timesteps (evenly spread over `timesteps`) the shortlist's loss is averaged over."""
     rescored: int = DEFAULT_RESCORED
     """How many candidates (lowest averaged denoising loss first) are regenerated and compared by CLIP."""
-    budget: InversionBudget = field(default_factory=InversionBudget)
     name: str = "ph2p"
+    default_steps = DEFAULT_STEPS
 
-    def invert(
-        self,
-        reference: Image.Image,
-        models: ModelStack,
-        *,
-        seed: int = 0,
-        budget: InversionBudget | None = None,
-        on_step: OnStep | None = None,
+    def _invert(
+        self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking
     ) -> InversionResult:
-        tracker = TrajectoryTracker(budget or self.budget, DEFAULT_STEPS, on_step)
+        tracker = start_tracking()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             search = self.start_search(reference, models, seed=seed)

@@ -1,15 +1,26 @@
-"""Budget keeping and step recording shared by every inverter.
+"""Budget keeping and step recording shared by every step-by-step inverter.
 
 An inverter asks `TrajectoryTracker` whether it may take another step, and hands it each step's loss
 and prompt; the tracker stamps the wall time, keeps the list and forwards each step to `on_step`.
+`BudgetedInverter` is the one `invert` of the inverters that work under such a budget (PEZ, PH2P,
+EDITOR): it settles which budget applies, and each method supplies only its own work.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import Any
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from arpo.tools.inversion.base import InversionBudget, InversionStep, OnStep
+from arpo.tools.inversion.base import InversionBudget, InversionResult, InversionStep, OnStep
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from arpo.tools.model_stack import ModelStack
 
 
 class TrajectoryTracker:
@@ -60,3 +71,36 @@ class TrajectoryTracker:
         if self.max_seconds is not None and self.seconds >= self.max_seconds:
             return f"time limit ({self.max_seconds:g} s)"
         return "converged"
+
+
+StartTracking = Callable[[], TrajectoryTracker]
+"""Starts the clock of an inversion's budget and returns its tracker."""
+
+
+@dataclass
+class BudgetedInverter(ABC):
+    """The `PromptInverter` interface for a method that optimises step by step within a budget."""
+
+    budget: InversionBudget = field(default_factory=InversionBudget)
+    """Applies when `invert` is given none."""
+    default_steps: ClassVar[int]
+    """The method's step limit when the budget sets none (its paper's default)."""
+
+    def invert(
+        self,
+        reference: Image.Image,
+        models: ModelStack,
+        *,
+        seed: int = 0,
+        budget: InversionBudget | None = None,
+        on_step: OnStep | None = None,
+    ) -> InversionResult:
+        start_tracking = functools.partial(TrajectoryTracker, budget or self.budget, self.default_steps, on_step)
+        return self._invert(reference, models, seed, start_tracking)
+
+    @abstractmethod
+    def _invert(
+        self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking
+    ) -> InversionResult:
+        """The method's own work. It calls `start_tracking` where its time limit starts counting: each
+        method decides which of its setup (encoding the reference, loading models) the budget covers."""
