@@ -14,7 +14,6 @@ No trained weights exist to download: a model is trained with `arpo.training.inv
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from arpo.core.errors import InvalidInputError, ModelUnavailableError
-from arpo.tools.inversion.embedding_to_text import PromptDistances, PromptEncoder, RoundCallback, TextRecovery
+from arpo.tools.inversion.embedding_to_text import HypothesisSearch, NextBeam, PromptDistances
 from arpo.tools.inversion.vocabulary_projection import decode_tokens
 
 CONFIG_FILE = "inverter.json"
@@ -72,8 +71,9 @@ class InverterConfig:
         )
 
 
-class TrainedInverter(torch.nn.Module):
-    """Zero-step model plus corrector; `recover` is the EmbeddingToText interface."""
+class TrainedInverter(torch.nn.Module, HypothesisSearch):
+    """Zero-step model plus corrector: the zero-step model writes the first beam, each round the
+    corrector rewrites the nearest hypothesis (`HypothesisSearch.recover` runs the rounds)."""
 
     name = "trained"
 
@@ -136,42 +136,26 @@ class TrainedInverter(torch.nn.Module):
         special = {self.config.start_id, self.config.end_id, self.config.pad_id}
         return decode_tokens(self.tokenizer, [int(token) for token in ids.tolist() if int(token) not in special])
 
-    def recover(
-        self,
-        target: torch.Tensor,
-        encoder: PromptEncoder,
-        *,
-        start_prompts: Sequence[str] = (),
-        seed: int = 0,
-        max_seconds: float | None = None,
-        on_round: RoundCallback | None = None,
-    ) -> TextRecovery:
-        """Zero-step hypotheses, then corrector rounds; the hypothesis re-encoding nearest wins."""
+    @property
+    def rounds(self) -> int:
+        return self.config.correction_rounds
+
+    def _begin(
+        self, target: torch.Tensor, scores: PromptDistances, start_prompts: Sequence[str]
+    ) -> tuple[list[str], NextBeam]:
+        """The beam is the one hypothesis nearest so far, of all the model has written."""
         self._check_width(target)
-        started = time.perf_counter()
         target = target.to(self.device).float().unsqueeze(0)
         self.eval()
-        beams = self.config.beams
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            hypotheses = list(start_prompts) + self.write(self.zero_step, self.zero_step_inputs(target), beams)
-            scores = PromptDistances(target, encoder)
-            scores.measure(hypotheses)
-            best = scores.nearest()
-            start_distance = scores.distance(best)
-            rounds = []
-            for index in range(self.config.correction_rounds):
-                if max_seconds is not None and time.perf_counter() - started >= max_seconds:
-                    break
-                embedding = encoder.encode_prompts([best]).to(self.device)
-                inputs = self.corrector_inputs(target, embedding, self.hypothesis_ids([best]))
-                scores.measure(self.write(self.corrector, inputs, beams))
-                best = scores.nearest()
-                summary = {"round": index, "prompt": best, "distance": scores.distance(best), "tried": len(scores)}
-                rounds.append(summary)
-                if on_round is not None:
-                    on_round(summary)
-        return TextRecovery(best, scores.distance(best), start_distance, rounds)
+        scores.measure(list(start_prompts) + self.write(self.zero_step, self.zero_step_inputs(target), self.config.beams))
+
+        def correct(beam: list[str]) -> list[str]:
+            embedding = scores.encoder.encode_prompts(beam).to(self.device)
+            inputs = self.corrector_inputs(target, embedding, self.hypothesis_ids(beam))
+            scores.measure(self.write(self.corrector, inputs, self.config.beams))
+            return [scores.nearest()]
+
+        return [scores.nearest()], correct
 
     def _check_width(self, target: torch.Tensor) -> None:
         if target.shape[-1] != self.config.embedding_width:

@@ -9,18 +9,12 @@ The search stops when a round brings no improvement, after `rounds` rounds, or a
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from arpo.tools.inversion.embedding_to_text import (
-    PromptDistances,
-    PromptEncoder,
-    RoundCallback,
-    TextRecovery,
-)
+from arpo.tools.inversion.embedding_to_text import HypothesisSearch, NextBeam, PromptDistances
 
 Rewriter = Callable[[str, int], list[str]]
 """(current best prompt, how many) -> rewrites; e.g. an LLM asked for variations."""
@@ -30,7 +24,7 @@ DEFAULT_BANK_PHRASES = 300
 
 
 @dataclass
-class TrainingFreeInverter:
+class TrainingFreeInverter(HypothesisSearch):
     """Beam search over prompt rewrites, ranked by distance of their re-encoding to the target."""
 
     phrases: Sequence[str] | None = None
@@ -42,36 +36,18 @@ class TrainingFreeInverter:
     rewriter: Rewriter | None = None
     rewrites_per_round: int = 4
     name: str = "training-free"
+    stop_when_stalled = True  # a round that finds nothing nearer ends the search (module docstring)
 
-    def recover(
-        self,
-        target: torch.Tensor,
-        encoder: PromptEncoder,
-        *,
-        start_prompts: Sequence[str] = (),
-        seed: int = 0,
-        max_seconds: float | None = None,
-        on_round: RoundCallback | None = None,
-    ) -> TextRecovery:
-        started = time.perf_counter()
-        scores = PromptDistances(target, encoder)
+    def _begin(
+        self, target: torch.Tensor, scores: PromptDistances, start_prompts: Sequence[str]
+    ) -> tuple[list[str], NextBeam]:
         pool = self._phrase_pool(scores, start_prompts)
-        beam = scores.best(list(start_prompts) + pool[:2], self.beam_width)
-        start_distance = scores.distance(beam[0])
-        rounds: list[dict] = []
-        for index in range(self.rounds):
-            if max_seconds is not None and time.perf_counter() - started >= max_seconds:
-                break
-            previous = scores.distance(beam[0])
+
+        def rewrite_beam(beam: list[str]) -> list[str]:
             rewrites = [rewrite for prompt in beam for rewrite in self._rewrites(prompt, pool)]
-            beam = scores.best(beam + rewrites, self.beam_width)
-            summary = {"round": index, "prompt": beam[0], "distance": scores.distance(beam[0]), "tried": len(scores)}
-            rounds.append(summary)
-            if on_round is not None:
-                on_round(summary)
-            if scores.distance(beam[0]) >= previous:
-                break
-        return TextRecovery(beam[0], scores.distance(beam[0]), start_distance, rounds)
+            return scores.best(beam + rewrites, self.beam_width)
+
+        return scores.best(list(start_prompts) + pool[:2], self.beam_width), rewrite_beam
 
     def _phrase_pool(self, scores: PromptDistances, start_prompts: Sequence[str]) -> list[str]:
         phrases = list(self.phrases) if self.phrases is not None else _bank_phrases()
