@@ -1,14 +1,36 @@
-"""LangGraph checkpoints on SQLite, so an interrupted run can be finished by `arpo resume`."""
+"""LangGraph checkpoints, so an interrupted run can be finished by `arpo resume`: in the history's own
+PostgreSQL database when it has one, else in a SQLite file beside the history."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from arpo.core.errors import InvalidInputError
 
-def open_checkpointer(path: Path) -> SqliteSaver:
+if TYPE_CHECKING:
+    from langgraph.checkpoint.base import BaseCheckpointSaver
+
+    from arpo.storage.history import History
+
+_SET_UP: set[str] = set()
+"""PostgreSQL databases whose checkpoint tables this process has made sure of."""
+_SET_UP_LOCK = threading.Lock()
+
+
+def open_checkpointer(history: History) -> BaseCheckpointSaver:
+    """A saver for the runs of `history`, on a connection of its own (close it with `.conn.close()`)."""
+    conninfo = history.postgres_conninfo
+    if conninfo is not None:
+        return _postgres_saver(conninfo)
+    return sqlite_saver(history.checkpoint_path)
+
+
+def sqlite_saver(path: Path) -> SqliteSaver:
     """A saver on a SQLite file in WAL mode, shareable by the threads of one process.
 
     synchronous=NORMAL: a commit reaches the WAL file (the operating system's cache) without waiting
@@ -22,6 +44,26 @@ def open_checkpointer(path: Path) -> SqliteSaver:
     connection.execute("PRAGMA synchronous=NORMAL")
     saver = SqliteSaver(connection)
     saver.setup()
+    return saver
+
+
+def _postgres_saver(conninfo: str) -> BaseCheckpointSaver:
+    """LangGraph's PostgreSQL saver on a new connection (autocommit, rows as dicts, as it requires);
+    its tables are made (`setup()`) the first time this process meets the database."""
+    try:
+        import psycopg
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.rows import dict_row
+    except ImportError as missing:
+        raise InvalidInputError(
+            f"checkpoints in PostgreSQL need {missing.name}: pip install \"arpo[postgres]\""
+        ) from None
+    connection = psycopg.connect(conninfo, autocommit=True, prepare_threshold=0, row_factory=dict_row)
+    saver = PostgresSaver(connection)
+    with _SET_UP_LOCK:
+        if conninfo not in _SET_UP:
+            saver.setup()
+            _SET_UP.add(conninfo)
     return saver
 
 

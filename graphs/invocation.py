@@ -120,7 +120,7 @@ def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> No
 @contextmanager
 def open_graph(handle: RunHandle, compile_graph: Callable[[Any], Any]) -> Iterator[tuple[Any, dict]]:
     """A graph compiled with the history's checkpointer, and the run's thread, for one stretch of work."""
-    checkpointer = open_checkpointer(handle.context.history.checkpoint_path)
+    checkpointer = open_checkpointer(handle.context.history)
     try:
         yield compile_graph(checkpointer), thread_config(handle.run_id)
     finally:

@@ -3,7 +3,7 @@
 import json
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, make_url
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -12,7 +12,7 @@ import arpo.storage.batches  # noqa: F401  (registers its tables)
 import arpo.storage.evaluations  # noqa: F401  (registers its tables)
 from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.storage.locations import sqlite_file_of
-from arpo.storage.models import Base
+from arpo.storage.schema import upgrade_schema
 
 # How long a SQLite writer waits for another process's lock before giving up. LangGraph checkpoints,
 # a batch run and a browsing CLI may all touch the same files at once.
@@ -20,7 +20,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def create_database_engine(url: str) -> Engine:
-    """Open (and if needed create) the history database at a SQLAlchemy URL, with every table in place.
+    """Open (and if needed create) the history database at a SQLAlchemy URL, migrated to this arpo's schema.
 
     SQLite files get their folder created, write-ahead logging, a 30 s busy timeout and foreign keys
     switched on for every connection. Raises InvalidInputError for a URL that cannot be used.
@@ -30,34 +30,11 @@ def create_database_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _tune_sqlite_connection)
     try:
-        Base.metadata.create_all(engine)
-        add_missing_columns(engine)
+        upgrade_schema(engine)
     except OperationalError as exc:
         engine.dispose()
         raise ArpoError(f"cannot open database {_shown(parsed)}: {exc.orig}") from exc
     return engine
-
-
-def add_missing_columns(engine: Engine) -> None:
-    """Add the nullable columns a newer arpo declares to tables an older one created.
-
-    `create_all` makes missing tables only; without this, a history written before a column was
-    added could not be read at all. Only nullable columns are added (old rows read back as None).
-    """
-    inspector = inspect(engine)
-    existing_tables = set(inspector.get_table_names())
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            if table.name not in existing_tables:
-                continue
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present or not column.nullable:
-                    continue
-                column_type = column.type.compile(dialect=engine.dialect)
-                connection.exec_driver_sql(
-                    f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {column_type}'
-                )
 
 
 def _parse_url(url: str) -> URL:
@@ -88,8 +65,9 @@ def _build_engine(url: URL) -> Engine:
             f"unknown database type {url.drivername!r} in URL {_shown(url)}"
         ) from None
     except ImportError as exc:
+        extra = ' (pip install "arpo[postgres]")' if url.get_backend_name() == "postgresql" else ""
         raise InvalidInputError(
-            f"the database driver for {_shown(url)} is not installed ({exc.name or exc})"
+            f"the database driver for {_shown(url)} is not installed ({exc.name or exc}){extra}"
         ) from None
 
 

@@ -25,7 +25,7 @@ from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
 from arpo.storage.image_store import ImageStore, StoredImageRef
-from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root
+from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root, postgres_conninfo_of
 from arpo.storage.models import (
     IMAGE_ROLES,
     RUN_ID_LENGTH,
@@ -67,8 +67,16 @@ class History:
     @classmethod
     def open(cls, database_url: str | None = None, image_root: Path | None = None) -> "History":
         """Open the history at a database URL and image folder (arpo's defaults when not given)."""
-        engine = create_database_engine(database_url or default_database_url())
-        return cls(engine, ImageStore(Path(image_root) if image_root else default_image_root()))
+        url = database_url or default_database_url()
+        # Chosen before the engine creates a new database file, which would look like an old one.
+        images = Path(image_root).expanduser() if image_root else default_image_root(url)
+        return cls(create_database_engine(url), ImageStore(images))
+
+    @property
+    def postgres_conninfo(self) -> str | None:
+        """The connection string of this history's PostgreSQL database, where its checkpoints live
+        too; None for SQLite (see `checkpoint_path`)."""
+        return postgres_conninfo_of(self._engine.url)
 
     @property
     def checkpoint_path(self) -> Path:

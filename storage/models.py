@@ -164,7 +164,7 @@ class Candidate(Base):
     phrase: Mapped[str] = mapped_column(Text)
     score: Mapped[float | None] = mapped_column(Float, nullable=True)
     selected: Mapped[bool] = mapped_column(Boolean, default=False)
-    reason: Mapped[str] = mapped_column(String(32), default="not scored")
+    reason: Mapped[str] = mapped_column(String(64), default="not scored")
 
     iteration: Mapped[Iteration] = relationship(back_populates="candidates")
 

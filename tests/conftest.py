@@ -33,6 +33,22 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One throwaway PostgreSQL server for the session (skipped without server binaries)."""
+    from postgres_server import start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster):
+    """A fresh, empty PostgreSQL database for one test, as a SQLAlchemy URL."""
+    return postgres_cluster.new_database()
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked `slow` unless ARPO_RUN_SLOW=1: they need servers or models that the default,
     offline suite does not start or have."""

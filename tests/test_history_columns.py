@@ -1,18 +1,56 @@
-"""A history written by an older arpo (before a nullable column existed) still opens and gains it."""
+"""Histories made by earlier releases open, keep every run, and gain the schema this arpo reads:
+migrations (Alembic) on open, and for a database from before migrations, its missing columns first."""
 
 import sqlite3
 
+from sqlalchemy import create_engine, inspect
+
 from arpo.storage.database import create_database_engine
+from arpo.storage.history import History
+from arpo.storage.models import Base
+from arpo.storage.schema import head_revision
 
 
-def test_opening_an_older_history_adds_the_missing_nullable_columns(tmp_path):
+def _made_by_release_0_1(path) -> None:
+    """What arpo 0.1 did on first open: every table created directly, no migration bookkeeping."""
+    engine = create_engine(f"sqlite:///{path}")
+    Base.metadata.create_all(engine)
+    engine.dispose()
+
+
+def test_a_history_from_before_migrations_gains_its_missing_columns_and_the_baseline(tmp_path):
     path = tmp_path / "old.db"
-    create_database_engine(f"sqlite:///{path}").dispose()
+    _made_by_release_0_1(path)
     with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE iterations DROP COLUMN proposal")
-        assert "proposal" not in {row[1] for row in db.execute("PRAGMA table_info(iterations)")}
+        db.execute("ALTER TABLE iterations DROP COLUMN proposal")  # a column an even older build lacked
 
     create_database_engine(f"sqlite:///{path}").dispose()
 
     with sqlite3.connect(path) as db:
         assert "proposal" in {row[1] for row in db.execute("PRAGMA table_info(iterations)")}
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+
+
+def test_a_run_stored_before_migrations_is_still_there_after_the_upgrade(tmp_path):
+    path = tmp_path / "old.db"
+    _made_by_release_0_1(path)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO images (sha256, relative_path, width, height, format, role, created_at) "
+                   "VALUES (?, 'ab/x.png', 8, 8, 'PNG', 'reference', '2026-11-30 10:00:00')", ("ab" * 32,))
+        db.execute("INSERT INTO runs (id, created_at, updated_at, status, kind, reference_sha256, reference_name, "
+                   "config, best_prompt) VALUES ('0123456789ab', '2026-11-30 10:00:00', '2026-11-30 10:05:00', "
+                   "'finished', 'invert', ?, 'cat.png', '{}', 'a cat, oil painting')", ("ab" * 32,))
+
+    with History.open(f"sqlite:///{path}", tmp_path / "images") as history:
+        [run] = history.list_runs()
+        assert (run.id, run.best_prompt, run.status) == ("0123456789ab", "a cat, oil painting", "finished")
+
+
+def test_a_new_history_is_made_by_the_migrations_and_matches_the_models(tmp_path):
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        tables = inspect(engine)
+        for table in Base.metadata.sorted_tables:
+            assert {column["name"] for column in tables.get_columns(table.name)} == set(table.columns.keys()), table.name
+    finally:
+        engine.dispose()

@@ -13,7 +13,7 @@ from PIL import Image
 
 from arpo.agents import image_parts
 from arpo.agents.image_parts import image_part
-from arpo.graphs.checkpoints import open_checkpointer
+from arpo.graphs.checkpoints import sqlite_saver
 from arpo.storage.history import History
 from arpo.storage.image_store import ImageStore
 
@@ -85,7 +85,7 @@ def test_databases_commit_to_the_write_ahead_log_without_waiting_for_the_disk(ar
         journal = connection.exec_driver_sql("PRAGMA journal_mode").scalar()
         synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()
     assert (journal, synchronous) == ("wal", 1)  # 1: NORMAL
-    saver = open_checkpointer(history.checkpoint_path)
+    saver = sqlite_saver(history.checkpoint_path)
     try:
         assert saver.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert saver.conn.execute("PRAGMA synchronous").fetchone()[0] == 1

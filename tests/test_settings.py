@@ -9,7 +9,7 @@ import pytest
 
 from arpo.app.options import with_option_groups
 from arpo.core.errors import InvalidInputError
-from arpo.core.settings import OPTION_GROUPS, ArpoSettings, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 from cli_harness import run_arpo
 
 
@@ -87,7 +87,7 @@ def test_every_field_of_a_group_becomes_one_flag_with_its_description_as_help():
 
     wrapped = with_option_groups(command)
     flags = set(inspect.signature(wrapped).parameters)
-    expected = {name for group in OPTION_GROUPS for name in group.model_fields} | {"image", "db"}
+    expected = {name for group in (ModelOptions, BrainOptions, LoopOptions) for name in group.model_fields} | {"image", "db"}
     assert flags == expected
     flag_values = {name: None for name in expected - {"image", "db"}} | {"models": "tiny", "llm_brain": "vllm"}
     models, brains, loop = wrapped(image="x", db=None, **flag_values)
@@ -99,6 +99,13 @@ def test_commands_share_the_groups_so_batch_takes_the_model_flags_invert_takes(c
     batch_help = run_arpo(capsys, "batch", "--help").stdout
     for flag in ("--clip-model", "--captioner", "--device", "--vlm-max-tokens", "--brain-seed", "--framework"):
         assert flag in invert_help and flag in batch_help, flag
+
+
+def test_the_history_flags_go_over_their_settings(monkeypatch):
+    monkeypatch.setenv("ARPO_DB", "sqlite:///from-settings.db")
+    monkeypatch.setenv("ARPO_IMAGES", "/settings/images")
+    where = ArpoSettings.read().history_location(HistoryOptions(images="/flag/images"))
+    assert (where.db, where.images) == ("sqlite:///from-settings.db", "/flag/images")
 
 
 def test_a_group_whose_flag_clashes_with_a_parameter_is_refused():

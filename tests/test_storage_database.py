@@ -49,6 +49,7 @@ def test_engine_creates_folder_and_every_table(tmp_path):
     try:
         assert database_file.is_file()
         assert set(inspect(engine).get_table_names()) == {
+            "alembic_version",
             "runs",
             "iterations",
             "candidates",

@@ -15,7 +15,7 @@ import typer
 from arpo.app import options as opt
 from arpo.app.reporting import TINY_MODELS_NOTE
 from arpo.core.errors import ArpoError, InvalidInputError
-from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
 app = typer.Typer(
     help="Recover the text prompt behind an image for a text-to-image model (the ARPO loop).",
@@ -38,8 +38,8 @@ def invert(
     models: ModelOptions,
     brains: BrainOptions,
     loop: LoopOptions,
+    store: HistoryOptions,
     init_prompt: opt.InitPrompt = None,
-    db: opt.Database = None,
     out: opt.Out = None,
     as_json: opt.AsJson = False,
     method: Annotated[Optional[str], typer.Option(help="arpo (the loop) | pez | ph2p | editor | regressor: one inversion method on its own, no brain (default: arpo).")] = None,
@@ -57,7 +57,7 @@ def invert(
         prompt_bank=prompt_bank, editor_inverter=editor_inverter,
     )
     _check_inversion_options(config)
-    _run_invert(image, config, db or settings.db, out, as_json)
+    _run_invert(image, config, lambda: opt.open_history(settings, store), out, as_json)
 
 
 def _check_inversion_options(config) -> None:
@@ -89,18 +89,17 @@ def _print_inversion_step(step) -> None:
         print(f"step {step.step}{loss}  {step.prompt or ''}".rstrip(), file=sys.stderr, flush=True)
 
 
-def _run_invert(image: Path, config, database_url: str | None, out: Path | None, as_json: bool) -> None:
+def _run_invert(image: Path, config, open_history, out: Path | None, as_json: bool) -> None:
     from arpo.core.run_config import BrainChoice
     from arpo.graphs.invocation import build_context, start_run
-    from arpo.storage.history import History
     from arpo.tools.reference_image import load_reference_image
 
     single_method = config.method != "arpo"
     if single_method:
         # One inversion method asks no brain, so none is built (and no API key is needed).
         config = config.model_copy(update={"vlm": BrainChoice(), "llm": BrainChoice()})
-    reference = load_reference_image(image)
-    history = History.open(database_url)
+    reference = load_reference_image(image)  # a bad image is refused before any history is opened
+    history = open_history()
     context = build_context(config, history)
     if context.models.is_tiny:
         print(TINY_MODELS_NOTE, file=sys.stderr)
@@ -114,16 +113,16 @@ def _run_invert(image: Path, config, database_url: str | None, out: Path | None,
 
 
 @app.command(help="Finish a run that was interrupted or failed, from its last checkpoint.")
+@opt.with_option_groups
 def resume(
     run_id: Annotated[str, typer.Argument(help="Run id (or a unique prefix), as `arpo history` lists it.")],
-    db: opt.Database = None,
+    store: HistoryOptions,
     out: opt.Out = None,
     as_json: opt.AsJson = False,
 ) -> None:
     from arpo.graphs.invocation import load_run
-    from arpo.storage.history import History
 
-    history = History.open(db or ArpoSettings.read().db)
+    history = opt.open_history(ArpoSettings.read(), store)
     stored = history.get_run(run_id)
     if stored.kind == "session":
         raise InvalidInputError(f"run {stored.id} is a session; continue it with: arpo session --resume {stored.id}")
@@ -147,22 +146,23 @@ def _execute_and_report(handle, history, out: Path | None, as_json: bool) -> Non
 
 
 @app.command(help="List past runs, or show one run's iterations.")
+@opt.with_option_groups
 def history(
     run_id: Annotated[Optional[str], typer.Argument(help="Show this run's iterations.")] = None,
-    db: opt.Database = None,
+    *,
+    store: HistoryOptions,
     limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     from arpo.app.reporting import iterations_text, run_result, runs_table
-    from arpo.storage.history import History
 
-    store = History.open(db or ArpoSettings.read().db)
+    runs = opt.open_history(ArpoSettings.read(), store)
     if run_id is None:
-        runs = store.list_runs(limit=limit)
-        print(json.dumps([r.model_dump(mode="json") for r in runs], indent=2) if as_json else runs_table(runs))
+        listed = runs.list_runs(limit=limit)
+        print(json.dumps([r.model_dump(mode="json") for r in listed], indent=2) if as_json else runs_table(listed))
         return
-    detail = store.get_run(run_id)
-    print(json.dumps(run_result(detail, store), indent=2) if as_json else iterations_text(detail, store))
+    detail = runs.get_run(run_id)
+    print(json.dumps(run_result(detail, runs), indent=2) if as_json else iterations_text(detail, runs))
 
 
 # Command groups kept in their own modules: each arpo.app.commands.<name> has `register(app)`, and keeps its

@@ -18,17 +18,19 @@ import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional
 
 import typer
 from pydantic import BaseModel
 
-from arpo.core.settings import OPTION_GROUPS, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import OPTION_GROUPS, ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
-HELP_PANELS = {ModelOptions: "Models", BrainOptions: "Brains", LoopOptions: "Loop"}
+if TYPE_CHECKING:
+    from arpo.storage.history import History
+
+HELP_PANELS = {ModelOptions: "Models", BrainOptions: "Brains", LoopOptions: "Loop", HistoryOptions: "History"}
 """Where `--help` lists each group's flags."""
 
-Database = Annotated[Optional[str], typer.Option("--db", help="History database URL (default: sqlite under $ARPO_HOME or ~/.local/share/arpo).")]
 Out = Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 InitPrompt = Annotated[Optional[str], typer.Option("--init-prompt", help="Start from this prompt instead of a caption.")]
@@ -60,6 +62,14 @@ def with_option_groups(command: Callable[..., Any]) -> Callable[..., Any]:
     with_groups.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
     with_groups.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
     return with_groups
+
+
+def open_history(settings: ArpoSettings, store: HistoryOptions) -> History:
+    """The history the `--db` and `--images` flags (else ARPO_DB, ARPO_IMAGES, else the defaults) name."""
+    from arpo.storage.history import History
+
+    where = settings.history_location(store)
+    return History.open(where.db, where.images)
 
 
 def single_flag(group: type[BaseModel], name: str) -> Any:

@@ -108,8 +108,18 @@ class LoopOptions(ChosenOptions):
     seed: int | None = Field(None, description="Noise seed for every generation (default: 0).")
 
 
+class HistoryOptions(ChosenOptions):
+    """Where the history lives: its database (runs, checkpoints, batches, evaluations) and its images."""
+
+    db: str | None = Field(None, description=(
+        "History database URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB, where checkpoints, batches "
+        "and evaluations go too (default: sqlite under $ARPO_HOME or ~/.local/share/arpo)."))
+    images: str | None = Field(None, description=(
+        "Folder of the image store (default: beside a SQLite database, else $ARPO_HOME/images)."))
+
+
 OptionGroup = ModelOptions | BrainOptions | LoopOptions
-OPTION_GROUPS: tuple[type[ChosenOptions], ...] = (ModelOptions, BrainOptions, LoopOptions)
+OPTION_GROUPS: tuple[type[ChosenOptions], ...] = (ModelOptions, BrainOptions, LoopOptions, HistoryOptions)
 
 
 class ArpoSettings(BaseSettings):
@@ -123,6 +133,8 @@ class ArpoSettings(BaseSettings):
 
     db: str | None = None
     """History database URL (default: sqlite file under ARPO_HOME, ~/.local/share/arpo)."""
+    images: str | None = None
+    """Image store folder (default: beside a SQLite database, else ARPO_HOME/images)."""
     models: str = "sd15"
     clip_model: str | None = None
     captioner: str | None = None
@@ -182,6 +194,12 @@ class ArpoSettings(BaseSettings):
             return RunConfig(vlm=self._brain_choice("vlm", picked), llm=self._brain_choice("llm", picked), **values)
         except ValidationError as error:
             raise InvalidInputError(validation_problem(error)) from None
+
+    def history_location(self, chosen: HistoryOptions | None = None) -> HistoryOptions:
+        """Where the history is: the chosen database and image folder, else the settings' (None: arpo's
+        defaults)."""
+        chosen = chosen or HistoryOptions()
+        return HistoryOptions(db=chosen.db or self.db, images=chosen.images or self.images)
 
     def _brain_choice(self, role: str, picked: dict[str, Any]) -> BrainChoice:
         """One role's brain: its own option, else the option for both roles, else the setting."""

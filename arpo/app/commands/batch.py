@@ -17,7 +17,7 @@ import typer
 
 from arpo.app import options
 from arpo.core.errors import InvalidInputError
-from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
 if TYPE_CHECKING:
     from arpo.graphs.batch import BatchItemResult, BatchReport
@@ -40,7 +40,7 @@ def batch(
     models: ModelOptions,
     brains: BrainOptions,
     loop: LoopOptions,
-    db: options.Database = None,
+    store: HistoryOptions,
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch report as one JSON object.")] = False,
@@ -57,7 +57,7 @@ def batch(
             source,
             config,
             concurrency=concurrency,
-            database_url=db or settings.db,
+            history=options.open_history(settings, store),
             on_planned=progress.start,
             on_item=progress.advance,
         )

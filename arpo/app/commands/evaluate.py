@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from arpo.app import options as opt
-from arpo.core.settings import ArpoSettings, BrainOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, ModelOptions
 from arpo.eval.seeds import REFERENCE_SEED_BASE
 
 DEFAULT_METHODS = "caption,ci-fast,arpo-vanilla"
@@ -34,6 +34,7 @@ def evaluate(
     manifest: Annotated[Path, typer.Argument(help="JSONL manifest ({image, prompt?, id?, source?} per line) or a folder of images.")],
     models: ModelOptions,
     brains: BrainOptions,
+    store: HistoryOptions,
     methods: Annotated[str, typer.Option(help="Comma-separated methods to compare.")] = DEFAULT_METHODS,
     seeds: Annotated[int, typer.Option(help="Evaluation seeds: each recovered prompt is rendered and scored "
                                              "with seeds 1000, 1001, ...; scores are mean ± std over them.")] = 3,
@@ -44,7 +45,6 @@ def evaluate(
     inversion_steps: Annotated[Optional[int], typer.Option(help="Optimisation steps of inversion methods.")] = None,
     inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit per inversion.")] = None,
     regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint for the regressor method.")] = None,
-    db: opt.Database = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of Markdown.")] = False,
 ) -> None:
     from arpo.eval.datasets import load_dataset
@@ -64,20 +64,18 @@ def evaluate(
         regressor=regressor,
     )
     out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
-    _run_evaluation(dataset, method_names, metric_names, plan, config, db or settings.db, out_dir, as_json)
+    _run_evaluation(dataset, method_names, metric_names, plan, config, opt.open_history(settings, store), out_dir, as_json)
 
 
-def _run_evaluation(dataset, method_names, metric_names, plan, config, database_url, out_dir: Path, as_json: bool) -> None:
+def _run_evaluation(dataset, method_names, metric_names, plan, config, history, out_dir: Path, as_json: bool) -> None:
     from arpo.app.reporting import TINY_MODELS_NOTE
     from arpo.eval.methods import MethodContext, build_method
     from arpo.eval.metrics.suite import build_metric_suite
     from arpo.eval.report import table_data, write_report
     from arpo.eval.runner import EvalRunner, stderr_progress
-    from arpo.storage.history import History
     from arpo.tools.model_stack import model_stack_for
     from arpo.tools.text_to_image import TINY_PRESETS
 
-    history = History.open(database_url)
     store = history.evaluations
     identity = _identity(dataset, method_names, metric_names, plan, config)
     evaluation = store.open_evaluation(str(dataset.location), str(out_dir), identity)

@@ -10,7 +10,7 @@ import typer
 
 from arpo.app import options as opt
 from arpo.core.errors import InvalidInputError
-from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
 SESSION_HELP = (
     "Hold a conversation about IMAGE: after every regenerated image arpo shows the prompt, its scores and "
@@ -33,17 +33,16 @@ def session(
     brains: BrainOptions,
     loop: LoopOptions,
     init_prompt: opt.InitPrompt = None,
-    db: opt.Database = None,
+    store: HistoryOptions,
 ) -> None:
     from arpo.app.reporting import print_progress
     from arpo.app.session_terminal import TerminalSession
     from arpo.graphs.session_driver import SessionDriver
-    from arpo.storage.history import History
 
     settings = ArpoSettings.read()
     if (image is None) == (resume is None):
         raise InvalidInputError("give either an IMAGE to start a session or --resume ID to continue one")
-    history = History.open(db or settings.db)
+    history = opt.open_history(settings, store)
     driver = SessionDriver(history)
     if resume is not None:
         from arpo.app.reporting import iterations_text

@@ -17,7 +17,7 @@ import typer
 
 from arpo.app import options as opt
 from arpo.core.errors import InvalidInputError
-from arpo.core.settings import ArpoSettings, BrainOptions, LoopOptions, ModelOptions
+from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
 UI_HELP = (
     "Serve the web UI: upload an image, pick models and brains, watch iterations arrive, reply as at the "
@@ -43,18 +43,17 @@ def ui(
     models: ModelOptions,
     brains: BrainOptions,
     loop: LoopOptions,
-    db: opt.Database = None,
+    store: HistoryOptions,
 ) -> None:
     logins = login_list(host, auth, auth_file, no_auth)  # refuse before anything loads
     # A local tool has no business reporting usage to Gradio's servers; the user can still opt in.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from arpo.app.web_ui import UiDefaults, build_ui
-    from arpo.storage.history import History
 
     settings = ArpoSettings.read()
     settings.run_config(models, brains, loop)  # every flag checked now, as the other commands do, not at the first Start
     defaults = UiDefaults(settings, (models, brains, loop))
-    history = History.open(db or settings.db)
+    history = opt.open_history(settings, store)
     app = build_ui(history, defaults)
     lock = f"login required ({len(logins)} user(s))" if logins else "no login"
     print(f"arpo ui on http://{host}:{port}, {lock} (Ctrl-C to stop)", file=sys.stderr)
