@@ -17,8 +17,9 @@ Retries belong to tenacity alone: the SDK client is built with `max_retries=0` s
 Whether a failure is worth retrying is read from the reply body, not the status alone (a 500 whose
 body is a validation error will fail the same way again). An empty reply is asked again once only:
 the same request with the same seed gets the same nothing, which points at the server's chat template.
-Every HTTP request, failed ones included, leaves one `BrainCallRecord` in the backend's `CallLog` with
-its status, error and the token counts the server reported.
+Every HTTP request, failed ones included, leaves one `BrainCallRecord` with its status, error and the
+token counts the server reported, kept until the caller takes it (`take_calls`, the `Brain` protocol of
+agents/brain.py, which this backend implements).
 
 A reply is only as good as what the model read: servers whose chat format cannot read a message sent
 as a list of parts (llama-cpp-python's text formats, which is every format of a text-only model) drop
@@ -42,16 +43,12 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 import openai
-from pydantic import BaseModel
 from tenacity import (
-    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception,
@@ -59,6 +56,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from arpo.agents.brain import BrainReply, CallLog
 from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
 from arpo.core.errors import BrainError, InvalidInputError
 from arpo.core.run_config import STRUCTURED_OUTPUT_MODES, StructuredOutput
@@ -221,94 +219,6 @@ class BackendConfig:
         raise InvalidInputError(f"unknown brain provider {provider!r}; use openai or vllm")
 
 
-class BrainReply(BaseModel):
-    """The text a brain answered, with what it cost."""
-
-    call_id: str
-    text: str
-    model: str
-    latency_s: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    attempts: int
-    response_format: ResponseFormat | None = None
-    finish_reason: str | None = None
-
-
-class CallLog:
-    """Thread-safe list of request records plus running telemetry for benchmarks.
-
-    `total_wait_s` is the summed wall time callers spent inside `complete()` (compare it with elapsed
-    time to see overlap), `total_backoff_s` the part of it spent sleeping between retries, `calls` the
-    number of `complete()` calls, `requests` the number of HTTP requests they made, and
-    `peak_in_flight` the most calls that were running at the same moment.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._records: list[BrainCallRecord] = []
-        self.calls = 0
-        self.requests = 0
-        self.total_wait_s = 0.0
-        self.total_backoff_s = 0.0
-        self.in_flight = 0
-        self.peak_in_flight = 0
-
-    def append(self, record: BrainCallRecord) -> None:
-        """Keep the record of one finished request."""
-        with self._lock:
-            self._records.append(record)
-
-    def count_call(self, seconds: float) -> None:
-        """Count one finished `complete()` call and the wall time its caller waited."""
-        with self._lock:
-            self.calls += 1
-            self.total_wait_s += seconds
-
-    def drain(self) -> list[BrainCallRecord]:
-        """Hand over the records gathered so far and forget them (telemetry keeps counting)."""
-        with self._lock:
-            drained, self._records = self._records, []
-            return drained
-
-    def records(self) -> list[BrainCallRecord]:
-        """A copy of the records not drained yet."""
-        with self._lock:
-            return list(self._records)
-
-    def mark_unusable(self, call_id: str, reason: str) -> None:
-        """Flag a call whose reply arrived but could not be used (e.g. no phrases in it): its last
-        request, the one that answered, is marked failed with `reason`."""
-        with self._lock:
-            for index in range(len(self._records) - 1, -1, -1):
-                record = self._records[index]
-                if record.call_id == call_id:
-                    self._records[index] = record.model_copy(update={"ok": False, "error": reason})
-                    return
-
-    def count_request(self) -> None:
-        """Count one HTTP request (an attempt or a format fallback)."""
-        with self._lock:
-            self.requests += 1
-
-    def add_backoff(self, seconds: float) -> None:
-        """Count time slept between attempts."""
-        with self._lock:
-            self.total_backoff_s += seconds
-
-    @contextmanager
-    def tracking_in_flight(self) -> Iterator[None]:
-        """Count this call as running while the block runs, and remember the peak."""
-        with self._lock:
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-
-
 class FormatMemory:
     """The strongest response format each server+model has not refused, shared by a run's backends.
 
@@ -332,12 +242,6 @@ class FormatMemory:
             key = (server, model)
             self._strongest[key] = max(self._strongest.get(key, 0), weaker)
             return _FORMATS_BY_STRENGTH[self._strongest[key]]
-
-    def learned(self) -> dict[str, str]:
-        """'model @ server' -> the format in use, for every pair that refused something."""
-        with self._lock:
-            return {f"{model} @ {server}": _FORMATS_BY_STRENGTH[level]
-                    for (server, model), level in self._strongest.items()}
 
 
 class _Interrupts:
@@ -414,7 +318,6 @@ class _Call:
     role: str
     json_schema: dict | None
     schema_name: str | None
-    temperature: float | None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
     empty_replies: int = 0
@@ -435,11 +338,12 @@ class _Outcome:
 
 
 class ChatBackend:
-    """Chat completions against one OpenAI-compatible server and model, with retries and a call log."""
+    """A `Brain` (agents/brain.py) over one OpenAI-compatible server and model, with retries and the
+    record of every request."""
 
     def __init__(self, config: BackendConfig, formats: FormatMemory | None = None) -> None:
         self.config = config
-        self.call_log = CallLog()
+        self._calls = CallLog()
         self.formats = formats or FormatMemory()
         self._parameter_lock = threading.Lock()
         self._renamed_parameters: dict[str, str | None] = {}
@@ -460,38 +364,35 @@ class ChatBackend:
         self._client.close()
 
     @property
-    def supports_json_schema(self) -> bool:
-        """Whether a request wanting JSON would still ask for a json_schema response format."""
-        return self._format_for(wants_json=True) == "json_schema"
+    def model(self) -> str:
+        return self.config.model
 
-    def response_format_in_use(self) -> ResponseFormat:
-        """What a request wanting JSON asks for now (after any refusals this run)."""
-        return self._format_for(wants_json=True)
+    @property
+    def multi_image(self) -> bool:
+        return self.config.multi_image
+
+    def describe(self) -> dict[str, Any]:
+        return self.config.safe_description()
+
+    def take_calls(self) -> list[BrainCallRecord]:
+        return self._calls.take()
+
+    def flag_reply(self, call_id: str, reason: str) -> None:
+        self._calls.flag(call_id, reason)
 
     def complete(
-        self,
-        messages: list[dict],
-        *,
-        role: str,
-        json_schema: dict | None = None,
-        schema_name: str | None = None,
-        temperature: float | None = None,
+        self, messages: list[dict], *, role: str, json_schema: dict | None = None, schema_name: str | None = None
     ) -> BrainReply:
         """Send one chat request, retrying transient failures; raise BrainError when it fails for good.
 
         `role` names the asking role (describer, comparer, ...) in records and error messages and
         picks its default reply budget. `json_schema` asks for JSON in the strongest response format
         the server accepts; callers must still parse the text tolerantly, since some servers ignore
-        it. `temperature` overrides the config's for this call. KeyboardInterrupt (Ctrl-C) stops the
-        call within a fraction of a second, on any thread.
+        it. KeyboardInterrupt (Ctrl-C) stops the call within a fraction of a second, on any thread.
         """
-        call = _Call(messages, role, json_schema, schema_name, temperature)
+        call = _Call(messages, role, json_schema, schema_name)
         clock_start = time.monotonic()
-        with self.call_log.tracking_in_flight():
-            try:
-                reply = self._complete_with_retries(call)
-            finally:
-                self.call_log.count_call(time.monotonic() - clock_start)
+        reply = self._complete_with_retries(call)
         return reply.model_copy(
             update={"latency_s": time.monotonic() - clock_start, "attempts": call.attempts}
         )
@@ -506,7 +407,6 @@ class ChatBackend:
                 jitter=self.config.retry_wait_s,
             ),
             sleep=lambda seconds: self._sleep(call, seconds),
-            before_sleep=self._note_backoff,
         )
         try:
             return retrying(self._attempt, call)
@@ -516,10 +416,6 @@ class ChatBackend:
             raise BrainError(
                 f"{self._who(call.role)}: gave up after {call.attempts} attempts: {reason}"
             ) from None
-
-    def _note_backoff(self, retry_state: RetryCallState) -> None:
-        if retry_state.next_action is not None:
-            self.call_log.add_backoff(retry_state.next_action.sleep)
 
     def _sleep(self, call: _Call, seconds: float) -> None:
         """Back off between attempts, giving up at once on Ctrl-C."""
@@ -576,7 +472,6 @@ class ChatBackend:
         started_at = datetime.now(timezone.utc)
         clock_start = time.monotonic()
         outcome = _Outcome()
-        self.call_log.count_request()
         try:
             try:
                 completion = self._post(call, self._request_body(call, response_format))
@@ -605,7 +500,7 @@ class ChatBackend:
             outcome.error = f"unexpected {type(exc).__name__}"
             raise
         finally:
-            self.call_log.append(
+            self._calls.append(
                 self._record(call, started_at, time.monotonic() - clock_start, response_format, outcome)
             )
 
@@ -615,7 +510,7 @@ class ChatBackend:
             "model": config.model,
             "messages": call.messages,
             "max_tokens": config.max_tokens_for(call.role),
-            "temperature": call.temperature if call.temperature is not None else config.temperature,
+            "temperature": config.temperature,
         }
         if config.seed is not None:
             request["seed"] = config.seed

@@ -1,8 +1,11 @@
 """Choosing the brains for a run: a vision-language model and a language model, or none (offline).
 
 One vLLM server can serve both roles, so when the two configurations are identical a single backend
-(and a single call log) is shared. Backends of one run share one `FormatMemory`, so a response format
-refused by a server and model is not asked for again by the other role.
+(and its one record of calls) is shared. Backends of one run share one `FormatMemory`, so a response
+format refused by a server and model is not asked for again by the other role.
+
+Only `build_brains` knows that a brain is a `ChatBackend`; everything else sees the `Brain` protocol
+(agents/brain.py), so a test can hand a run fakes instead.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from arpo.agents.backend import BackendConfig, ChatBackend, FormatMemory
+from arpo.agents.brain import Brain
 from arpo.core.brain_calls import BrainCallRecord
 from arpo.core.run_config import BrainProvider
 from arpo.core.errors import InvalidInputError
@@ -24,27 +28,25 @@ DEFAULT_MODELS: dict[str, dict[str, str]] = {
 
 @dataclass
 class Brains:
-    """The backends a run talks to; None means that brain is offline (no model is called)."""
+    """The brains a run talks to; None means that brain is offline (no model is called)."""
 
-    vlm: ChatBackend | None
-    llm: ChatBackend | None
+    vlm: Brain | None
+    llm: Brain | None
 
     def describe_backends(self) -> dict[str, dict | None]:
         """Provider, model, URL and capabilities of each brain, safe to store (no keys)."""
         return {
-            "vlm": self.vlm.config.safe_description() if self.vlm else None,
-            "llm": self.llm.config.safe_description() if self.llm else None,
+            "vlm": self.vlm.describe() if self.vlm else None,
+            "llm": self.llm.describe() if self.llm else None,
         }
 
-    def negotiated_formats(self) -> dict[str, str]:
-        """What each brain now asks for when it wants JSON (after the server's refusals, if any)."""
-        return {name: backend.response_format_in_use()
-                for name, backend in (("vlm", self.vlm), ("llm", self.llm)) if backend is not None}
+    def take_calls(self) -> list[BrainCallRecord]:
+        """Records of every request since the last take, from both brains, oldest first.
 
-    def drain_calls(self) -> list[BrainCallRecord]:
-        """Records of every call since the last drain, from both brains, oldest first."""
-        backends = {id(backend): backend for backend in (self.vlm, self.llm) if backend is not None}
-        records = [record for backend in backends.values() for record in backend.call_log.drain()]
+        One brain serving both roles is asked once, so its records are not counted twice.
+        """
+        brains = {id(brain): brain for brain in (self.vlm, self.llm) if brain is not None}
+        records = [record for brain in brains.values() for record in brain.take_calls()]
         return sorted(records, key=lambda record: record.started_at)
 
 

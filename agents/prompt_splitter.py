@@ -6,7 +6,7 @@ be read or leaves phrases out, so a person always gets two parts to edit.
 
 from __future__ import annotations
 
-from arpo.agents.backend import ChatBackend
+from arpo.agents.brain import Brain
 from arpo.agents.reply_parsing import MalformedReplyError, parse_json_object
 from arpo.core.phrases import phrase_key, prompt_phrases
 from arpo.tools.prompt_parts import PromptParts, split_prompt
@@ -37,22 +37,22 @@ class PromptSplitter:
 
     role = "splitter"
 
-    def __init__(self, backend: ChatBackend) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
 
     def split(self, prompt: str) -> PromptParts:
         """The prompt's content and style parts; the offline split when the reply is unusable."""
         message = {"role": "user", "content": SPLIT_PROMPT_TEMPLATE.format(prompt=prompt)}
-        reply = self.backend.complete(
+        reply = self.brain.complete(
             [message], role=self.role, json_schema=PROMPT_PARTS_SCHEMA, schema_name="prompt_parts"
         )
         try:
             parts = parse_json_object(reply.text, PromptParts)
         except MalformedReplyError:
-            self.backend.call_log.mark_unusable(reply.call_id, "malformed reply; split by phrase banks")
+            self.brain.flag_reply(reply.call_id, "malformed reply; split by phrase banks")
             return split_prompt(prompt)
         if not _keeps_every_phrase(prompt, parts):
-            self.backend.call_log.mark_unusable(reply.call_id, "reply changed the phrases; split by phrase banks")
+            self.brain.flag_reply(reply.call_id, "reply changed the phrases; split by phrase banks")
             return split_prompt(prompt)
         return parts
 

@@ -11,7 +11,7 @@ import re
 
 from PIL import Image
 
-from arpo.agents.backend import BrainReply, ChatBackend
+from arpo.agents.brain import Brain, BrainReply
 from arpo.agents.image_parts import image_part, user_message
 from arpo.core.errors import BrainError
 
@@ -30,22 +30,22 @@ _QUOTES = "\"'“”‘’`"
 
 
 class PromptWriter:
-    """Asks the VLM for a prompt in one call; keeps no state beyond its backend."""
+    """Asks the VLM for a prompt in one call; keeps no state beyond its brain."""
 
     role = "prompt_writer"
 
-    def __init__(self, backend: ChatBackend, max_words: int = DEFAULT_MAX_WORDS) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain, max_words: int = DEFAULT_MAX_WORDS) -> None:
+        self.brain = brain
         self.max_words = max_words
 
     def write(self, image: Image.Image) -> str:
         """A prompt for `image`; raises BrainError when the model's reply holds no usable text."""
         message = user_message(PROMPT_WRITER_TEMPLATE.format(max_words=self.max_words), image_part(image))
-        reply: BrainReply = self.backend.complete([message], role=self.role)
+        reply: BrainReply = self.brain.complete([message], role=self.role)
         prompt = clean_prompt_reply(reply.text)
         if not prompt:
-            self.backend.call_log.mark_unusable(reply.call_id, "empty prompt")
-            raise BrainError(f"{self.role} brain {self.backend.config.model} answered with no prompt")
+            self.brain.flag_reply(reply.call_id, "empty prompt")
+            raise BrainError(f"{self.role} brain {self.brain.model} answered with no prompt")
         return prompt
 
 

@@ -1,4 +1,4 @@
-"""The brain roles of the ARPO loop, each a thin object over a ChatBackend.
+"""The brain roles of the ARPO loop, each a thin object over a `Brain` (agents/brain.py).
 
 - Describer (VLM): content and style descriptions of one image (enhanced framework).
 - Comparer (VLM): differences between the reference and the generated image in one two-image call
@@ -6,7 +6,7 @@
 - Differ (LLM): differences between two images from their descriptions (enhanced framework).
 - LlmProposer (LLM): candidate phrases that would move the generated image toward the reference.
 
-Roles keep no per-run state beyond their backend, so one instance can serve many runs and threads.
+Roles keep no per-run state beyond their brain, so one instance can serve many runs and threads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from arpo.agents import templates
-from arpo.agents.backend import BrainReply, ChatBackend
+from arpo.agents.brain import Brain, BrainReply
 from arpo.agents.image_parts import image_part, user_message
 from arpo.agents.phrase_hygiene import PhraseScreen, ScreenedPhrases
 from arpo.agents.proposal import Proposal, ProposalRequest
@@ -37,8 +37,8 @@ class Describer:
 
     role = "describer"
 
-    def __init__(self, backend: ChatBackend) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
 
     def describe(self, image: Image.Image) -> ImageDescription:
         """Content and style descriptions of `image`; raises BrainError if either call fails."""
@@ -49,7 +49,7 @@ class Describer:
             return ImageDescription(content=content.result(), style=style.result())
 
     def _ask(self, instruction: str, picture: dict) -> str:
-        reply = self.backend.complete([user_message(instruction, picture)], role=self.role)
+        reply = self.brain.complete([user_message(instruction, picture)], role=self.role)
         return reply.text.strip()
 
 
@@ -58,14 +58,14 @@ class Comparer:
 
     role = "comparer"
 
-    def __init__(self, backend: ChatBackend) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
 
     def compare(self, reference: Image.Image, generated: Image.Image) -> str:
         """Differences, one per line, of `generated` (Image 2) from `reference` (Image 1)."""
-        if not self.backend.config.multi_image:
+        if not self.brain.multi_image:
             raise BrainError(
-                f"{self.role} brain {self.backend.config.model} takes one image per message; "
+                f"{self.role} brain {self.brain.model} takes one image per message; "
                 "use --framework enhanced"
             )
         message = user_message(
@@ -75,7 +75,7 @@ class Comparer:
             "Image 2:",
             image_part(generated),
         )
-        return self.backend.complete([message], role=self.role).text.strip()
+        return self.brain.complete([message], role=self.role).text.strip()
 
 
 class Differ:
@@ -83,8 +83,8 @@ class Differ:
 
     role = "differ"
 
-    def __init__(self, backend: ChatBackend) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
 
     def differences(self, reference: ImageDescription, generated: ImageDescription) -> str:
         """Content and style differences of `generated` from `reference`, under two headings."""
@@ -95,7 +95,7 @@ class Differ:
 
     def _ask(self, aspect: templates.Aspect, reference: str, generated: str) -> str:
         prompt = templates.difference_prompt(aspect, reference, generated)
-        return self.backend.complete([user_message(prompt)], role=self.role).text.strip()
+        return self.brain.complete([user_message(prompt)], role=self.role).text.strip()
 
 
 class LlmProposer:
@@ -109,8 +109,8 @@ class LlmProposer:
 
     role = "proposer"
 
-    def __init__(self, backend: ChatBackend) -> None:
-        self.backend = backend
+    def __init__(self, brain: Brain) -> None:
+        self.brain = brain
 
     def propose(self, request: ProposalRequest) -> Proposal:
         """Up to `request.max_candidates` new comma-free phrases, and what hygiene dropped."""
@@ -120,7 +120,7 @@ class LlmProposer:
         screened, problem = _screened_reply(first.text, screen)
         if problem is None:
             return Proposal(phrases=screened.kept, dropped=screened.dropped)
-        self.backend.call_log.mark_unusable(first.call_id, f"no usable phrase ({problem}); asked again")
+        self.brain.flag_reply(first.call_id, f"no usable phrase ({problem}); asked again")
         repair = [
             *messages,
             {"role": "assistant", "content": first.text},
@@ -131,13 +131,13 @@ class LlmProposer:
         dropped = screened.dropped + repaired.dropped
         if second_problem is None:
             return Proposal(phrases=repaired.kept, dropped=dropped)
-        self.backend.call_log.mark_unusable(
+        self.brain.flag_reply(
             second.call_id, f"no usable phrase after a repair request ({second_problem})"
         )
         return Proposal(dropped=dropped, unusable=second_problem)
 
     def _ask(self, messages: list[dict]) -> BrainReply:
-        return self.backend.complete(
+        return self.brain.complete(
             messages,
             role=self.role,
             json_schema=templates.CANDIDATE_PHRASES_SCHEMA,

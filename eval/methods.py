@@ -27,7 +27,7 @@ from arpo.core.errors import InvalidInputError
 from arpo.tools.inverters import INVERSION_METHODS, build_inverter
 
 if TYPE_CHECKING:
-    from arpo.agents.backend import ChatBackend
+    from arpo.agents.brain import Brain
     from arpo.core.run_config import BrainChoice, RunConfig
     from arpo.storage.history import History
     from arpo.tools.model_stack import ModelStack
@@ -134,7 +134,7 @@ def build_method(name: str, context: MethodContext) -> PromptMethod:
     if base == "caption":
         return CaptionMethod(context.models)
     if base == "vlm-caption":
-        return VlmCaptionMethod(_vlm_backend(context.base_config), context.models)
+        return VlmCaptionMethod(_vlm_brain(context.base_config), context.models)
     if base in INTERROGATOR_MODES:
         return InterrogatorMethod(name, INTERROGATOR_MODES[base], context)
     if base in INVERSION_METHODS:
@@ -180,30 +180,30 @@ class VlmCaptionMethod:
 
     seed_dependent = False
 
-    def __init__(self, backend: ChatBackend, models: ModelStack) -> None:
+    def __init__(self, brain: Brain, models: ModelStack) -> None:
         from arpo.agents.prompt_writer import PromptWriter
 
         self.name = "vlm-caption"
-        self.writer = PromptWriter(backend)
-        self.backend = backend
+        self.writer = PromptWriter(brain)
+        self.brain = brain
         self.models = models
 
     def recover(self, reference: ReferenceImage, seed: int, **_: Any) -> RecoveredPrompt:
         clock = _Clock(self.models)
-        self.backend.call_log.drain()
+        self.brain.take_calls()  # whatever came before is not this prompt's cost
         try:
             prompt = self.writer.write(reference.image)
         finally:
-            calls = self.backend.call_log.drain()
+            calls = self.brain.take_calls()
         cost = clock.cost(
             brain_calls=len(calls),
             prompt_tokens=sum(call.prompt_tokens or 0 for call in calls),
             completion_tokens=sum(call.completion_tokens or 0 for call in calls),
         )
-        return RecoveredPrompt(prompt, cost, details={"vlm": self.backend.config.model})
+        return RecoveredPrompt(prompt, cost, details={"vlm": self.brain.model})
 
 
-def _vlm_backend(config: RunConfig) -> ChatBackend:
+def _vlm_brain(config: RunConfig) -> Brain:
     from arpo.agents.brains import build_brains, tuning_of
 
     if config.vlm.provider == "offline":

@@ -33,14 +33,14 @@ def test_rate_limit_is_retried_until_success(brain_server):
     assert reply.text == "the sky is darker"
     assert reply.attempts == 3
     assert len(brain_server.requests) == 3
-    assert backend.call_log.requests == 3
-    assert backend.call_log.calls == 1
-    assert backend.call_log.total_backoff_s > 0
-    records = backend.call_log.drain()
+    records = backend.take_calls()
     # One record per request, failed ones included, all of one call.
     assert [(r.attempts, r.ok, r.status_code) for r in records] == [(1, False, 429), (2, False, 429),
                                                                     (3, True, 200)]
     assert len({r.call_id for r in records}) == 1
+    # Each retry waited its backoff first (retry_wait_s is 0.01 s here), then asked again.
+    for earlier, later in zip(records, records[1:]):
+        assert (later.started_at - earlier.started_at).total_seconds() >= earlier.latency_s + 0.01
     assert "429 rate limited: Rate limit reached" in records[0].error and records[2].error is None
 
 
@@ -63,7 +63,7 @@ def test_gives_up_after_max_attempts_with_reason(brain_server):
 
     assert "proposer brain scripted-model" in str(caught.value)
     assert len(brain_server.requests) == 3
-    records = backend.call_log.drain()
+    records = backend.take_calls()
     assert [r.attempts for r in records] == [1, 2, 3]
     assert all(not r.ok and r.status_code == 429 and "429" in r.error for r in records)
 
@@ -90,7 +90,7 @@ def test_authentication_failure_is_immediate_and_never_shows_the_key(brain_serve
     assert message == "llm brain gpt-4o: authentication failed (check OPENAI_API_KEY)"
     assert TEST_API_KEY not in "".join(traceback.format_exception(caught.value))
     assert len(brain_server.requests) == 1
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert TEST_API_KEY not in record.model_dump_json()
     assert TEST_API_KEY not in repr(backend) and TEST_API_KEY not in repr(backend.config)
     assert TEST_API_KEY not in str(backend.config.safe_description())
@@ -137,8 +137,7 @@ def test_schema_rejection_falls_back_to_json_object_and_remembers(brain_server):
     assert sent[1].response_format == {"type": "json_object"}
     assert sent[2].response_format == {"type": "json_object"}
     assert second.attempts == 1
-    assert backend.supports_json_schema is False
-    refused, answered, _ = backend.call_log.drain()
+    refused, answered, _ = backend.take_calls()
     assert (refused.response_format, refused.status_code, refused.ok) == ("json_schema", 400, False)
     assert "response_format json_schema refused" in refused.error
     assert (answered.response_format, answered.ok, answered.attempts) == ("json_object", True, 1)
@@ -146,12 +145,10 @@ def test_schema_rejection_falls_back_to_json_object_and_remembers(brain_server):
 
 def test_schema_is_sent_strict_when_supported(brain_server):
     backend = scripted_backend(brain_server)
-    backend.complete(HELLO, role="proposer", json_schema=SCHEMA, schema_name="candidate_phrases",
-                     temperature=0.2)
+    backend.complete(HELLO, role="proposer", json_schema=SCHEMA, schema_name="candidate_phrases")
     body = brain_server.requests[0].body
     assert body["response_format"]["json_schema"] == {"name": "candidate_phrases", "schema": SCHEMA,
                                                       "strict": True}
-    assert body["temperature"] == 0.2
 
 
 def test_schema_not_sent_when_config_disables_it(brain_server):
@@ -192,7 +189,7 @@ def test_a_second_empty_reply_fails_for_good_with_the_likely_cause(brain_server)
     assert message.startswith("differ brain scripted-model: empty reply to a 5-token prompt (finish_reason stop)")
     assert "chat format" in message and "--chat_format" in message and message.endswith("(asked 2 times)")
     assert "\n" not in message
-    records = backend.call_log.drain()
+    records = backend.take_calls()
     assert [(r.ok, r.status_code, r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in records] == [
         (False, 200, 5, 0, "stop")] * 2
     assert records[0].error.startswith("empty reply to a 5-token prompt") and records[1].error == message
@@ -233,15 +230,14 @@ def test_record_carries_tokens_and_latency(brain_server):
 
     reply = backend.complete(message, role="differ")
 
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert record.prompt_tokens == 100 == reply.prompt_tokens
     assert (record.status_code, record.finish_reason, record.response_format) == (200, "stop", None)
     assert record.completion_tokens == len(reply.text) // 4 == reply.completion_tokens
     # The record times its request; the reply the whole call (one request here, plus thread hand-offs).
     assert 0.1 <= record.latency_s <= reply.latency_s < record.latency_s + 0.5
     assert (record.role, record.model, record.provider) == ("differ", "scripted-model", "vllm")
-    assert backend.call_log.drain() == []
-    assert backend.call_log.total_wait_s >= 0.1
+    assert backend.take_calls() == []
 
 
 def test_from_provider_openai_requires_key(monkeypatch):

@@ -1,13 +1,14 @@
-"""Choosing brains by provider, sharing one backend, and draining call records."""
+"""Choosing brains by provider, sharing one backend, and taking the records of their calls."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from fixtures_brain import TEST_API_KEY, brain_server  # noqa: F401
+from fake_brain import FakeBrain
+from fixtures_brain import TEST_API_KEY
 
-from arpo.agents.brains import build_brains, build_run_brains
+from arpo.agents.brains import Brains, build_brains, build_run_brains
 from arpo.core.errors import BrainError, InvalidInputError
 
 HELLO = [{"role": "user", "content": "hi"}]
@@ -17,7 +18,7 @@ def test_offline_means_no_backends():
     brains = build_brains("offline", "offline")
     assert (brains.vlm, brains.llm) == (None, None)
     assert brains.describe_backends() == {"vlm": None, "llm": None}
-    assert brains.drain_calls() == []
+    assert brains.take_calls() == []
 
 
 def test_openai_needs_a_key():
@@ -62,20 +63,20 @@ def test_unknown_provider_is_invalid_input():
         build_brains("offline", "claude")
 
 
-def test_drain_calls_merges_both_backends_without_duplicates(brain_server):
-    shared = build_brains("vllm", "vllm", base_url=brain_server.base_url)
+def test_take_calls_merges_both_brains_without_duplicates():
+    one = FakeBrain().script("describer", "a cat").script("proposer", "[]")
+    shared = Brains(vlm=one, llm=one)
     shared.vlm.complete(HELLO, role="describer")
     shared.llm.complete(HELLO, role="proposer")
-    assert [record.role for record in shared.drain_calls()] == ["describer", "proposer"]
-    assert shared.drain_calls() == []
+    assert [record.role for record in shared.take_calls()] == ["describer", "proposer"]
+    assert shared.take_calls() == []
 
-    separate = build_brains("vllm", "vllm", vlm_model="v", llm_model="l",
-                            base_url=brain_server.base_url)
+    separate = Brains(vlm=FakeBrain(model="v").script("comparer", "no difference"),
+                      llm=FakeBrain(model="l").script("proposer", "[]"))
     separate.llm.complete(HELLO, role="proposer")
     separate.vlm.complete(HELLO, role="comparer")
-    records = separate.drain_calls()
+    records = separate.take_calls()
     assert [(record.role, record.model) for record in records] == [("proposer", "l"), ("comparer", "v")]
-
 
 
 def test_run_brains_take_each_roles_tuning():
@@ -90,7 +91,8 @@ def test_run_brains_take_each_roles_tuning():
         "json-object", 0.0, 5)
     assert (brains.vlm.config.temperature, brains.vlm.config.seed) == (0.2, 0), "unset means the defaults"
     assert brains.vlm.formats is brains.llm.formats, "one run, one memory of refused formats"
-    assert brains.negotiated_formats() == {"vlm": "text", "llm": "json_object"}
+    recorded = brains.describe_backends()
+    assert (recorded["vlm"]["structured_output"], recorded["llm"]["structured_output"]) == ("off", "json-object")
 
 
 def test_an_unknown_option_is_invalid_input():

@@ -1,4 +1,8 @@
-"""Brain roles over real HTTP: what they send, what they parse, and how they run concurrently."""
+"""Brain roles over an in-process fake brain: what they send, what they parse, how they run at once.
+
+HTTP adds nothing to these questions; ChatBackend's own tests (test_agents_backend.py,
+test_brain_servers.py) cover what happens on the wire.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,19 @@ import io
 import time
 
 import pytest
-from fixtures_brain import brain_server, scripted_backend  # noqa: F401
+from fake_brain import FakeBrain, SentCall, phrases_reply
 from PIL import Image
+from arpo.agents.scripted_server import malformed_phrase_text
 
 from arpo.agents.image_parts import image_part
 from arpo.agents.proposal import ProposalRequest
 from arpo.agents.roles import Comparer, Describer, Differ, ImageDescription, LlmProposer
-from arpo.agents.scripted_server import DEFAULT_CONTENT_DESCRIPTIONS, DEFAULT_STYLE_DESCRIPTIONS, ScriptedReply
 from arpo.core.errors import BrainError
 
 RED = (200, 20, 20)
 BLUE = (20, 20, 200)
+CONTENT = "A heron stands in shallow water."
+STYLE = "An ink wash painting on rice paper."
 
 
 def _decoded(url: str) -> Image.Image:
@@ -26,79 +32,79 @@ def _decoded(url: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(payload)))
 
 
-def test_comparer_sends_both_images_in_one_message_reference_first(brain_server):
-    backend = scripted_backend(brain_server)
+def _content_or_style(call: SentCall) -> str:
+    """Answers the describer's two questions, which it asks at once and so in no fixed order."""
+    return STYLE if "how this picture was made" in call.text else CONTENT
 
-    differences = Comparer(backend).compare(Image.new("RGB", (64, 48), RED),
-                                            Image.new("RGB", (64, 48), BLUE))
 
-    [request] = brain_server.requests
-    assert request.kind == "comparison" and len(request.messages) == 1
-    parts = request.messages[0]["content"]
+def test_comparer_sends_both_images_in_one_message_reference_first():
+    brain = FakeBrain().script("comparer", "Image 1 is red; Image 2 is blue.")
+
+    differences = Comparer(brain).compare(Image.new("RGB", (64, 48), RED),
+                                          Image.new("RGB", (64, 48), BLUE))
+
+    [call] = brain.sent
+    assert call.role == "comparer" and len(call.messages) == 1
+    parts = call.messages[0]["content"]
     image_indexes = [i for i, part in enumerate(parts) if part["type"] == "image_url"]
     assert len(image_indexes) == 2
     assert parts[image_indexes[0] - 1]["text"] == "Image 1:"
     assert parts[image_indexes[1] - 1]["text"] == "Image 2:"
-    first, second = (_decoded(url) for url in request.image_urls)
+    first, second = (_decoded(url) for url in call.image_urls)
     assert first.getpixel((0, 0)) == RED and second.getpixel((0, 0)) == BLUE
-    assert differences.startswith("Image 1")
+    assert differences == "Image 1 is red; Image 2 is blue."
 
 
-def test_comparer_refuses_single_image_servers_without_calling(brain_server):
-    backend = scripted_backend(brain_server, multi_image=False)
+def test_comparer_refuses_single_image_brains_without_calling():
+    brain = FakeBrain(model="one-eyed", multi_image=False)
     image = Image.new("RGB", (8, 8))
-    with pytest.raises(BrainError, match="--framework enhanced"):
-        Comparer(backend).compare(image, image)
-    assert brain_server.requests == []
+    with pytest.raises(BrainError, match="comparer brain one-eyed takes one image per message; use --framework enhanced"):
+        Comparer(brain).compare(image, image)
+    assert brain.sent == []
 
 
-def test_describer_runs_content_and_style_concurrently(brain_server):
-    brain_server.brain.latency_s = 0.3
-    backend = scripted_backend(brain_server)
-    describer = Describer(backend)
-    image = Image.new("RGB", (32, 32), RED)
+def test_describer_runs_content_and_style_concurrently():
+    brain = FakeBrain(latency_s=0.3).script("describer", _content_or_style, _content_or_style)
 
     started = time.monotonic()
-    description = describer.describe(image)
+    description = Describer(brain).describe(Image.new("RGB", (32, 32), RED))
     elapsed = time.monotonic() - started
 
-    assert description == ImageDescription(content=DEFAULT_CONTENT_DESCRIPTIONS[0],
-                                           style=DEFAULT_STYLE_DESCRIPTIONS[0])
-    assert elapsed < 0.5  # sequential calls would take at least 0.6 s
-    assert backend.call_log.peak_in_flight == 2
-    assert [len(request.image_urls) for request in brain_server.requests] == [1, 1]
-    assert {record.role for record in backend.call_log.drain()} == {"describer"}
+    assert description == ImageDescription(content=CONTENT, style=STYLE)
+    assert elapsed < 0.5  # one after the other they would take at least 0.6 s
+    assert brain.peak_in_flight == 2
+    assert [len(call.image_urls) for call in brain.sent] == [1, 1]
+    assert {record.role for record in brain.take_calls()} == {"describer"}
 
 
-def test_differ_compares_content_and_style_separately(brain_server):
-    brain_server.enqueue(ScriptedReply.text("Image 1 has a dog."),
-                         ScriptedReply.text("Image 1 is a pastel drawing."))
-    backend = scripted_backend(brain_server)
+def test_differ_compares_content_and_style_separately():
+    def difference(call: SentCall) -> str:
+        return "Image 1 has a dog." if "a dog on grass" in call.text else "Image 1 is a pastel drawing."
+
+    brain = FakeBrain().script("differ", difference, difference)
     reference = ImageDescription(content="a dog on grass", style="pastel drawing")
     generated = ImageDescription(content="a cat on grass", style="photograph")
 
-    text = Differ(backend).differences(reference, generated)
+    text = Differ(brain).differences(reference, generated)
 
-    assert text.startswith("Content differences:\n")
-    assert "\n\nStyle differences:\n" in text
-    assert {"Image 1 has a dog.", "Image 1 is a pastel drawing."} <= set(text.splitlines())
-    bodies = [request.text for request in brain_server.requests]
+    assert text == ("Content differences:\nImage 1 has a dog.\n\n"
+                    "Style differences:\nImage 1 is a pastel drawing.")
+    bodies = [call.text for call in brain.sent]
     assert any("a dog on grass" in body and "a cat on grass" in body and "photograph" not in body
                for body in bodies)
     assert any("pastel drawing" in body and "photograph" in body and "a dog" not in body
                for body in bodies)
-    assert all(request.kind == "differences" for request in brain_server.requests)
+    assert all(call.image_urls == [] for call in brain.sent)
 
 
-def test_proposer_never_returns_tried_or_present_phrases(brain_server):
-    brain_server.enqueue(ScriptedReply.phrases([
+def test_proposer_never_returns_tried_or_present_phrases():
+    brain = FakeBrain().script("proposer", phrases_reply([
         "golden hour light", "Tabby Cat", "soft focus background, film grain", "rim light",
         "film grain", "party art"]))
-    backend = scripted_backend(brain_server)
     request = ProposalRequest(current_prompt="a tabby cat on a party hat",
                               tried=["Golden Hour Light", "rim light"])
 
-    proposal = LlmProposer(backend).propose(request)
+    proposal = LlmProposer(brain).propose(request)
 
     # "party art" is not found in "party hat": only whole words count as already present.
     assert proposal.phrases == ["soft focus background", "film grain", "party art"]
@@ -108,45 +114,44 @@ def test_proposer_never_returns_tried_or_present_phrases(brain_server):
     assert proposal.source == "llm" and proposal.unusable is None
 
 
-def test_proposer_truncates_to_max_candidates(brain_server):
+def test_proposer_truncates_to_max_candidates():
     colours = ["red", "green", "blue", "ochre", "teal", "violet"]
-    brain_server.enqueue(ScriptedReply.phrases([f"{colour} paper texture" for colour in colours]))
-    proposer = LlmProposer(scripted_backend(brain_server))
-    assert proposer.propose(ProposalRequest(current_prompt="x", max_candidates=3)).phrases == [
+    brain = FakeBrain().script("proposer", phrases_reply(f"{colour} paper texture" for colour in colours))
+    assert LlmProposer(brain).propose(ProposalRequest(current_prompt="x", max_candidates=3)).phrases == [
         "red paper texture", "green paper texture", "blue paper texture"]
 
 
-def test_proposer_asks_with_schema_and_feedback_first(brain_server):
-    backend = scripted_backend(brain_server)
+def test_proposer_asks_with_schema_and_feedback_first():
+    brain = FakeBrain().script("proposer", phrases_reply(["ink wash texture"]))
     request = ProposalRequest(current_prompt="a cat", differences="Image 1 is warmer.",
                               tried=["golden hour light"], feedback=["it's a watercolour"])
 
-    phrases = LlmProposer(backend).propose(request).phrases
+    assert LlmProposer(brain).propose(request).phrases == ["ink wash texture"]
 
-    [sent] = brain_server.requests
-    assert sent.response_format["json_schema"]["name"] == "candidate_phrases"
+    [sent] = brain.sent
+    assert sent.schema_name == "candidate_phrases"
+    assert sent.json_schema["required"] == ["phrases"]
     text = sent.text
     assert text.index("it's a watercolour") < text.index("Image 1 is warmer.")
     assert "golden hour light" in text
     assert "two to six words" in text
-    # the scripted brain skips pool phrases the request mentions, so later rounds get new ones
-    assert phrases and "golden hour light" not in phrases
 
 
-def test_word_range_is_asked_for_and_enforced_from_the_request(brain_server):
-    brain_server.enqueue(ScriptedReply.phrases(["misty", "misty harbour", "misty harbour at dawn"]))
+def test_word_range_is_asked_for_and_enforced_from_the_request():
+    brain = FakeBrain().script("proposer", phrases_reply(["misty", "misty harbour", "misty harbour at dawn"]))
     request = ProposalRequest(current_prompt="a boat", min_words=3, max_words=4)
 
-    proposal = LlmProposer(scripted_backend(brain_server)).propose(request)
+    proposal = LlmProposer(brain).propose(request)
 
-    assert "three to four words" in brain_server.requests[0].text
+    assert "three to four words" in brain.sent[0].text
     assert proposal.phrases == ["misty harbour at dawn"]
     assert [d.reason for d in proposal.dropped] == ["too short", "too short"]
 
 
-def test_no_differences_are_not_shown_as_a_placeholder(brain_server):
-    LlmProposer(scripted_backend(brain_server)).propose(ProposalRequest(current_prompt="a boat"))
-    text = brain_server.requests[0].text
+def test_no_differences_are_not_shown_as_a_placeholder():
+    brain = FakeBrain().script("proposer", phrases_reply([]))
+    LlmProposer(brain).propose(ProposalRequest(current_prompt="a boat"))
+    text = brain.sent[0].text
     assert "(none were listed)" not in text
     assert "No comparison of the two pictures is available" in text
 
@@ -154,65 +159,70 @@ def test_no_differences_are_not_shown_as_a_placeholder(brain_server):
 @pytest.mark.parametrize(
     "shape", ["fenced", "python_list", "numbered", "bulleted", "prose", "semicolons"]
 )
-def test_proposer_reads_malformed_replies_without_reasking(brain_server, shape):
-    brain_server.enqueue(ScriptedReply.malformed(shape, ["ink wash", "paper texture"]))
-    backend = scripted_backend(brain_server, json_schema_output=False)
+def test_proposer_reads_malformed_replies_without_reasking(shape):
+    brain = FakeBrain().script("proposer", malformed_phrase_text(shape, ["ink wash", "paper texture"]))
 
-    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")).phrases == [
+    assert LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron")).phrases == [
         "ink wash", "paper texture"]
-    assert len(brain_server.requests) == 1
+    assert len(brain.sent) == 1
+    assert [record.ok for record in brain.take_calls()] == [True]
 
 
-def test_proposer_repairs_once_saying_what_was_wrong(brain_server):
-    brain_server.enqueue(ScriptedReply.malformed("garbage"), ScriptedReply.phrases(["ink wash"]))
-    backend = scripted_backend(brain_server)
+def test_proposer_repairs_once_saying_what_was_wrong():
+    brain = FakeBrain().script("proposer", malformed_phrase_text("garbage", []), phrases_reply(["ink wash"]))
 
-    assert LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron")).phrases == ["ink wash"]
+    assert LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron")).phrases == ["ink wash"]
 
-    first, second = brain_server.requests
+    first, second = brain.sent
     assert [m["role"] for m in second.messages] == ["user", "assistant", "user"]
+    assert second.messages[1]["content"] == malformed_phrase_text("garbage", [])
     repair = second.messages[-1]["content"]
     repair = repair if isinstance(repair, str) else repair[0]["text"]
     assert "could not be read as a list" in repair and "no phrase that could be used" in repair
-    records = backend.call_log.drain()
+    records = brain.take_calls()
     assert [record.ok for record in records] == [False, True]
     assert "asked again" in records[0].error
 
 
-def test_a_reply_whose_every_phrase_is_dropped_is_repaired_naming_the_phrases(brain_server):
-    brain_server.enqueue(ScriptedReply.phrases(["space", "contrast contrast"]),
-                         ScriptedReply.phrases(["misty harbour light"]))
-    proposal = LlmProposer(scripted_backend(brain_server)).propose(ProposalRequest(current_prompt="a heron"))
+def test_a_reply_whose_every_phrase_is_dropped_is_repaired_naming_the_phrases():
+    brain = FakeBrain().script("proposer", phrases_reply(["space", "contrast contrast"]),
+                               phrases_reply(["misty harbour light"]))
+    proposal = LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron"))
 
     assert proposal.phrases == ["misty harbour light"]
-    repair = brain_server.requests[1].messages[-1]["content"]
+    repair = brain.sent[1].messages[-1]["content"]
     repair = repair if isinstance(repair, str) else repair[0]["text"]
     assert '"space" (too short)' in repair and '"contrast contrast" (repeated words)' in repair
     assert [d.reason for d in proposal.dropped] == ["too short", "repeated words"]
 
 
-def test_proposer_reports_unusable_after_a_failed_repair(brain_server):
-    brain_server.enqueue(ScriptedReply.malformed("garbage"), ScriptedReply.phrases(["phrase 1", "<phrase>"]),
-                         ScriptedReply.phrases(["never asked for"]))
-    backend = scripted_backend(brain_server)
+def test_proposer_reports_unusable_after_a_failed_repair():
+    brain = FakeBrain().script("proposer", malformed_phrase_text("garbage", []),
+                               phrases_reply(["phrase 1", "<phrase>"]), phrases_reply(["never asked for"]))
 
-    proposal = LlmProposer(backend).propose(ProposalRequest(current_prompt="a heron"))
+    proposal = LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron"))
 
     assert proposal.phrases == [] and proposal.unusable
     assert "placeholder" in proposal.unusable
-    assert len(brain_server.requests) == 2
-    records = backend.call_log.drain()
+    assert len(brain.sent) == 2
+    records = brain.take_calls()
     assert [record.ok for record in records] == [False, False]
     assert "after a repair request" in records[1].error
 
 
-def test_default_phrase_pool_runs_dry(brain_server):
-    pool = ["ink wash", "paper texture"]
-    brain_server.brain.phrase_pool = pool
-    proposer = LlmProposer(scripted_backend(brain_server))
-    proposal = proposer.propose(ProposalRequest(current_prompt="a heron", tried=pool))
+def test_an_empty_list_is_believed():
+    brain = FakeBrain().script("proposer", phrases_reply([]))
+    proposal = LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron", tried=["ink wash"]))
     assert proposal.phrases == [] and proposal.unusable is None
-    assert len(brain_server.requests) == 1  # an explicit empty list is not malformed
+    assert len(brain.sent) == 1  # an explicit empty list is not malformed
+
+
+def test_a_brain_that_fails_for_good_is_left_to_the_caller():
+    """Retries are the brain's business, not the role's: one call, and its failure goes up unchanged."""
+    brain = FakeBrain().script("proposer", BrainError("proposer brain fake-model: gave up after 3 attempts"))
+    with pytest.raises(BrainError, match="gave up after 3 attempts"):
+        LlmProposer(brain).propose(ProposalRequest(current_prompt="a heron"))
+    assert len(brain.sent) == 1
 
 
 def test_image_part_downscales_and_flattens_alpha():

@@ -55,7 +55,7 @@ def test_llama_cpp_500_on_json_schema_falls_back_to_json_object_within_one_attem
     assert '"phrases"' in first.text
     formats = [(r.response_format or {}).get("type") for r in server.requests]
     assert formats == ["json_schema", "json_object", "json_object"], "refused once, remembered after"
-    refused, answered, again = backend.call_log.drain()
+    refused, answered, again = backend.take_calls()
     assert (refused.status_code, refused.ok, refused.response_format) == (500, False, "json_schema")
     assert "Input should be 'text' or 'json_object'" in refused.error
     assert (answered.ok, answered.attempts, again.attempts) == (True, 1, 1)
@@ -72,7 +72,8 @@ def test_a_refused_json_object_falls_back_to_plain_text(serve):
 
     assert reply.response_format == "text" and reply.attempts == 1
     assert server.requests[-1].response_format is None
-    assert backend.response_format_in_use() == "text"
+    assert backend.complete(PROPOSAL, **ASK_PHRASES).response_format == "text", "nothing refused is asked again"
+    assert len(server.requests) == 4
 
 
 def test_backends_on_one_server_and_model_share_what_was_refused(serve):
@@ -87,7 +88,7 @@ def test_backends_on_one_server_and_model_share_what_was_refused(serve):
 
     assert [(r.response_format or {}).get("type") for r in server.requests] == [
         "json_schema", "json_object", "json_object"]
-    assert memory.learned() == {f"scripted-model @ {server.base_url}": "json_object"}
+    assert [record.response_format for record in splitter.take_calls()] == ["json_object"]
 
 
 @pytest.mark.parametrize("mode, sent", [("off", None), ("json-object", {"type": "json_object"})])
@@ -134,7 +135,7 @@ def test_list_content_refused_by_a_chat_template_is_permanent_and_quoted(serve):
     assert len(server.requests) == 1, "a 500 whose body is a type error is not retried"
     backend.complete([user_message("hello")], role="differ")  # a plain string passes
     assert server.requests[1].body["messages"][0]["content"] == "hello"
-    assert LLAMA_CPP_LIST_REFUSAL in backend.call_log.drain()[0].error
+    assert LLAMA_CPP_LIST_REFUSAL in backend.take_calls()[0].error
 
 
 def test_a_plain_500_is_transient(serve):
@@ -158,7 +159,7 @@ def test_attempt_count_excludes_format_fallback_and_every_request_is_recorded(se
     with pytest.raises(BrainError, match=r"gave up after 5 attempts: 503 server error: The server is overloaded"):
         backend.complete(PROPOSAL, **ASK_PHRASES)
 
-    records = backend.call_log.drain()
+    records = backend.take_calls()
     assert len(records) == len(server.requests) == 6
     assert [r.attempts for r in records] == [1, 1, 2, 3, 4, 5]
     assert [r.status_code for r in records] == [400, 503, 503, 503, 503, 503]
@@ -238,7 +239,7 @@ def test_a_timed_out_request_is_cancelled_on_the_server(serve):
         time.sleep(0.02)
     assert request.disconnected_at is not None, "the server never saw the client hang up"
     assert request.disconnected_at - request.received_at < 1.5
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert (record.ok, record.status_code) == (False, None) and "timed out" in record.error
 
 
@@ -263,7 +264,7 @@ def test_ctrl_c_stops_a_call_waiting_on_another_thread(serve):
 
     assert not worker.is_alive() and time.monotonic() - stopped_at < 1
     assert isinstance(outcome.get("raised"), KeyboardInterrupt)
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert record.error == "interrupted (Ctrl-C)"
 
 
@@ -276,7 +277,7 @@ def test_a_fastapi_422_detail_list_is_read_and_names_the_format(serve):
     reply = backend.complete(PROPOSAL, **ASK_PHRASES)
 
     assert reply.response_format == "json_object"
-    refused = backend.call_log.drain()[0]
+    refused = backend.take_calls()[0]
     assert refused.error == "response_format json_schema refused: 422: response_format.type: Input should be 'text'"
 
 
@@ -327,7 +328,7 @@ def test_a_reasoning_model_refusing_max_tokens_and_temperature_gets_what_it_acce
     for body in sent[2:]:  # the answered request and the next call
         assert body["max_completion_tokens"] == ROLE_MAX_TOKENS["proposer"]
         assert "max_tokens" not in body and "temperature" not in body and body["seed"] == 0
-    assert [r.error.split(" refused")[0] for r in backend.call_log.drain() if not r.ok] == [
+    assert [r.error.split(" refused")[0] for r in backend.take_calls() if not r.ok] == [
         "parameter max_tokens", "parameter temperature"]
 
 
@@ -354,7 +355,7 @@ def test_a_text_only_model_asked_to_compare_images_stops_the_call_naming_the_fix
     assert "serve a vision model there, or use --vlm-brain offline (with --framework vanilla)" in message
     assert "\n" not in message
     assert len(server.requests) == 1, "a dropped message is dropped again: not retried"
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert (record.ok, record.status_code, record.prompt_tokens, record.error) == (False, 200, 7, message)
     assert record.completion_tokens > 0, "the model babbled at an empty prompt; its count is kept"
 
@@ -368,7 +369,7 @@ def test_a_vision_model_on_the_same_server_reads_its_images(serve):
     differences = Comparer(backend).compare(*_pictures())
 
     assert differences.startswith("Image 1")
-    [record] = backend.call_log.drain()
+    [record] = backend.take_calls()
     assert record.ok and record.prompt_tokens > 170, "text and two images counted"
 
 

@@ -65,7 +65,7 @@ def test_the_real_json_schema_refusal_falls_back_to_json_object_and_is_quoted_in
         sent_formats = [(request.response_format or {}).get("type") for request in server.requests]
     assert reply.response_format == "json_object" and reply.attempts == 1
     assert sent_formats == ["json_schema", "json_object"], "a 500 naming the format is not retried as is"
-    refused = backend.call_log.drain()[0]
+    refused = backend.take_calls()[0]
     assert (refused.ok, refused.status_code) == (False, 500)
     assert "Input should be 'text' or 'json_object'" in refused.error
     # The server appends a traceback line with its own file paths; the recorded error stays one line.

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from fixtures_brain import brain_server, scripted_backend  # noqa: F401  (fixture)
+from fake_brain import FakeBrain
 
 from arpo.agents.prompt_splitter import PromptSplitter
-from arpo.agents.scripted_server import ScriptedReply
 from arpo.core.phrases import replace_words
 from arpo.tools.prompt_parts import PromptParts, is_style_phrase, split_prompt
 
@@ -32,10 +31,12 @@ def test_replace_words_swaps_whole_words_only_and_keeps_a_capital():
     assert replace_words("a dog", "", "cat") == "a dog"
 
 
-def test_llm_split_is_used_when_it_keeps_every_phrase(brain_server):  # noqa: F811
-    brain_server.enqueue(ScriptedReply.text('{"content": "a fox, pine trees", "style": "ukiyo-e"}'))
-    parts = PromptSplitter(scripted_backend(brain_server)).split("a fox, ukiyo-e, pine trees")
+def test_llm_split_is_used_when_it_keeps_every_phrase():
+    brain = FakeBrain().script("splitter", '{"content": "a fox, pine trees", "style": "ukiyo-e"}')
+    parts = PromptSplitter(brain).split("a fox, ukiyo-e, pine trees")
     assert parts == PromptParts(content="a fox, pine trees", style="ukiyo-e")
+    [call] = brain.sent
+    assert call.schema_name == "prompt_parts" and "Prompt: a fox, ukiyo-e, pine trees" in call.text
 
 
 @pytest.mark.parametrize(
@@ -43,9 +44,9 @@ def test_llm_split_is_used_when_it_keeps_every_phrase(brain_server):  # noqa: F8
     ["no idea", '{"content": "a sly fox", "style": "woodblock print"}'],
     ids=["malformed", "rewrote the phrases"],
 )
-def test_llm_split_falls_back_to_the_banks_when_the_reply_cannot_be_used(brain_server, reply):  # noqa: F811
-    brain_server.enqueue(ScriptedReply.text(reply))
-    backend = scripted_backend(brain_server)
-    parts = PromptSplitter(backend).split("a fox, oil painting")
+def test_llm_split_falls_back_to_the_banks_when_the_reply_cannot_be_used(reply):
+    brain = FakeBrain().script("splitter", reply)
+    parts = PromptSplitter(brain).split("a fox, oil painting")
     assert parts == PromptParts(content="a fox", style="oil painting")
-    assert [record.ok for record in backend.call_log.records()] == [False]
+    [record] = brain.take_calls()
+    assert not record.ok and "split by phrase banks" in record.error
