@@ -45,7 +45,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import openai
 from tenacity import (
@@ -60,6 +60,9 @@ from arpo.agents.brain import BrainReply, CallLog
 from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
 from arpo.core.errors import BrainError, InvalidInputError
 from arpo.core.run_config import STRUCTURED_OUTPUT_MODES, StructuredOutput
+
+if TYPE_CHECKING:
+    import httpx2
 
 Provider = Literal["openai", "vllm"]
 """The brain providers that are a chat server (`offline` is none)."""
@@ -341,7 +344,15 @@ class ChatBackend:
     """A `Brain` (agents/brain.py) over one OpenAI-compatible server and model, with retries and the
     record of every request."""
 
-    def __init__(self, config: BackendConfig, formats: FormatMemory | None = None) -> None:
+    def __init__(
+        self,
+        config: BackendConfig,
+        formats: FormatMemory | None = None,
+        *,
+        http_client: httpx2.Client | None = None,
+    ) -> None:
+        """`http_client`: what the SDK sends through instead of a connection of its own (the loop
+        benchmark answers in process with an `httpx2.MockTransport`); its timeout is the SDK's."""
         self.config = config
         self._calls = CallLog()
         self.formats = formats or FormatMemory()
@@ -353,6 +364,7 @@ class ChatBackend:
             api_key=config.api_key,
             max_retries=0,
             timeout=config.timeout_s,
+            http_client=http_client,
         )
         _INTERRUPTS.install()
 

@@ -1,4 +1,4 @@
-"""Benchmark of the ARPO loop's own cost, on the tiny models with a scripted brain of fixed latency.
+"""Benchmark of the ARPO loop's own cost, on the tiny models with an in-process brain of fixed latency.
 
     python -m arpo.eval.loop_benchmark [--latency 0.2] [--steps 3] [--framework vanilla enhanced]
                                        [--repeats 3] [--threads 1] [--json]
@@ -13,6 +13,9 @@ brain, tokenizing, preprocessing, bookkeeping) divided by the run's wall time. O
 first (first calls pay for lazy set-up), then `--repeats` measured runs; the median one is reported,
 so a moment of load from elsewhere on a shared machine does not decide the figure. `--threads 1` (the
 default) keeps the tiny models' forwards short, which makes the fraction the hardest to meet.
+
+The brain (eval/benchmark_brain.py) answers under the openai SDK's HTTP client, so every request still
+goes through ChatBackend and the SDK as it would to a real server; only the network is left out.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from arpo import SAMPLE_IMAGE
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from arpo.agents.brains import Brains
 from arpo.core.run_config import BrainChoice, RunConfig
-from arpo.graphs.invocation import build_context, execute_run, start_run
+from arpo.eval.benchmark_brain import BenchmarkBrain
+from arpo.graphs.context import ArpoContext
+from arpo.graphs.invocation import execute_run, start_run
 from arpo.graphs.telemetry import NodeTiming
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
@@ -90,17 +95,24 @@ def measure(framework: str, latency_s: float, steps: int, models, repeats: int) 
 
 
 def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list[NodeTiming], float, int]:
-    """One run; returns node timings, the run's total wall time and candidates per selection."""
-    with BrainServer(ScriptedBrain(latency_s=latency_s, phrases_per_reply=6)) as server:
-        brain = BrainChoice(provider="vllm", base_url=server.base_url)
+    """One run; returns node timings, the run's total wall time and candidates per selection.
+
+    One backend plays both brains, as one vLLM server serving both roles would.
+    """
+    backend = BenchmarkBrain(latency_s=latency_s, phrases_per_reply=6).backend()
+    try:
+        brain = BrainChoice(provider="vllm", model=backend.model, base_url=backend.config.base_url)
         config = RunConfig(models="tiny", vlm=brain, llm=brain, framework=framework, steps=steps)
         history = History.open()
-        context = build_context(config, history, models=models)
+        context = ArpoContext(models=models, history=history, brains=Brains(vlm=backend, llm=backend),
+                              framework=framework)
         handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)
         started = time.perf_counter()
         execute_run(handle)
         wall = time.perf_counter() - started
         candidates = [len(it.candidates) for it in history.get_run(handle.run_id).iterations_detail]
+    finally:
+        backend.close()
     return context.telemetry.timings, wall, candidates
 
 
@@ -131,7 +143,7 @@ def print_report(framework: str, latency_s: float, timings: list[NodeTiming], wa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latency", type=float, default=0.2, help="scripted brain reply latency in seconds")
+    parser.add_argument("--latency", type=float, default=0.2, help="brain reply latency in seconds")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--framework", nargs="+", default=["vanilla", "enhanced"], choices=["vanilla", "enhanced"])
     parser.add_argument("--repeats", type=int, default=3, help="measured runs per framework (the median is reported)")
