@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from scripted_server import BrainServer, ScriptedBrain
 
 from arpo.agents.backend import BackendConfig, ChatBackend
 

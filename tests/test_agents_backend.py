@@ -8,14 +8,15 @@ import subprocess
 import sys
 import traceback
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
 from fixtures_brain import TEST_API_KEY, brain_server, scripted_backend  # noqa: F401
 
 from arpo.agents.backend import BackendConfig, ChatBackend
-from arpo.agents.scripted_server import ScriptedReply
-from arpo.agents.server_personalities import Generation
+from scripted_server import ScriptedReply
+from server_personalities import Generation
 from arpo.core.errors import BrainError, InvalidInputError
 
 HELLO = [{"role": "user", "content": "List the differences."}]
@@ -272,7 +273,8 @@ def test_scripted_server_lists_models_to_the_sdk(brain_server):
 
 
 def test_scripted_server_runs_as_a_plain_script():
-    process = subprocess.Popen([sys.executable, "-m", "arpo.agents.scripted_server", "--latency", "0"],
+    script = Path(__file__).with_name("scripted_server.py")
+    process = subprocess.Popen([sys.executable, str(script), "--latency", "0"],
                                stdout=subprocess.PIPE, text=True)
     try:
         base_url = process.stdout.readline().strip()

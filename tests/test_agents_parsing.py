@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from arpo.agents.scripted_server import malformed_phrase_text
+from scripted_server import malformed_phrase_text
 from pydantic import BaseModel
 
 from arpo.agents.reply_parsing import MalformedReplyError, parse_json_object, parse_phrase_list

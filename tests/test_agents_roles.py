@@ -13,7 +13,7 @@ import time
 import pytest
 from fake_brain import FakeBrain, SentCall, phrases_reply
 from PIL import Image
-from arpo.agents.scripted_server import malformed_phrase_text
+from scripted_server import malformed_phrase_text
 
 from arpo.agents.image_parts import image_part
 from arpo.agents.proposal import ProposalRequest

@@ -14,7 +14,7 @@ import pytest
 from cli_harness import run_arpo
 from PIL import Image
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from scripted_server import BrainServer, ScriptedBrain
 from arpo.app.batch_export import EXPORT_COLUMNS, write_batch_exports
 from arpo.core.run_config import RunConfig
 from arpo.graphs.batch import item_key, run_batch

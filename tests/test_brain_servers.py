@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import openai
 import pytest
@@ -13,8 +14,8 @@ from fixtures_brain import scripted_backend
 from arpo.agents import backend as backend_module
 from arpo.agents.backend import ROLE_MAX_TOKENS, BackendConfig, ChatBackend, FormatMemory
 from arpo.agents.image_parts import user_message
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
-from arpo.agents.server_personalities import (
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from server_personalities import (
     LLAMA_CPP_LIST_REFUSAL,
     BabblerPersonality,
     LlamaCppPersonality,
@@ -288,7 +289,8 @@ def test_scripted_server_personality_from_the_command_line():
     import urllib.error
     import urllib.request
 
-    process = subprocess.Popen([sys.executable, "-m", "arpo.agents.scripted_server", "--personality", "llama-cpp"],
+    script = Path(__file__).with_name("scripted_server.py")
+    process = subprocess.Popen([sys.executable, str(script), "--personality", "llama-cpp"],
                                stdout=subprocess.PIPE, text=True)
     try:
         base_url = process.stdout.readline().strip()

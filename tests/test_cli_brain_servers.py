@@ -14,8 +14,8 @@ import time
 import pytest
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
-from arpo.agents.server_personalities import (
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from server_personalities import (
     BabblerPersonality,
     LlamaCppPersonality,
     OllamaPersonality,

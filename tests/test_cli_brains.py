@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 
 SECRET = "sk-test-SECRET-do-not-store-7f3a9c"
 

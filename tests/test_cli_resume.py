@@ -9,7 +9,7 @@ import time
 
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from scripted_server import BrainServer, ScriptedBrain
 
 
 def iteration_rows(db_path):

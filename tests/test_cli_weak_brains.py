@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cli_harness import SAMPLE_IMAGE, run_arpo
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 
 REPLIES = {
     entry["id"]: entry

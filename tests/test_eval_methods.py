@@ -12,7 +12,7 @@ from PIL import Image
 
 from arpo import SAMPLE_IMAGE
 from arpo.agents.prompt_writer import clean_prompt_reply
-from arpo.agents.scripted_server import ScriptedReply
+from scripted_server import ScriptedReply
 from arpo.core.errors import BrainError, InvalidInputError
 from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.eval.datasets import load_dataset, make_self_consistent_set

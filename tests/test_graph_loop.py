@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from cli_harness import SAMPLE_IMAGE
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs import nodes
 from arpo.graphs.invocation import build_context, execute_run, start_run

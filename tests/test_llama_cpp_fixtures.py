@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain, ScriptedReply
+from scripted_server import BrainServer, ScriptedBrain, ScriptedReply
 from fixtures_brain import scripted_backend
 
 from arpo.agents import templates

@@ -20,7 +20,7 @@ from arpo.agents.phrase_hygiene import (
 from arpo.agents.proposal import PHRASE_WORDS, ProposalRequest
 from arpo.agents.reply_parsing import parse_phrase_list
 from arpo.agents.roles import LlmProposer
-from arpo.agents.scripted_server import ScriptedReply
+from scripted_server import ScriptedReply
 from arpo.core.phrases import phrase_family_key, phrase_key
 from arpo.tools.phrase_bank import load_phrase_bank
 

@@ -3,7 +3,7 @@
 import pytest
 from cli_harness import SAMPLE_IMAGE
 
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from scripted_server import BrainServer, ScriptedBrain
 from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs.invocation import build_context, execute_run, start_run
 from arpo.graphs.selection import ScorerWindow, greedy_select

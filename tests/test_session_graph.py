@@ -9,7 +9,7 @@ import pytest
 from fixtures_brain import brain_server  # noqa: F401  (fixture)
 
 from arpo import SAMPLE_IMAGE
-from arpo.agents.scripted_server import BrainServer, ScriptedBrain
+from scripted_server import BrainServer, ScriptedBrain
 from arpo.core.errors import InvalidInputError
 from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.graphs.human_turn import HumanTurn

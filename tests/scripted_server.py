@@ -1,4 +1,4 @@
-"""A scripted OpenAI-compatible chat server: a brain for tests, benchmarks and offline demos.
+"""A scripted OpenAI-compatible chat server: a brain for the tests of ChatBackend and of whole runs.
 
 It speaks real HTTP on 127.0.0.1, so the `openai` SDK talks to it exactly as it would to vLLM or the
 OpenAI API. Each request is answered by the next scripted override, if any is queued, or else by a
@@ -18,16 +18,17 @@ Every request is recorded (headers, JSON body, kind) so tests can check what the
 when the client hung up on it (`ReceivedRequest.disconnected_at`: a timed-out request must be
 cancelled, not left generating).
 
-A personality (`arpo.agents.server_personalities`) makes the server behave like llama-cpp-python,
+A personality (`server_personalities`, beside this file) makes the server behave like llama-cpp-python,
 Ollama, vLLM or a model that babbles to its context limit: which requests it refuses and how, what
 the model sees, how long it writes and where it stops. The default, "openai", accepts everything.
 
-Usable without pytest:
+It lives with the tests and is no part of the package (the loop benchmark has its own brain in
+process, eval/benchmark_brain.py). Usable without pytest, with tests/ on the import path:
 
     with BrainServer(ScriptedBrain(latency_s=0.2)) as server:
         print(server.base_url)
 
-or from a shell: `python -m arpo.agents.scripted_server --latency 0.2` (prints the base URL, serves until
+or from a shell: `python tests/scripted_server.py --latency 0.2` (prints the base URL, serves until
 interrupted).
 """
 
@@ -46,7 +47,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 
-from arpo.agents.server_personalities import (
+from server_personalities import (
     DROPPED_PROMPT_REPLY,
     PERSONALITY_NAMES,
     OpenAiPersonality,
@@ -607,7 +608,7 @@ class BrainServer:
 
 
 def main() -> None:
-    """Serve the default scripted brain until interrupted (for benchmarks run by hand)."""
+    """Serve the default scripted brain until interrupted (to point a CLI run at by hand)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each reply")
