@@ -1,14 +1,16 @@
-"""Batch runs: the ARPO loop over many images, resumable, idempotent and optionally concurrent.
+"""Batch runs: the ARPO loop over many images, resumable, idempotent and shared by many workers.
 
 Every item goes through the same wiring as `arpo invert` and `arpo resume` (`arpo.graphs.invocation`),
 so a batch item is an ordinary run (kind "batch") that can also be browsed and resumed on its own.
 
 An item is keyed by the image's content hash and the run configuration (`item_key`). Running a batch
 again skips items whose run finished, continues started ones from their last LangGraph checkpoint, and
-retries failed ones; no image gets a second run. Items run in threads (`concurrency`), which pays off
-because brains are remote and I/O-bound; the one model stack of the process is shared by all items
-(its tools serialise their forward passes with locks), and so is the `--init` inverter (a regressor
-checkpoint loads once, not per item). An item that fails is recorded with its error and the others go on.
+retries failed ones; no image gets a second run. The items wait in a queue in the history
+(`arpo.storage.batches`), from which workers (`arpo.graphs.batch_worker`) claim them: `concurrency`
+threads here, sharing the process's one model stack (its tools serialise their forward passes with
+locks) and `--init` inverter, which pays off because brains are remote and I/O-bound; other processes
+running the same batch against the same database take their share, and so do Ray workers
+(`arpo.graphs.ray_batch`). An item that fails is recorded with its error and the others go on.
 """
 
 from __future__ import annotations
@@ -17,59 +19,33 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from arpo.core.errors import ArpoError, InvalidInputError
+from arpo.core.errors import InvalidInputError
 from arpo.core.run_config import RunConfig
 from arpo.graphs.batch_manifest import BatchItem, read_batch_items
-from arpo.graphs.invocation import (
-    RunHandle,
-    build_context,
-    execute_run,
-    load_run,
-    shareable_initial_inverter,
-    start_run,
+from arpo.graphs.batch_worker import (
+    DEFAULT_LEASE_S,
+    BatchItemResult,
+    BatchWorker,
+    PlannedItem,
+    item_result,
+    release_dead_neighbours,
+    worker_name,
 )
+from arpo.graphs.invocation import build_context, shareable_initial_inverter
 
 if TYPE_CHECKING:
-    from arpo.storage.batches import BatchItemState, BatchStore
+    from arpo.storage.batches import BatchItemState
     from arpo.storage.history import History
-    from arpo.storage.records import RunDetail
-    from arpo.tools.inversion.base import PromptInverter
     from arpo.tools.model_stack import ModelStack
 
-BATCH_RUN_KIND = "batch"
-ItemStatus = Literal["finished", "failed", "interrupted"]
-
-
-class BatchItemResult(BaseModel):
-    """How one image of a batch ended, with the prompt recovered for it."""
-
-    image: str
-    """The image as the batch names it (manifest path or file name)."""
-    ground_truth: str | None = None
-    """The prompt the manifest says made the image, if it gives one."""
-    key: str
-    """Content hash of the image combined with the run configuration."""
-    status: ItemStatus
-    run_id: str | None = None
-    error: str | None = None
-    """One-line reason when the item failed."""
-    skipped: bool = False
-    """True when the item had already finished before this batch started (nothing was run)."""
-    best_prompt: str | None = None
-    """The prompt whose regenerated image was closest to the image (CLIP image-image)."""
-    best_clip_i: float | None = None
-    best_clip_t: float | None = None
-    """CLIP text-image similarity of the best prompt to the image."""
-    last_prompt: str | None = None
-    iterations: int = 0
-    stopped_because: str | None = None
+__all__ = ["BatchItemResult", "BatchReport", "item_key", "plan_batch", "run_batch"]
 
 
 class BatchReport(BaseModel):
@@ -94,7 +70,8 @@ class BatchReport(BaseModel):
 
 
 ItemCallback = Callable[[BatchItemResult], None]
-"""Called once per listed item as it ends, in the thread that called `run_batch` (for progress)."""
+"""Called once per listed item as it ends (from the worker thread that ran it; items that ended
+elsewhere, or before, when the batch is done), for progress."""
 
 
 def item_key(image_identity: str, config: RunConfig) -> str:
@@ -109,19 +86,23 @@ def run_batch(
     *,
     concurrency: int = 1,
     database_url: str | None = None,
+    image_root: str | Path | None = None,
     history: History | None = None,
     models: ModelStack | None = None,
     on_item: ItemCallback | None = None,
     on_planned: Callable[[int], None] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> BatchReport:
     """Recover a prompt for every item, skipping finished ones; returns one result per item.
 
     `items` is a folder, a JSONL/CSV manifest (see `arpo.graphs.batch_manifest`) or a list of items.
-    The history comes from `history`, else `database_url`, else arpo's default; `models` is a model
+    The history comes from `history`, else `database_url` and `image_root` (opened once the items are
+    known to be readable), else arpo's defaults; `models` is a model
     stack to share (built from `config` when not given). Models and brains are checked before any item
     runs, so a missing key or missing weights stop the batch at once (ModelUnavailableError, BrainError).
-    `on_planned` hears the number of items before they start. KeyboardInterrupt stops every item at its
-    next graph node, leaving them resumable.
+    `on_planned` hears the number of items before they start. Workers elsewhere running the same batch
+    share its items; this call returns when every item has ended, wherever it ran. KeyboardInterrupt
+    stops every item at its next graph node, leaving them resumable.
     """
     from arpo.storage.history import History
 
@@ -129,28 +110,104 @@ def run_batch(
         raise InvalidInputError(f"concurrency must be at least 1, not {concurrency}")
     source, planned_items = _resolve_items(items)
     if history is None:
-        history = History.open(database_url)
+        history = History.open(database_url, image_root)
     # Builds the brains (and, unless given, the models) once, so a bad setup fails before any row is written.
     shared = build_context(config, history, models)
-    plans = [_plan(item, config) for item in planned_items]
+    batch = plan_batch(history, source, planned_items, config)
+    if on_planned is not None:
+        on_planned(len(batch.plans))
+    inverter = shareable_initial_inverter(config, shared)
+    workers = [
+        BatchWorker(worker_name(f"thread-{number}"), batch.batch_id, config, history, shared.models, inverter, lease_s)
+        for number in range(concurrency)
+    ]
+    results = _run_workers(batch, workers, on_item)
+    return batch.report(results, on_item)
+
+
+@dataclass
+class PlannedBatch:
+    """A batch's items as keyed and queued, with what had finished before this run of it began."""
+
+    batch_id: str
+    source: str
+    plans: list[PlannedItem]
+    history: History
+    finished_before: set[str]
+
+    @property
+    def queued(self) -> dict[str, PlannedItem]:
+        """The items workers may claim: one per key (two rows of one image and config are one item)."""
+        return {plan.key: plan for plan in self.plans if plan.read_error is None}
+
+    def report(self, results: dict[str, BatchItemResult], on_item: ItemCallback | None = None) -> BatchReport:
+        """One result per listed row: what ran here, else what the queue and the run say now."""
+        rows = []
+        for plan in self.plans:
+            result = results.get(plan.key) or self._result_from_history(plan)
+            row = result.model_copy(update={"image": plan.item.label, "ground_truth": plan.item.ground_truth})
+            if plan.key not in results and on_item is not None:
+                on_item(row)
+            rows.append(row)
+        return BatchReport(batch_id=self.batch_id, source=self.source, items=rows)
+
+    def _result_from_history(self, plan: PlannedItem) -> BatchItemResult:
+        known = self.history.batches.item(plan.key)
+        if known is not None and known.status == "finished" and known.run_id is not None:
+            return item_result(plan, self.history.get_run(known.run_id), skipped=plan.key in self.finished_before)
+        status = "failed" if known is not None and known.status == "failed" else "interrupted"
+        return BatchItemResult(image=plan.item.label, ground_truth=plan.item.ground_truth, key=plan.key, status=status,
+                               run_id=known.run_id if known else None, error=known.error if known else None)
+
+
+def plan_batch(history: History, source: str, items: list[BatchItem], config: RunConfig) -> PlannedBatch:
+    """Key the items, open the batch and queue them; an unreadable file is failed at once."""
+    plans = [_plan(item, config) for item in items]
     batch_id = _batch_id(source, config)
     store = history.batches
     store.ensure_batch(batch_id, source, config.model_dump(mode="json"), len(plans))
-    if on_planned is not None:
-        on_planned(len(plans))
+    finished_before = {plan.key for plan in plans if _finished(store.item(plan.key))}
+    queued = [(plan.key, plan.item.label) for plan in plans if plan.read_error is None]
+    store.enqueue(batch_id, queued)
+    release_dead_neighbours(store, [key for key, _ in queued])
+    for plan in plans:
+        if plan.read_error is not None:
+            store.record(plan.key, batch_id=batch_id, image=plan.item.label, status="failed", error=plan.read_error)
+    return PlannedBatch(batch_id, source, plans, history, finished_before)
 
-    runner = _ItemRunner(batch_id, config, history, shared.models, store, shareable_initial_inverter(config, shared))
-    results = runner.run_all(plans, concurrency, on_item)
-    return BatchReport(batch_id=batch_id, source=source, items=results)
+
+def _finished(known: BatchItemState | None) -> bool:
+    return known is not None and known.status == "finished"
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """An item with its key, or the reason its file could not even be read."""
+def _run_workers(batch: PlannedBatch, workers: list[BatchWorker], on_item: ItemCallback | None) -> dict[str, BatchItemResult]:
+    """Drain the queue with `workers` in threads; results of the items they ran, by key."""
+    results: dict[str, BatchItemResult] = {}
+    lock = threading.Lock()
+    rows_by_key: dict[str, list[PlannedItem]] = {}
+    for plan in batch.plans:
+        rows_by_key.setdefault(plan.key, []).append(plan)
 
-    item: BatchItem
-    key: str
-    read_error: str | None = None
+    def ended(result: BatchItemResult) -> None:
+        with lock:
+            results[result.key] = result
+        if on_item is not None:
+            for row in rows_by_key[result.key]:
+                on_item(result.model_copy(update={"image": row.item.label, "ground_truth": row.item.ground_truth}))
+
+    queued = batch.queued
+    pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="arpo-batch")
+    try:
+        for future in [pool.submit(worker.drain, queued, ended) for worker in workers]:
+            future.result()
+    except BaseException:
+        # Ctrl-C (or a failing callback): in-flight items stop at their next node, no new one starts.
+        for worker in workers:
+            worker.stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results
 
 
 def _resolve_items(items: Sequence[BatchItem] | str | Path) -> tuple[str, list[BatchItem]]:
@@ -164,160 +221,16 @@ def _resolve_items(items: Sequence[BatchItem] | str | Path) -> tuple[str, list[B
     return f"list of {len(listed)} image(s), labels {digest}", listed
 
 
-def _plan(item: BatchItem, config: RunConfig) -> _Plan:
+def _plan(item: BatchItem, config: RunConfig) -> PlannedItem:
     try:
         content = item.image_path.read_bytes()
     except OSError as error:
         # No content to hash: key the failure by path so a fixed file later gets its own key.
         reason = f"{item.image_path}: cannot read ({error.strerror or error})"
-        return _Plan(item, item_key(f"unreadable:{item.image_path.resolve()}", config), reason)
-    return _Plan(item, item_key(hashlib.sha256(content).hexdigest(), config))
+        return PlannedItem(item, item_key(f"unreadable:{item.image_path.resolve()}", config), reason)
+    return PlannedItem(item, item_key(hashlib.sha256(content).hexdigest(), config))
 
 
 def _batch_id(source: str, config: RunConfig) -> str:
     # The same folder or manifest with the same config is the same batch, wherever it is run from.
     return item_key(f"batch:{source}", config)[:12]
-
-
-class _ItemRunner:
-    """Runs the items of one batch, each at most once per key, on a pool of threads."""
-
-    def __init__(
-        self,
-        batch_id: str,
-        config: RunConfig,
-        history: History,
-        models: ModelStack,
-        store: BatchStore,
-        initial_inverter: PromptInverter | None = None,
-    ) -> None:
-        self.batch_id = batch_id
-        self.config = config
-        self.history = history
-        self.models = models
-        self.store = store
-        self.initial_inverter = initial_inverter
-        self._stop = threading.Event()
-
-    def run_all(self, plans: list[_Plan], concurrency: int, on_item: ItemCallback | None) -> list[BatchItemResult]:
-        # Two rows with the same content and config are one item: it is run once and reported twice.
-        rows_by_key: dict[str, list[int]] = {}
-        for position, plan in enumerate(plans):
-            rows_by_key.setdefault(plan.key, []).append(position)
-        results: list[BatchItemResult | None] = [None] * len(plans)
-        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="arpo-batch")
-        try:
-            futures = {pool.submit(self.run_one, plans[rows[0]]): rows for rows in rows_by_key.values()}
-            for future in as_completed(futures):
-                first = future.result()
-                for position in futures[future]:
-                    row = plans[position].item
-                    result = first.model_copy(update={"image": row.label, "ground_truth": row.ground_truth})
-                    results[position] = result
-                    if on_item is not None:
-                        on_item(result)
-        except BaseException:
-            # Ctrl-C (or a failing callback): in-flight items stop at their next node, queued ones never start.
-            self._stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return [result for result in results if result is not None]
-
-    def run_one(self, plan: _Plan) -> BatchItemResult:
-        """Run (or skip, or continue) one item; failures become a failed result, never an exception."""
-        item = plan.item
-        if plan.read_error is not None:
-            return self._failed(plan, None, plan.read_error)
-        handle: RunHandle | None = None
-        try:
-            known = self.store.item(plan.key)
-            run_id = known.run_id if known is not None else None
-            if run_id is None and known is not None and known.status == "running":
-                run_id = self._orphaned_run(known)
-            if run_id is not None:
-                detail = self.history.get_run(run_id)
-                if known.status == "finished" and detail.status == "finished":
-                    return _result(plan, detail, skipped=True)
-                handle = load_run(self.history, run_id, self.models, initial_inverter=self.initial_inverter)
-            else:
-                handle = self._start(plan)
-            self._record(plan, "running", handle.run_id)
-            execute_run(handle, on_update=self._stop_if_asked)
-            detail = self.history.get_run(handle.run_id)
-            if detail.status != "finished":
-                return self._failed(plan, handle, f"run {detail.id} ended with status {detail.status}")
-            self._record(plan, "finished", handle.run_id)
-            return _result(plan, detail)
-        except KeyboardInterrupt:
-            # Asked to stop: the run is marked interrupted by execute_run and resumes next time.
-            run_id = handle.run_id if handle else None
-            self._record(plan, "pending", run_id)
-            return BatchItemResult(
-                image=item.label, ground_truth=item.ground_truth, key=plan.key, status="interrupted", run_id=run_id
-            )
-        except ArpoError as error:
-            return self._failed(plan, handle, str(error))
-        except Exception as error:  # noqa: BLE001 - one broken item must not end the batch
-            message = f"{type(error).__name__}: {error}".splitlines()[0]
-            if handle is not None:
-                self.history.fail_run(handle.run_id, message)
-            return self._failed(plan, handle, message)
-
-    def _start(self, plan: _Plan) -> RunHandle:
-        from arpo.tools.reference_image import load_reference_image
-
-        reference = load_reference_image(plan.item.image_path)
-        reference.name = plan.item.label
-        context = build_context(self.config, self.history, self.models, initial_inverter=self.initial_inverter)
-        # The item row is written before anything else, so a kill after this point resumes this run.
-        self._record(plan, "running", None)
-        return start_run(self.history, self.config, reference, context, kind=BATCH_RUN_KIND)
-
-    def _orphaned_run(self, known: BatchItemState) -> str | None:
-        """The run a kill left unrecorded between `start_run` and writing its id onto the item, if any."""
-        for run_id, stored_config in self.store.unclaimed_runs(known.image, known.updated_at):
-            if RunConfig.model_validate(stored_config) == self.config:
-                return run_id
-        return None
-
-    def _record(self, plan: _Plan, status: str, run_id: str | None, error: str | None = None) -> None:
-        self.store.record(
-            plan.key, batch_id=self.batch_id, image=plan.item.label, status=status, run_id=run_id, error=error
-        )
-
-    def _failed(self, plan: _Plan, handle: RunHandle | None, message: str) -> BatchItemResult:
-        run_id = handle.run_id if handle else None
-        self._record(plan, "failed", run_id, message)
-        return BatchItemResult(
-            image=plan.item.label,
-            ground_truth=plan.item.ground_truth,
-            key=plan.key,
-            status="failed",
-            run_id=run_id,
-            error=message,
-        )
-
-    def _stop_if_asked(self, _node: str, _update: dict) -> None:
-        if self._stop.is_set():
-            raise KeyboardInterrupt
-
-
-def _result(plan: _Plan, detail: RunDetail, *, skipped: bool = False) -> BatchItemResult:
-    iterations = detail.iterations_detail
-    # The first iteration with the highest CLIP-I is the one whose prompt the run calls best.
-    best = max(iterations, key=lambda record: record.clip_i, default=None)
-    return BatchItemResult(
-        image=plan.item.label,
-        ground_truth=plan.item.ground_truth,
-        key=plan.key,
-        status="finished",
-        run_id=detail.id,
-        skipped=skipped,
-        best_prompt=detail.best_prompt,
-        best_clip_i=detail.best_clip_i,
-        best_clip_t=best.clip_t if best is not None else None,
-        last_prompt=detail.last_prompt,
-        iterations=len(iterations),
-        stopped_because=detail.stopped_because,
-    )

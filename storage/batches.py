@@ -2,20 +2,26 @@
 
 An item is keyed by what determines its result, the image's content hash and the run configuration,
 so running a batch again finds every item it already started, whatever the batch was called or where
-the manifest lives. Its tables are in `arpo.storage.models` with the
-others, so opening any history creates them.
+the manifest lives. Its tables are in `arpo.storage.models` with the others.
+
+The items are also a queue in the database, so that workers in any number of threads, processes or
+machines (a Ray cluster) share one batch: a worker claims the next item in one UPDATE (PostgreSQL skips
+rows another worker is claiming), keeps its claim alive with heartbeats while it runs it, and hands it
+back when it ends. A claim whose heartbeat is older than the lease belongs to a worker that died, and
+the next worker to ask takes the item over (its run resumes from its last checkpoint).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import Engine, select
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
-from arpo.storage.models import BatchItemRow, BatchRow, Run
+from arpo.storage.models import BatchItemRow, BatchRow, Run, utc_now
 
 BATCH_ITEM_STATUSES = ("pending", "running", "finished", "failed")
 
@@ -32,6 +38,7 @@ class BatchItemState(BaseModel):
     status: str
     error: str | None
     updated_at: datetime
+    claimed_by: str | None = None
 
 
 class BatchStore:
@@ -76,6 +83,87 @@ class BatchStore:
             row.batch_id, row.image, row.status, row.error = batch_id, image, status, error
             if run_id is not None:
                 row.run_id = run_id
+            if status != "running":
+                row.claimed_by = row.heartbeat_at = None
+
+    # The queue
+
+    def enqueue(self, batch_id: str, items: Iterable[tuple[str, str]]) -> None:
+        """Make sure each (key, image) has a row: new ones wait as pending and failed ones are queued
+        again (a new batch run retries them); finished and running items stay as they are."""
+        with self._sessions.begin() as session:
+            for key, image in items:
+                row = session.get(BatchItemRow, key)
+                if row is None:
+                    session.add(BatchItemRow(key=key, batch_id=batch_id, image=image, status="pending"))
+                elif row.status == "failed":
+                    row.batch_id, row.image, row.status = batch_id, image, "pending"
+
+    def claim_next(self, keys: Sequence[str], worker: str, lease_s: float) -> BatchItemState | None:
+        """Give `worker` the next item among `keys` that waits (or whose worker's lease ran out), or None.
+
+        One UPDATE decides, so two workers never hold the same item; on PostgreSQL the pick skips
+        rows another worker is claiming at this moment instead of waiting for them.
+        """
+        for _ in range(8):  # a race lost to another worker: pick again
+            now = utc_now()
+            claimable = _claimable(keys, stale_before=now - timedelta(seconds=lease_s))
+            pick = (
+                select(BatchItemRow.key).where(claimable).order_by(BatchItemRow.image, BatchItemRow.key)
+                .limit(1).with_for_update(skip_locked=True).scalar_subquery()
+            )
+            claim = (
+                update(BatchItemRow).where(BatchItemRow.key == pick, claimable)
+                # updated_at keeps the time of the last status a worker wrote: finding the run a
+                # killed worker opened but never recorded looks for runs made since then.
+                .values(status="running", claimed_by=worker, heartbeat_at=now, error=None, updated_at=BatchItemRow.updated_at)
+                .returning(BatchItemRow.key)
+            )
+            with self._sessions.begin() as session:
+                claimed = session.execute(claim).scalar_one_or_none()
+                if claimed is None and not session.scalar(select(exists().where(claimable))):
+                    return None
+            if claimed is not None:
+                return self.item(claimed)
+        return None
+
+    def heartbeat(self, worker: str) -> None:
+        """Tell the queue `worker` is alive: every item it holds keeps its claim for another lease."""
+        with self._sessions.begin() as session:
+            session.execute(
+                update(BatchItemRow).where(BatchItemRow.claimed_by == worker, BatchItemRow.status == "running")
+                .values(heartbeat_at=utc_now(), updated_at=BatchItemRow.updated_at)
+            )
+
+    def release(self, worker: str) -> list[str]:
+        """Hand back what a worker held (it died or stopped): its items wait again for another worker.
+        Returns their keys."""
+        with self._sessions.begin() as session:
+            keys = session.scalars(
+                update(BatchItemRow).where(BatchItemRow.claimed_by == worker, BatchItemRow.status == "running")
+                .values(status="pending", claimed_by=None, heartbeat_at=None)
+                .returning(BatchItemRow.key)
+            ).all()
+        return list(keys)
+
+    def holders(self, keys: Sequence[str]) -> set[str]:
+        """The workers holding any of `keys` now (however long ago they last beat)."""
+        with self._sessions() as session:
+            return set(session.scalars(
+                select(BatchItemRow.claimed_by).where(
+                    BatchItemRow.key.in_(list(keys)), BatchItemRow.status == "running", BatchItemRow.claimed_by.is_not(None)
+                )
+            ))
+
+    def held_elsewhere(self, keys: Sequence[str], lease_s: float) -> int:
+        """How many of `keys` live workers are running now (claims within their lease)."""
+        fresh = utc_now() - timedelta(seconds=lease_s)
+        with self._sessions() as session:
+            return session.scalar(
+                select(func.count()).where(
+                    BatchItemRow.key.in_(list(keys)), BatchItemRow.status == "running", BatchItemRow.heartbeat_at >= fresh
+                )
+            )
 
     def unclaimed_runs(self, image: str, since: datetime) -> list[tuple[str, dict[str, Any]]]:
         """Batch runs for `image` opened at or after `since` that no item points to, oldest first, with
@@ -97,3 +185,11 @@ class BatchStore:
             )
             return [BatchItemState.model_validate(row) for row in rows]
 
+
+def _claimable(keys: Sequence[str], stale_before: datetime) -> ColumnElement[bool]:
+    """Items among `keys` no live worker holds: waiting, or running under a claim that went quiet."""
+    abandoned = and_(
+        BatchItemRow.status == "running",
+        or_(BatchItemRow.heartbeat_at.is_(None), BatchItemRow.heartbeat_at < stale_before),
+    )
+    return and_(BatchItemRow.key.in_(list(keys)), or_(BatchItemRow.status == "pending", abandoned))

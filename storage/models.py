@@ -286,6 +286,10 @@ class BatchItemRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now, onupdate=utc_now)
+    claimed_by: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    """The worker running the item now (host:pid:name); None while no one is."""
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    """When that worker last said it is alive; a claim older than the lease is taken over."""
 
 
 # Evaluations (arpo.storage.evaluations)

@@ -48,11 +48,12 @@ def head_revision() -> str:
 def _migrate(connection: Connection) -> None:
     if _made_before_migrations(connection):
         add_missing_columns(connection)
-        command.stamp(_config(connection), BASELINE_REVISION)
-    command.upgrade(_config(connection), "head")
+        command.stamp(alembic_config(connection), BASELINE_REVISION)
+    command.upgrade(alembic_config(connection), "head")
 
 
-def _config(connection: Connection) -> Config:
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for arpo's migrations, run on `connection`."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -93,7 +94,7 @@ def add_missing_columns(connection: Connection) -> None:
 def _baseline_columns() -> dict[str, set[str]]:
     """Each table's column names at the baseline revision, read off an in-memory database made by it."""
     with create_engine("sqlite://").begin() as scratch:
-        command.upgrade(_config(scratch), BASELINE_REVISION)
+        command.upgrade(alembic_config(scratch), BASELINE_REVISION)
         inspector = inspect(scratch)
         return {table: {column["name"] for column in inspector.get_columns(table)} for table in inspector.get_table_names()}
 

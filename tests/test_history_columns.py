@@ -3,24 +3,27 @@ migrations (Alembic) on open, and for a database from before migrations, its mis
 
 import sqlite3
 
+from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from arpo.storage.database import create_database_engine
 from arpo.storage.history import History
 from arpo.storage.models import Base
-from arpo.storage.schema import head_revision
+from arpo.storage.schema import BASELINE_REVISION, alembic_config, head_revision
 
 
-def _made_by_release_0_1(path) -> None:
-    """What arpo 0.1 did on first open: every table created directly, no migration bookkeeping."""
-    engine = create_engine(f"sqlite:///{path}")
-    Base.metadata.create_all(engine)
+def made_by_release_0_1(url: str) -> None:
+    """What arpo 0.1 left: its tables (the baseline revision) and no migration bookkeeping."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), BASELINE_REVISION)
+        connection.exec_driver_sql("DROP TABLE alembic_version")
     engine.dispose()
 
 
 def test_a_history_from_before_migrations_gains_its_missing_columns_and_the_baseline(tmp_path):
     path = tmp_path / "old.db"
-    _made_by_release_0_1(path)
+    made_by_release_0_1(f"sqlite:///{path}")
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE iterations DROP COLUMN proposal")  # a column an even older build lacked
 
@@ -33,7 +36,7 @@ def test_a_history_from_before_migrations_gains_its_missing_columns_and_the_base
 
 def test_a_run_stored_before_migrations_is_still_there_after_the_upgrade(tmp_path):
     path = tmp_path / "old.db"
-    _made_by_release_0_1(path)
+    made_by_release_0_1(f"sqlite:///{path}")
     with sqlite3.connect(path) as db:
         db.execute("INSERT INTO images (sha256, relative_path, width, height, format, role, created_at) "
                    "VALUES (?, 'ab/x.png', 8, 8, 'PNG', 'reference', '2026-11-30 10:00:00')", ("ab" * 32,))

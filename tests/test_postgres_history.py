@@ -131,14 +131,12 @@ def test_an_evaluation_is_kept_in_postgres_and_continued_there(capsys, postgres_
 
 def test_a_database_made_before_migrations_is_upgraded_in_place(postgres_url, tmp_path):
     from sqlalchemy import create_engine
+    from test_history_columns import made_by_release_0_1
 
-    from arpo.storage.models import Base
-
-    legacy = create_engine(postgres_url)  # what arpo 0.1 did: tables straight from the models
-    Base.metadata.create_all(legacy)
+    made_by_release_0_1(postgres_url)
+    legacy = create_engine(postgres_url)
     with legacy.begin() as connection:
-        connection.exec_driver_sql("ALTER TABLE candidates ALTER COLUMN reason TYPE VARCHAR(32)")
-        connection.exec_driver_sql("ALTER TABLE iterations DROP COLUMN proposal")
+        connection.exec_driver_sql("ALTER TABLE iterations DROP COLUMN proposal")  # an even older build
         connection.exec_driver_sql(
             "INSERT INTO images VALUES (%s, 'ab/x.png', 8, 8, 'PNG', 'reference', now(), NULL)", ("ab" * 32,))
         connection.exec_driver_sql(
@@ -152,6 +150,7 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(postgres_url, tm
         assert (run.id, run.best_prompt) == ("0123456789ab", "a cat")
     assert _rows(postgres_url, "SELECT version_num FROM alembic_version") == [(head_revision(),)]
     assert ("proposal",) in _rows(postgres_url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'iterations'")
+    assert ("claimed_by",) in _rows(postgres_url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'batch_items'")
 
 
 @pytest.mark.parametrize("url", ["postgresql+nosuchdriver://arpo@127.0.0.1/arpo"])

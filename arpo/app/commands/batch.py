@@ -52,12 +52,14 @@ def batch(
     config = settings.run_config(models, brains, loop)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be at least 1, not {concurrency}")
+    where = settings.history_location(store)
     with _ProgressBar() as progress:
         report = run_batch(
             source,
             config,
             concurrency=concurrency,
-            history=options.open_history(settings, store),
+            database_url=where.db,
+            image_root=where.images,
             on_planned=progress.start,
             on_item=progress.advance,
         )
