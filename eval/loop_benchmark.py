@@ -33,8 +33,7 @@ from arpo import SAMPLE_IMAGE
 from arpo.agents.brains import Brains
 from arpo.core.run_config import BrainChoice, RunConfig
 from arpo.eval.benchmark_brain import BenchmarkBrain
-from arpo.graphs.context import ArpoContext
-from arpo.graphs.invocation import execute_run, start_run
+from arpo.graphs.invocation import build_context, execute_run, start_run
 from arpo.graphs.telemetry import NodeTiming
 from arpo.storage.history import History
 from arpo.tools.model_stack import build_model_stack
@@ -104,8 +103,7 @@ def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list
         brain = BrainChoice(provider="vllm", model=backend.model, base_url=backend.config.base_url)
         config = RunConfig(models="tiny", vlm=brain, llm=brain, framework=framework, steps=steps)
         history = History.open()
-        context = ArpoContext(models=models, history=history, brains=Brains(vlm=backend, llm=backend),
-                              framework=framework)
+        context = build_context(config, history, models, brains=Brains(vlm=backend, llm=backend))
         handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)
         started = time.perf_counter()
         execute_run(handle)

@@ -19,6 +19,7 @@ from arpo.graphs.failures import failures_recorded
 from arpo.graphs.state import ArpoInput
 
 if TYPE_CHECKING:
+    from arpo.agents.brains import Brains
     from arpo.storage.history import History
     from arpo.tools.inversion.base import PromptInverter
     from arpo.tools.model_stack import ModelStack
@@ -43,11 +44,13 @@ def build_context(
     models: ModelStack | None = None,
     *,
     initial_inverter: PromptInverter | None = None,
+    brains: Brains | None = None,
 ) -> ArpoContext:
     """Models and brains for a config. Fails before anything is stored if either cannot be had.
 
     `initial_inverter`: the `--init` inverter another run of the same config built (see
     `shareable_initial_inverter`), so a batch or evaluation loads a regressor checkpoint once.
+    `brains`: brains to use instead of building them from the config (a benchmark's in-process brain).
     """
     from arpo.agents.brains import build_run_brains
     from arpo.tools.model_stack import model_stack_for
@@ -61,7 +64,8 @@ def build_context(
         )
     if config.framework == "enhanced" and config.llm.provider == "offline":
         raise InvalidInputError("the enhanced framework needs an LLM brain to compare descriptions; set --llm-brain")
-    brains = build_run_brains(config.vlm, config.llm)
+    if brains is None:
+        brains = build_run_brains(config.vlm, config.llm)
     if models is None:
         models = model_stack_for(config)
     if config.init == "caption" or config.initial_prompt:

@@ -75,7 +75,7 @@ def _bank_phrases() -> list[str]:
 
 
 def llm_rewriter(backend) -> Rewriter:
-    """Rewrites from a chat backend (arpo.agents.backend.ChatBackend): one variation per line."""
+    """Rewrites from a chat backend (an arpo.agents.brain.Brain): one variation per line."""
 
     def rewrite(prompt: str, count: int) -> list[str]:
         messages = [
