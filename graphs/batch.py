@@ -108,7 +108,7 @@ def run_batch(
 
     if concurrency < 1:
         raise InvalidInputError(f"concurrency must be at least 1, not {concurrency}")
-    source, planned_items = _resolve_items(items)
+    source, planned_items = resolve_items(items)
     if history is None:
         history = History.open(database_url, image_root)
     # Builds the brains (and, unless given, the models) once, so a bad setup fails before any row is written.
@@ -144,14 +144,15 @@ class PlannedBatch:
         """One result per listed row: what ran here, else what the queue and the run say now."""
         rows = []
         for plan in self.plans:
-            result = results.get(plan.key) or self._result_from_history(plan)
+            result = results.get(plan.key) or self.result_of(plan)
             row = result.model_copy(update={"image": plan.item.label, "ground_truth": plan.item.ground_truth})
             if plan.key not in results and on_item is not None:
                 on_item(row)
             rows.append(row)
         return BatchReport(batch_id=self.batch_id, source=self.source, items=rows)
 
-    def _result_from_history(self, plan: PlannedItem) -> BatchItemResult:
+    def result_of(self, plan: PlannedItem) -> BatchItemResult:
+        """An item's result as the queue and its run say now (it may have run anywhere)."""
         known = self.history.batches.item(plan.key)
         if known is not None and known.status == "finished" and known.run_id is not None:
             return item_result(plan, self.history.get_run(known.run_id), skipped=plan.key in self.finished_before)
@@ -210,7 +211,8 @@ def _run_workers(batch: PlannedBatch, workers: list[BatchWorker], on_item: ItemC
     return results
 
 
-def _resolve_items(items: Sequence[BatchItem] | str | Path) -> tuple[str, list[BatchItem]]:
+def resolve_items(items: Sequence[BatchItem] | str | Path) -> tuple[str, list[BatchItem]]:
+    """What a batch is called (its folder or manifest, or a digest of a list's labels) and its items."""
     if isinstance(items, (str, Path)):
         return str(Path(items).expanduser().resolve()), read_batch_items(items)
     listed = list(items)

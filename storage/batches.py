@@ -146,6 +146,12 @@ class BatchStore:
             ).all()
         return list(keys)
 
+    def states(self, keys: Sequence[str]) -> dict[str, BatchItemState]:
+        """The stored state of each of `keys` that has a row, in one query."""
+        with self._sessions() as session:
+            rows = session.scalars(select(BatchItemRow).where(BatchItemRow.key.in_(list(keys))))
+            return {row.key: BatchItemState.model_validate(row) for row in rows}
+
     def holders(self, keys: Sequence[str]) -> set[str]:
         """The workers holding any of `keys` now (however long ago they last beat)."""
         with self._sessions() as session:

@@ -29,6 +29,13 @@ BATCH_HELP = (
 )
 
 
+RAY_HELP = (
+    "Run the items on a Ray cluster: local (start one on this machine), auto (the cluster this machine "
+    "belongs to) or a head's ADDRESS. Workers pull items from the batch's queue in --db, so on several "
+    "machines use a shared PostgreSQL --db and a shared --images folder (pip install \"arpo[ray]\")."
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the `batch` command to the arpo CLI."""
     app.command(name="batch", help=BATCH_HELP)(batch)
@@ -44,25 +51,28 @@ def batch(
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch report as one JSON object.")] = False,
+    ray: Annotated[Optional[str], typer.Option(help=RAY_HELP, metavar="local|auto|ADDRESS")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray workers, each holding its own models (default: one per GPU, else 2).")] = None,
 ) -> None:
     from arpo.app.batch_export import write_batch_exports
-    from arpo.graphs.batch import run_batch
 
     settings = ArpoSettings.read()
     config = settings.run_config(models, brains, loop)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be at least 1, not {concurrency}")
+    if workers is not None and (ray is None or workers < 1):
+        raise InvalidInputError("--workers sets how many Ray workers run the batch: give --ray too, and at least 1")
     where = settings.history_location(store)
     with _ProgressBar() as progress:
-        report = run_batch(
-            source,
-            config,
-            concurrency=concurrency,
-            database_url=where.db,
-            image_root=where.images,
-            on_planned=progress.start,
-            on_item=progress.advance,
-        )
+        common = dict(database_url=where.db, image_root=where.images, on_planned=progress.start, on_item=progress.advance)
+        if ray is None:
+            from arpo.graphs.batch import run_batch
+
+            report = run_batch(source, config, concurrency=concurrency, **common)
+        else:
+            from arpo.graphs.ray_batch import run_batch_on_ray
+
+            report = run_batch_on_ray(source, config, address=None if ray == "local" else ray, workers=workers, **common)
     if export is not None:
         for path in write_batch_exports(report, export):
             print(f"wrote {path}", file=sys.stderr)
