@@ -102,6 +102,8 @@ class RunConfig(BaseModel):
     for SDXL, DPM-Solver++ for PixArt-α)."""
     dtype: Dtype = None
     """Precision the three models load in; None: float16 on CUDA, float32 elsewhere."""
+    low_vram: bool = False
+    """Keep at most one large model on the accelerator at a time; the others wait in CPU memory."""
     vlm: BrainChoice = Field(default_factory=BrainChoice)
     llm: BrainChoice = Field(default_factory=BrainChoice)
     framework: Framework = "vanilla"

@@ -68,6 +68,9 @@ class ModelOptions(ChosenOptions):
     dtype: Dtype = Field(None, description=(
         f"Precision of the text-to-image model, scorer and captioner: {_one_of(DTYPE_NAMES)} "
         "(default: float16 on CUDA, float32 elsewhere)."))
+    low_vram: bool | None = Field(None, description=(
+        "Keep at most one large model (generator, scorer, captioner, inverter) on the accelerator at a time, "
+        "the others in CPU memory, with diffusers' model offload and VAE tiling: for 8 GB cards, and slower."))
 
 
 class BrainOptions(ChosenOptions):
@@ -143,6 +146,8 @@ class ArpoSettings(BaseSettings):
     """Noise scheduler of the text-to-image model (None: the model's own)."""
     dtype: Dtype = None
     """Precision of the models (None: float16 on CUDA, float32 elsewhere)."""
+    low_vram: bool = False
+    """One large model on the accelerator at a time (ARPO_LOW_VRAM=1)."""
     brain: Annotated[BrainProvider, BeforeValidator(as_typed_name)] = "openai"
     base_url: str | None = None
     vlm: str | None = None
@@ -187,7 +192,7 @@ class ArpoSettings(BaseSettings):
 
         values = {
             name: pick(name)
-            for name in ("models", "clip_model", "captioner", "device", "scheduler", "dtype", "framework", "steps", "seed")
+            for name in ("models", "clip_model", "captioner", "device", "scheduler", "dtype", "low_vram", "framework", "steps", "seed")
         }
         values |= {name: value for name, value in fields.items() if value is not None}
         try:
