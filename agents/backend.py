@@ -83,6 +83,8 @@ ROLE_MAX_TOKENS: dict[str, int] = {
     "proposer": 300,
     "prompt_writer": 200,
     "splitter": 300,
+    "compressor": 250,
+    "agent": 400,
     "inverter": 300,
     "differ": 400,
     "describer": 400,

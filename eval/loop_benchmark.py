@@ -101,7 +101,7 @@ def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list
     backend = BenchmarkBrain(latency_s=latency_s, phrases_per_reply=6).backend()
     try:
         brain = BrainChoice(provider="vllm", model=backend.model, base_url=backend.config.base_url)
-        config = RunConfig(models="tiny", vlm=brain, llm=brain, framework=framework, steps=steps)
+        config = RunConfig(models="tiny", vlm=brain, llm=brain, framework=framework, steps=steps, refine="none")
         history = History.open()
         context = build_context(config, history, models, brains=Brains(vlm=backend, llm=backend))
         handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)

@@ -1,12 +1,15 @@
 """Builds the graphs.
 
-ARPO loop: initialize → generate → compare → propose → select → (generate | finish).
+ARPO loop: initialize → generate → compare → propose → select → (generate | refine | finish), and
+refine → (generate | finish) when a round kept nothing.
 Session: the same nodes with `review` after every generation, where a person steers the loop:
-initialize → generate → review → (compare → propose → select → (generate | review) | generate | finish).
+initialize → generate → review → (compare → propose → select → (generate | refine | review) | refine |
+generate | finish), and refine → (generate | review).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from functools import wraps
 
@@ -25,8 +28,11 @@ def _timed(name: str, node: Callable) -> Callable:
     @wraps(node)
     def run(state: ArpoState, runtime: Runtime[ArpoContext]) -> dict:
         context = runtime.context
+        started = time.perf_counter()
         with context.telemetry.measure(name, state.get("iteration", 0), context.counters):
-            return node(state, runtime)
+            update = node(state, runtime)
+        # The run's own time, kept in the state so a time budget holds across resumes.
+        return update | {"seconds_spent": state.get("seconds_spent", 0.0) + time.perf_counter() - started}
 
     return run
 
@@ -36,13 +42,14 @@ def build_arpo_graph() -> StateGraph:
     graph = _graph_with_loop_nodes()
     graph.add_conditional_edges("generate", routing.after_generate)
     graph.add_conditional_edges("select", routing.after_select)
+    graph.add_conditional_edges("refine", routing.after_refine)
     return graph
 
 
 def _graph_with_loop_nodes() -> StateGraph:
     """The loop's nodes and the edges every variant shares; each variant adds its own branches."""
     graph = StateGraph(ArpoState, context_schema=ArpoContext, input_schema=ArpoInput, output_schema=ArpoOutput)
-    for name in ("initialize", "generate", "compare", "propose", "select", "finish"):
+    for name in ("initialize", "generate", "compare", "propose", "select", "refine", "finish"):
         graph.add_node(name, _timed(name, getattr(nodes, name)))
     graph.add_edge(START, "initialize")
     graph.add_edge("initialize", "generate")
@@ -64,6 +71,7 @@ def build_session_graph() -> StateGraph:
     graph.add_edge("generate", "review")
     graph.add_conditional_edges("review", routing.after_review)
     graph.add_conditional_edges("select", routing.after_session_select)
+    graph.add_conditional_edges("refine", routing.after_session_refine)
     return graph
 
 

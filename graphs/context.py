@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
+from arpo.core.run_config import RunConfig
 from arpo.graphs.telemetry import CounterSnapshot, LoopTelemetry
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from arpo.agents.brains import Brains
     from arpo.agents.offline_proposer import OfflineProposer
+    from arpo.agents.prompt_compressor import PromptCompressor
     from arpo.agents.roles import Comparer, Describer, Differ, LlmProposer
     from arpo.storage.history import History
     from arpo.tools.inversion.base import PromptInverter
@@ -51,6 +53,9 @@ class ArpoContext:
     telemetry: LoopTelemetry = field(default_factory=LoopTelemetry)
     initial_inverter: PromptInverter | None = None
     """Writes P0 when no initial prompt is given (`--init pez|ph2p|editor|regressor`); None: the captioner."""
+    config: RunConfig | None = None
+    """The run's configuration (refinement, budgets); None for a context built by hand, which refines
+    and budgets as the defaults say."""
     pause_requests: set[str] = field(default_factory=set, repr=False)
     """Sessions whose person asked, while they ran unattended (`run N`), to be asked again at the next
     review instead of going on (`SessionDriver.request_pause`)."""
@@ -105,10 +110,27 @@ class ArpoContext:
         return LlmProposer(self.brains.llm)
 
     @cached_property
+    def prompt_compressor(self) -> PromptCompressor:
+        from arpo.agents.prompt_compressor import PromptCompressor
+
+        return PromptCompressor(self.brains.llm)
+
+    @cached_property
     def offline_proposer(self) -> OfflineProposer:
         from arpo.agents.offline_proposer import OfflineProposer
 
         return OfflineProposer(self.models.clip)
+
+    def budget_spent(self, run_id: str, seconds_spent: float) -> str | None:
+        """Why the run must stop for its budgets (`--max-seconds`, `--max-brain-tokens`), or None."""
+        config = self.config or RunConfig()
+        if config.max_seconds is not None and seconds_spent >= config.max_seconds:
+            return f"reached the time budget ({config.max_seconds:g} s)"
+        if config.max_brain_tokens is not None:
+            spent = self.history.brain_tokens(run_id)
+            if spent >= config.max_brain_tokens:
+                return f"reached the brain-token budget ({config.max_brain_tokens} tokens; {spent} spent)"
+        return None
 
     def save_brain_calls(self, run_id: str, iteration: int | None) -> None:
         """Move the brain calls made since the last save into the history (and the telemetry)."""

@@ -2,7 +2,8 @@
 
 The session graph pauses after every regenerated image and resumes with one `HumanTurn`
 (`Command(resume=turn.model_dump())`): carry on (for one or several iterations), stop, give feedback
-the next proposal must address first, replace the prompt, or pin / unpin / ban phrases.
+the next proposal must address first, replace the prompt, pin / unpin / ban phrases, or refine the
+best prompt with an inversion tool.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import REFINE_TOOLS, RefineTool
 
-TurnAction = Literal["continue", "stop", "feedback", "edit", "pin", "unpin", "ban"]
+TurnAction = Literal["continue", "stop", "feedback", "edit", "pin", "unpin", "ban", "refine"]
 
 REPLY_HELP = """\
   <Enter> or c          carry on for one iteration
@@ -24,6 +26,7 @@ REPLY_HELP = """\
   pin PHRASE[, ...]     keep these phrases in the prompt, whatever happens
   unpin PHRASE[, ...]   release pinned phrases
   ban PHRASE[, ...]     never propose or keep these phrases again
+  refine TOOL           refine the best prompt now with ph2p, editor or regressor
   anything else         feedback for the next proposal ("the sky should be stormier")"""
 
 
@@ -37,6 +40,8 @@ class HumanTurn(BaseModel):
     """Phrases to pin, unpin or ban."""
     iterations: int = Field(1, ge=1, le=100)
     """How many iterations to run before asking again (continue and feedback)."""
+    tool: RefineTool | None = None
+    """The refinement tool (refine)."""
 
     @model_validator(mode="after")
     def _has_what_its_action_needs(self) -> "HumanTurn":
@@ -47,6 +52,8 @@ class HumanTurn(BaseModel):
             raise ValueError(f"a {self.action} turn needs text")
         if self.action in ("pin", "unpin", "ban") and not self.phrases:
             raise ValueError(f"a {self.action} turn needs at least one phrase")
+        if self.action == "refine" and self.tool is None:
+            raise ValueError("a refine turn needs its tool")
         return self
 
 
@@ -66,6 +73,11 @@ def parse_reply(line: str) -> HumanTurn:
         return _turn("edit", text=rest)
     if keyword in ("pin", "unpin", "ban"):
         return _turn(keyword, phrases=split_phrases(rest))
+    if keyword == "refine":
+        tool = rest.strip().lower()
+        if tool not in REFINE_TOOLS:
+            raise InvalidInputError(f"'refine' needs a tool: {', '.join(REFINE_TOOLS)}, not {tool or 'nothing'!r}")
+        return HumanTurn(action="refine", tool=tool)
     return HumanTurn(action="feedback", text=stripped)
 
 

@@ -58,14 +58,21 @@ def invert_with(
     seed: int,
     *,
     on_step: Callable[[InversionStep], None] | None = None,
+    trajectory: str | None = None,
 ) -> InversionResult:
-    """Run `inverter` on a run's reference, storing its trajectory under the run (used by --init too)."""
+    """Run `inverter` on a run's reference, storing its trajectory under the run (used by --init too).
+
+    `trajectory` names the stored trajectory (default: the method's name); a refinement names its own,
+    so a run's several refinements with one method keep one trajectory each. The render of the
+    method's winner is handed on only when the trajectory is the method's own (its winner becomes the
+    next prompt: --init, --method), not for a refinement, whose winner only supplies phrases.
+    """
     reference = context.reference(reference_sha256)
-    recorder = TrajectoryRecorder(context.history, run_id, inverter.name, also=on_step)
+    recorder = TrajectoryRecorder(context.history, run_id, trajectory or inverter.name, also=on_step)
     try:
         result = inverter.invert(reference.image, context.models, seed=seed, on_step=recorder)
     finally:
         recorder.flush()
-    if result.rendered is not None:  # PH2P rendered its winner with this seed while choosing it
+    if result.rendered is not None and trajectory is None:  # PH2P rendered its winner with this seed
         context.hand_over_render(result.prompt, seed, result.rendered)
     return result

@@ -75,7 +75,8 @@ def build_context(
 
         initial_inverter = build_inverter(config.init, config, llm=brains.llm)
     return ArpoContext(
-        models=models, history=history, brains=brains, framework=config.framework, initial_inverter=initial_inverter
+        models=models, history=history, brains=brains, framework=config.framework,
+        initial_inverter=initial_inverter, config=config,
     )
 
 

@@ -1,4 +1,4 @@
-"""The ARPO loop's nodes: initialize, generate, compare, propose, select, finish.
+"""The ARPO loop's nodes: initialize, generate, compare, propose, select, refine, finish.
 
 Each node reads the state, does one step of the loop with the models and brains from the runtime
 context, writes what it did to the history at once, and returns the state update. Nodes may be re-run
@@ -14,10 +14,14 @@ from langgraph.runtime import Runtime
 from arpo.agents.phrase_hygiene import BANNED
 from arpo.agents.proposal import Proposal, ProposalRequest
 from arpo.core.phrases import DroppedPhrase, phrase_key
+from arpo.core.run_config import RunConfig
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.inverter_calls import invert_with
 from arpo.graphs.iterations import iteration_record, render_and_score
-from arpo.graphs.selection import DUPLICATE, OVER_BUDGET, ScorerWindow, SelectionOutcome, greedy_select
+from arpo.graphs import refinement
+from arpo.graphs.compression import compress, needs_compression
+from arpo.graphs.refinement import refine_tool_for
+from arpo.graphs.selection import DUPLICATE, OVER_BUDGET, SelectionOutcome, select_for_models
 from arpo.graphs.state import ArpoState
 
 Ctx = Runtime[ArpoContext]
@@ -61,6 +65,8 @@ def generate(state: ArpoState, runtime: Ctx) -> dict:
         update |= {"best_prompt": prompt, "best_clip_i": clip_i, "best_iteration": index}
     if index >= state["max_steps"]:
         update["stopped_because"] = f"reached the step limit ({state['max_steps']})"
+    elif (spent := ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))) is not None:
+        update["stopped_because"] = spent
 
     ctx.history.record_iteration(state["run_id"], iteration_record(ctx, {**state, **update}))
     return update
@@ -122,6 +128,8 @@ def propose(state: ArpoState, runtime: Ctx) -> dict:
     }
     if feedback:
         update["feedback"] = []  # addressed by this proposal
+    if (spent := ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))) is not None:
+        update |= {"candidates": [], "stopped_because": spent}  # nothing more is selected once a budget is spent
     return update
 
 
@@ -143,26 +151,66 @@ def _without_banned(proposal: Proposal, banned: list[str]) -> Proposal:
 
 
 def select(state: ArpoState, runtime: Ctx) -> dict:
-    """Greedy selection by CLIP text–image similarity of the prompt as the T2I model will read it."""
+    """Greedy selection by CLIP text–image similarity of the prompt as the T2I model will read it; a
+    prompt that fills its budget is compressed and the refused candidates are tried again."""
     ctx = runtime.context
-    t2i, clip = ctx.models.text_to_image, ctx.models.clip
+    if state.get("stopped_because"):  # the proposal found a budget spent
+        ctx.history.record_iteration(state["run_id"], iteration_record(ctx, state))
+        return {}
+    budget = ctx.models.text_to_image.token_budget()
     reference = ctx.reference(state["reference_sha256"])
-    budget = t2i.token_budget()
-    outcome = greedy_select(
-        state["prompt"],
-        state.get("candidates", []),
-        score_prompts=lambda prompts: clip.text_image_similarity(
-            reference.embedding, [t2i.truncate(p) for p in prompts]
-        ),
-        fits_budget=lambda prompt: t2i.count_tokens(prompt) <= budget,
-        # CLIP reads 77 tokens where PixArt's T5 reads 120: never keep a phrase the scorer did not see.
-        scorer_window=ScorerWindow(fits=lambda prompt: clip.sees_all(t2i.truncate(prompt)), tokens=clip.context_length),
-    )
+    outcome = select_for_models(ctx.models, reference.embedding, state["prompt"], state.get("candidates", []))
+    outcome = _with_room_made(ctx, state, outcome)
     record = iteration_record(ctx, state, outcome)
     ctx.history.record_iteration(state["run_id"], record)
-    if not outcome.selected:
-        return {"stopped_because": _why_nothing_selected(state, outcome, budget)}
-    return {"prompt": outcome.prompt, "iteration": state["iteration"] + 1, "candidates": []}
+    if outcome.selected or outcome.compressed:  # a compressed prompt is a new prompt, with room for the next round
+        return {"prompt": outcome.prompt, "iteration": state["iteration"] + 1, "candidates": []}
+    stop: dict = {"stopped_because": _why_nothing_selected(state, outcome, budget)}
+    return stop | _refinement_due(ctx, state)
+
+
+def _with_room_made(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome) -> SelectionOutcome:
+    """When the prompt is full, compress it and give the candidates it refused another chance; the
+    compression (kept or not) goes into the history."""
+    if not needs_compression(ctx, outcome.prompt, outcome.over_budget):
+        return outcome
+    compression = compress(ctx, state["reference_sha256"], outcome.prompt, refused=outcome.over_budget,
+                           pinned=list(state.get("pinned", [])))
+    retried = None
+    if compression.accepted:
+        reference = ctx.reference(state["reference_sha256"]).embedding
+        retried = select_for_models(ctx.models, reference, compression.after, outcome.over_budget)
+    kept = retried.selected if retried is not None else []
+    ctx.history.record_tool_call(state["run_id"], compression.tool_call(state["iteration"], outcome.over_budget, kept))
+    ctx.save_brain_calls(state["run_id"], state["iteration"])
+    return outcome.after_compression(retried) if retried is not None else outcome
+
+
+def _refinement_due(ctx: ArpoContext, state: ArpoState) -> dict:
+    """`refine_with` when this round's empty hands should go to a refinement before the loop stops:
+    a tool suits, the best prompt was not refined yet, and no budget is spent."""
+    tool = refine_tool_for(ctx.config or RunConfig(), ctx)
+    start = state.get("best_prompt") or state["prompt"]
+    if tool is None or state.get("refined_against") == start:
+        return {}
+    if ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0)) is not None:
+        return {}
+    return {"refine_with": tool}
+
+
+def refine(state: ArpoState, runtime: Ctx) -> dict:
+    """Refine the best prompt with the chosen tool; its phrases go through greedy selection, and what
+    is kept makes the next prompt. A refinement that keeps nothing ends the round for good."""
+    ctx = runtime.context
+    tool = state["refine_with"]
+    caller = "person" if state.get("next_step") == "refine" else "loop"
+    start = state.get("best_prompt") or state["prompt"]
+    done: dict = {"refine_with": "", "refined_against": start, "next_step": ""}
+    outcome = refinement.refine(ctx, state, tool, caller=caller).outcome
+    if outcome.selected:
+        return done | {"prompt": outcome.prompt, "iteration": state["iteration"] + 1, "candidates": [], "stopped_because": ""}
+    before = state.get("stopped_because") or "the round kept nothing"
+    return done | {"stopped_because": f"{before}; refining with {tool} kept nothing either"}
 
 
 def finish(state: ArpoState, runtime: Ctx) -> dict:

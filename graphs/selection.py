@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from arpo.core.phrases import join_prompt, phrase_key, prompt_phrase, prompt_phrases
 from arpo.storage.records import CandidateRecord
+
+if TYPE_CHECKING:
+    from arpo.tools.model_stack import ModelStack
 
 ScorePrompts = Callable[[list[str]], list[float]]
 """Scores prompts against the reference image in one batch (CLIP text–image cosine similarity)."""
@@ -56,6 +60,25 @@ class SelectionOutcome:
     over_budget: list[str] = field(default_factory=list)
     past_scorer_window: list[str] = field(default_factory=list)
     """Candidates left unscored because the scorer would not have seen them (see ScorerWindow)."""
+    compressed: bool = False
+    """The prompt was rewritten shorter (no worse by CLIP) to make room for refused candidates."""
+
+    def after_compression(self, retried: SelectionOutcome) -> SelectionOutcome:
+        """This outcome once the prompt was compressed and the refused candidates were selected again
+        on it (`retried`): the retry's prompt, verdicts and scores stand for the phrases it judged."""
+        judged = {verdict.phrase: verdict for verdict in retried.verdicts}
+        return SelectionOutcome(
+            prompt=retried.prompt,
+            selected=self.selected + retried.selected,
+            verdicts=[judged.get(verdict.phrase, verdict) if verdict.phrase in self.over_budget else verdict
+                      for verdict in self.verdicts],
+            start_score=self.start_score,
+            best_score=max(self.best_score, retried.best_score),
+            scoring_calls=self.scoring_calls + retried.scoring_calls,
+            over_budget=retried.over_budget,
+            past_scorer_window=self.past_scorer_window + retried.past_scorer_window,
+            compressed=True,
+        )
 
 
 def greedy_select(
@@ -105,6 +128,21 @@ def greedy_select(
         scoring_calls=scoring_calls,
         over_budget=[v.phrase for v in undecided if v.reason == OVER_BUDGET],
         past_scorer_window=[v.phrase for v in undecided if scorer_window is not None and v.reason == scorer_window.reason],
+    )
+
+
+def select_for_models(models: ModelStack, reference_embedding: Any, prompt: str, candidates: list[str]) -> SelectionOutcome:
+    """Greedy selection with a run's models: CLIP text-image similarity of each prompt as the
+    text-to-image model will read it, inside its token budget and the scorer's window."""
+    t2i, clip = models.text_to_image, models.clip
+    budget = t2i.token_budget()
+    return greedy_select(
+        prompt,
+        candidates,
+        score_prompts=lambda prompts: clip.text_image_similarity(reference_embedding, [t2i.truncate(p) for p in prompts]),
+        fits_budget=lambda candidate: t2i.count_tokens(candidate) <= budget,
+        # CLIP reads 77 tokens where PixArt's T5 reads 120: never keep a phrase the scorer did not see.
+        scorer_window=ScorerWindow(fits=lambda candidate: clip.sees_all(t2i.truncate(candidate)), tokens=clip.context_length),
     )
 
 

@@ -90,6 +90,8 @@ def apply_turn(state: ArpoState, turn: HumanTurn) -> dict:
     """The state update one reply makes; `next_step` tells the router where the session goes."""
     if turn.action == "stop":
         return {"stopped_because": STOPPED_BY_PERSON, "next_step": "finish"}
+    if turn.action == "refine":
+        return {"refine_with": turn.tool, "next_step": "refine", "stopped_because": ""}
     if turn.action in ("continue", "feedback"):
         return _carry_on(state, turn)
     if turn.action == "edit":

@@ -61,6 +61,12 @@ class ArpoState(ArpoInput, total=False):
     """Iteration at which the best prompt was generated."""
     stopped_because: str
     """Why the loop ended; set by the node that decides to stop."""
+    seconds_spent: float
+    """Wall time the run's nodes have taken so far, across resumes (a person's pauses do not count)."""
+    refine_with: str
+    """The refinement tool the next step runs (set when a round kept nothing, or by a person's reply)."""
+    refined_against: str
+    """The prompt the last refinement started from: a prompt is refined once before the loop stops."""
     # Set by a person in a session (graphs/session_nodes.py); empty in unattended runs.
     feedback: list[str]
     """Notes from the person that the next proposal must address first; consumed by `propose`."""

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from arpo.core.brain_calls import BrainCallRecord
 from arpo.core.errors import InvalidInputError
+from arpo.core.run_config import REFINE_TOOLS
 from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
@@ -38,9 +39,11 @@ from arpo.storage.models import (
     Run,
     SessionTurn,
     StoredImage,
+    ToolCall,
     utc_now,
 )
 from arpo.storage.records import (
+    COMPRESS_TOOL,
     InversionStepRecord,
     IterationRecord,
     RenderRecord,
@@ -48,6 +51,7 @@ from arpo.storage.records import (
     RunStatus,
     RunSummary,
     SessionTurnRecord,
+    ToolCallRecord,
 )
 from arpo.storage.secrets_guard import secret_looking_keys
 
@@ -285,6 +289,25 @@ class History:
             ).all()
             return [BrainCallRecord.model_validate(row, from_attributes=True) for row in rows]
 
+    def brain_tokens(self, run_id: str) -> int:
+        """Prompt plus completion tokens the run's brain calls have cost so far (what the servers reported)."""
+        with self._sessions() as session:
+            return int(session.scalar(
+                select(func.coalesce(func.sum(func.coalesce(BrainCall.prompt_tokens, 0) + func.coalesce(BrainCall.completion_tokens, 0)), 0))
+                .where(BrainCall.run_id == run_id)
+            ))
+
+    def record_tool_call(self, run_id: str, call: ToolCallRecord) -> None:
+        """Keep one tool call of a run (each is kept: every one really ran and took its time)."""
+        with self._sessions.begin() as session:
+            _exact_run(session, run_id)
+            session.add(ToolCall(run_id=run_id, **call.model_dump(exclude={"created_at"})))
+
+    def tool_calls(self, run_id: str) -> list[ToolCallRecord]:
+        """Every tool call of a run, oldest first; accepts an id prefix."""
+        with self._sessions() as session:
+            return _tool_call_records(session, _run_by_id_or_prefix(session, run_id).id)
+
     def record_inversion_steps(self, run_id: str, steps: Iterable[InversionStepRecord]) -> None:
         """Store steps of an inversion trajectory; a step written again (after a resume) replaces the old."""
         with self._sessions.begin() as session:
@@ -393,7 +416,7 @@ def _run_by_id_or_prefix(session: Session, run_id: str) -> Run:
 def _iteration_row(run_id: str, record: IterationRecord) -> Iteration:
     return Iteration(
         run_id=run_id,
-        **record.model_dump(exclude={"candidates"}),
+        **record.model_dump(exclude={"candidates", *_FROM_TOOL_CALLS}),
         candidates=[
             Candidate(position=position, **candidate.model_dump())
             for position, candidate in enumerate(record.candidates)
@@ -409,7 +432,43 @@ def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
         .options(selectinload(Iteration.candidates))
     ).all()
     # Field names of the records and the tables are the same on purpose, so each maps onto the other.
-    return [IterationRecord.model_validate(row, from_attributes=True) for row in rows]
+    records = [IterationRecord.model_validate(row, from_attributes=True) for row in rows]
+    return _with_tool_calls(records, _tool_call_records(session, run_id))
+
+
+_FROM_TOOL_CALLS = {"refinement", "compression"}
+"""IterationRecord fields read from the run's tool calls, not stored with the iteration."""
+
+
+def _with_tool_calls(records: list[IterationRecord], calls: list[ToolCallRecord]) -> list[IterationRecord]:
+    """Each iteration with its latest refinement and compression attached."""
+    latest: dict[tuple[int | None, str], ToolCallRecord] = {}
+    for call in calls:
+        kind = "compression" if call.tool == COMPRESS_TOOL else "refinement" if call.tool in REFINE_TOOLS else None
+        if kind is not None:
+            latest[(call.iteration_index, kind)] = call
+    attached = []
+    for record in records:
+        refinement = latest.get((record.index, "refinement"))
+        compression = latest.get((record.index, "compression"))
+        attached.append(record.model_copy(update={
+            "refinement": refinement.summary() if refinement else None,
+            "compression": (compression.outcome or {}) | {"seconds": compression.seconds} if compression else None,
+        }))
+    return attached
+
+
+def _tool_call_records(session: Session, run_id: str) -> list[ToolCallRecord]:
+    rows = session.scalars(select(ToolCall).where(ToolCall.run_id == run_id).order_by(ToolCall.id)).all()
+    return [ToolCallRecord.model_validate(_tool_call_fields(row)) for row in rows]
+
+
+def _tool_call_fields(row: ToolCall) -> dict[str, Any]:
+    fields = {column: getattr(row, column) for column in ToolCallRecord.model_fields if hasattr(row, column)}
+    fields["arguments"] = row.arguments or {}
+    fields["proposed"] = row.proposed or []
+    fields["kept"] = row.kept or []
+    return fields
 
 
 def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallRecord) -> BrainCall:

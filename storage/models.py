@@ -105,6 +105,7 @@ class Run(Base):
     iterations: Mapped[list["Iteration"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="Iteration.index"
     )
+    tool_calls: Mapped[list["ToolCall"]] = relationship(back_populates="run", cascade="all, delete-orphan")
     brain_calls: Mapped[list["BrainCall"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", order_by="BrainCall.id"
     )
@@ -199,6 +200,32 @@ class BrainCall(Base):
     server: Mapped[str | None] = mapped_column(String(512), nullable=True)
 
     run: Mapped[Run] = relationship(back_populates="brain_calls")
+
+
+class ToolCall(Base):
+    """One call of a tool by the loop, the agent or a person: a refinement (PH2P, EDITOR, the
+    regressor), a compression of the prompt, or an agent's step; kept like a brain call."""
+
+    __tablename__ = "tool_calls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    iteration_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tool: Mapped[str] = mapped_column(String(32))
+    caller: Mapped[str] = mapped_column(String(16), default="loop")
+    """loop (the fixed graph), agent (the LLM chose it) or person (a session reply)."""
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    proposed: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Candidate phrases the tool produced."""
+    kept: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    """Those that selection kept."""
+    outcome: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """What else the call came to (a compression's prompts and scores, an agent step's result)."""
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utc_now)
+
+    run: Mapped[Run] = relationship(back_populates="tool_calls")
 
 
 class InversionStepRow(Base):

@@ -38,6 +38,34 @@ class InversionStepRecord(BaseModel):
     details: dict[str, Any] | None = None
 
 
+COMPRESS_TOOL = "compress"
+"""The tool name a compression of the prompt is kept under."""
+
+
+class ToolCallRecord(BaseModel):
+    """One call of a tool, as the history keeps it: a refinement, a compression, an agent's step."""
+
+    tool: str
+    """ph2p, editor or regressor (refinements), compress, or the name of an agent's tool."""
+    caller: Literal["loop", "agent", "person"] = "loop"
+    iteration_index: int | None = None
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    seconds: float = 0.0
+    proposed: list[str] = Field(default_factory=list)
+    """Candidate phrases the tool produced."""
+    kept: list[str] = Field(default_factory=list)
+    """Those that selection kept."""
+    outcome: dict[str, Any] | None = None
+    """What else came of the call (a compression: before, after and their scores; an agent step: its result)."""
+    error: str | None = None
+    created_at: datetime | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """What an iteration shows of it: the tool, what it proposed and what was kept, and how long."""
+        return {"tool": self.tool, "proposed": self.proposed, "kept": self.kept, "seconds": self.seconds,
+                "caller": self.caller, "error": self.error}
+
+
 class IterationRecord(BaseModel):
     """Everything one pass of the loop produced, as stored in the history."""
 
@@ -55,6 +83,12 @@ class IterationRecord(BaseModel):
     wall_seconds: float = 0.0
     proposal: ProposalRecord | None = None
     """Source and dropped phrases of this iteration's proposal (None before anything was proposed)."""
+    refinement: dict[str, Any] | None = None
+    """The refinement made when this iteration's proposal kept nothing: {tool, proposed, kept, seconds}
+    (read from the run's tool calls; not written with the iteration)."""
+    compression: dict[str, Any] | None = None
+    """The compression tried when the prompt filled its budget: {before, after, before_score,
+    after_score, kept} (read from the run's tool calls)."""
 
     @property
     def selected(self) -> list[str]:

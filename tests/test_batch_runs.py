@@ -22,7 +22,7 @@ from arpo.graphs.batch_manifest import BatchItem
 from arpo.storage.history import History
 
 TINY_OFFLINE = ("--models", "tiny", "--brain", "offline")
-TINY_CONFIG = RunConfig(models="tiny", steps=1)  # offline brains by default
+TINY_CONFIG = RunConfig(models="tiny", refine="none", steps=1)  # offline brains by default
 TINY_QUICK = TINY_CONFIG.model_copy(update={"steps": 0})  # one generation per image, no proposal round
 
 

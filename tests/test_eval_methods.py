@@ -34,7 +34,7 @@ def reference():
 
 
 def _context(stack, config: RunConfig | None = None, interrogator_data: Path | None = None) -> MethodContext:
-    return MethodContext(models=stack, history=History.open(), base_config=config or RunConfig(models="tiny"),
+    return MethodContext(models=stack, history=History.open(), base_config=config or RunConfig(models="tiny", refine="none"),
                          interrogator_data=interrogator_data, interrogator_max_flavors=4)
 
 
@@ -64,7 +64,7 @@ def test_caption_method_returns_the_captioners_caption_at_no_t2i_cost(stack, ref
 
 def test_vlm_caption_asks_once_with_the_image_and_counts_tokens(stack, reference, brain_server):
     brain_server.enqueue(ScriptedReply.text('Prompt: "a tabby cat on a sill, oil painting, warm light"'))
-    config = RunConfig(models="tiny", vlm=BrainChoice(provider="vllm", base_url=brain_server.base_url))
+    config = RunConfig(models="tiny", refine="none", vlm=BrainChoice(provider="vllm", base_url=brain_server.base_url))
     result = build_method("vlm-caption", _context(stack, config)).recover(reference, seed=0)
 
     assert result.prompt == "a tabby cat on a sill, oil painting, warm light"
@@ -76,7 +76,7 @@ def test_vlm_caption_asks_once_with_the_image_and_counts_tokens(stack, reference
 
 def test_vlm_caption_with_an_empty_reply_is_a_brain_error(stack, reference, brain_server):
     brain_server.enqueue(ScriptedReply.text('""'))
-    config = RunConfig(models="tiny", vlm=BrainChoice(provider="vllm", base_url=brain_server.base_url))
+    config = RunConfig(models="tiny", refine="none", vlm=BrainChoice(provider="vllm", base_url=brain_server.base_url))
     with pytest.raises(BrainError, match="no prompt"):
         build_method("vlm-caption", _context(stack, config)).recover(reference, seed=0)
 
@@ -133,7 +133,7 @@ def test_method_names_are_checked_before_anything_loads():
 
 
 def test_arpo_method_with_a_provider_suffix_switches_both_brains(stack):
-    config = RunConfig(models="tiny", vlm=BrainChoice(provider="openai"), llm=BrainChoice(provider="openai"), steps=4)
+    config = RunConfig(models="tiny", refine="none", vlm=BrainChoice(provider="openai"), llm=BrainChoice(provider="openai"), steps=4)
     method = build_method("arpo-enhanced:offline", _context(stack, config))
     run_config = method.run_config(seed=2)
     assert (run_config.vlm.provider, run_config.llm.provider) == ("offline", "offline")
@@ -196,7 +196,7 @@ def test_self_consistent_set_regenerates_references_from_known_prompts(stack, tm
 
 
 def test_pez_runs_through_the_inversion_registry_with_its_trajectory(stack, reference):
-    method = build_method("pez", _context(stack, RunConfig(models="tiny", inversion_steps=2)))
+    method = build_method("pez", _context(stack, RunConfig(models="tiny", refine="none", inversion_steps=2)))
     result = method.recover(reference, seed=0)
 
     assert method.seed_dependent is True

@@ -153,7 +153,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(tmp_path, brain_serv
     stack = build_model_stack("tiny")
     history = History.open()
     brain = BrainChoice(provider="vllm", base_url=brain_server.base_url)
-    config = RunConfig(models="tiny", vlm=brain, llm=brain, steps=1)
+    config = RunConfig(models="tiny", refine="none", vlm=brain, llm=brain, steps=1)
     context = MethodContext(models=stack, history=history, base_config=config)
     methods = [build_method("caption", context), build_method("arpo-vanilla", context)]
     suite = build_metric_suite(stack.clip, tiny=True, names=["clip_t", "clip_i"])

@@ -42,6 +42,7 @@ def run_loop(stack, server, steps):
     history = History.open()
     config = RunConfig(
         models="tiny",
+        refine="none",
         vlm=BrainChoice(provider="vllm", base_url=server.base_url),
         llm=BrainChoice(provider="vllm", base_url=server.base_url),
         steps=steps,
@@ -103,7 +104,7 @@ def test_an_unusable_llm_round_falls_back_to_the_phrase_banks(stack):
 def test_tried_phrases_are_kept_out_only_while_the_prompt_is_the_same(stack):
     with BrainServer(ScriptedBrain(phrase_pool=POOL, phrases_per_reply=2)) as server:
         history = History.open()
-        config = RunConfig(models="tiny", vlm=BrainChoice(provider="vllm", base_url=server.base_url),
+        config = RunConfig(models="tiny", refine="none", vlm=BrainChoice(provider="vllm", base_url=server.base_url),
                            llm=BrainChoice(provider="vllm", base_url=server.base_url), initial_prompt="a cat")
         context = build_context(config, history, models=stack)
         handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)

@@ -80,7 +80,7 @@ def test_resume_finishes_an_interrupted_method_run_with_its_method_not_the_loop(
     from arpo.tools.reference_image import load_reference_image
 
     history = History.open()
-    config = RunConfig(models="tiny", method="pez", inversion_steps=3)
+    config = RunConfig(models="tiny", refine="none", method="pez", inversion_steps=3)
     handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), build_context(config, history))
     history.fail_run(handle.run_id, "killed", status="interrupted")
 
@@ -97,6 +97,6 @@ def test_resume_points_a_session_to_arpo_session(capsys, arpo_home):
     from arpo.graphs.session_driver import SessionDriver
     from arpo.tools.reference_image import load_reference_image
 
-    view = SessionDriver(History.open()).start(load_reference_image(SAMPLE_IMAGE), RunConfig(models="tiny", initial_prompt="a cat"))
+    view = SessionDriver(History.open()).start(load_reference_image(SAMPLE_IMAGE), RunConfig(models="tiny", refine="none", initial_prompt="a cat"))
     outcome = run_arpo(capsys, "resume", view.run_id)
     assert outcome.exit_code == 2 and f"arpo session --resume {view.run_id}" in outcome.stderr

@@ -20,7 +20,7 @@ from arpo.storage.history import History
 
 ray = pytest.importorskip("ray")
 
-OFFLINE = RunConfig(models="tiny", steps=1)
+OFFLINE = RunConfig(models="tiny", refine="none", steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_a_worker_killed_mid_item_loses_only_that_item_which_another_worker_fini
 
     with BrainServer(ScriptedBrain(latency_s=0.3, phrases_per_reply=2)) as server:
         brain = BrainChoice(provider="vllm", base_url=server.base_url, model="scripted")
-        config = RunConfig(models="tiny", steps=1, vlm=brain, llm=brain)
+        config = RunConfig(models="tiny", refine="none", steps=1, vlm=brain, llm=brain)
         keys = [item_key(hashlib.sha256(path.read_bytes()).hexdigest(), config) for path in sorted(folder.iterdir())]
         killer = threading.Thread(target=kill_a_worker_mid_item, args=(keys,), daemon=True)
         killer.start()

@@ -88,6 +88,7 @@ def test_pixart_loop_keeps_no_phrase_the_scorer_could_not_see():
     with BrainServer(ScriptedBrain(phrase_pool=["good light", "good colour", "good mood"], phrases_per_reply=3)) as server:
         config = RunConfig(
             models="tiny-pixart",
+            refine="none",
             vlm=BrainChoice(provider="vllm", base_url=server.base_url),
             llm=BrainChoice(provider="vllm", base_url=server.base_url),
             steps=1,
@@ -113,6 +114,7 @@ def test_a_prompt_that_fills_the_scorer_window_stops_the_loop_saying_so():
     with BrainServer(ScriptedBrain(phrase_pool=["good light", "good colour"], phrases_per_reply=2)) as server:
         config = RunConfig(
             models="tiny-pixart",
+            refine="none",
             vlm=BrainChoice(provider="vllm", base_url=server.base_url),
             llm=BrainChoice(provider="vllm", base_url=server.base_url),
             steps=5,

@@ -26,9 +26,9 @@ def tiny_models():
 
 def _config(server: BrainServer | None = None, **fields) -> RunConfig:
     if server is None:
-        return RunConfig(models="tiny", steps=10, **fields)
+        return RunConfig(models="tiny", refine="none", steps=10, **fields)
     brain = BrainChoice(provider="vllm", base_url=server.base_url, model="scripted")
-    return RunConfig(models="tiny", vlm=brain, llm=brain, steps=10, **fields)
+    return RunConfig(models="tiny", refine="none", vlm=brain, llm=brain, steps=10, **fields)
 
 
 def _start(driver: SessionDriver, config: RunConfig):

@@ -46,16 +46,17 @@ def test_every_request_is_stored_with_status_format_and_error(tmp_path):
 
 
 def test_a_history_from_before_the_new_columns_opens_and_takes_them(tmp_path):
+    from test_history_columns import made_by_release_0_1
+
     url = f"sqlite:///{tmp_path}/old.db"
-    history = History.open(url, tmp_path / "images")
-    run_id = new_run(history)
-    history.close()
+    made_by_release_0_1(url)  # no migrations yet, and an early build's brain_calls, without the newer columns
     with sqlite3.connect(tmp_path / "old.db") as db:
         for column in NEW_COLUMNS:
             db.execute(f"ALTER TABLE brain_calls DROP COLUMN {column}")
         assert not set(NEW_COLUMNS) & {row[1] for row in db.execute("PRAGMA table_info(brain_calls)")}
 
     reopened = History.open(url, tmp_path / "images")
+    run_id = new_run(reopened)
     reopened.record_brain_calls(run_id, None, failed_then_answered())
 
     assert [call.status_code for call in reopened.brain_calls(run_id)] == [500, 200]

@@ -27,9 +27,15 @@ def progress_line(node: str, update: dict) -> str | None:
     if node == "propose":
         return _proposal_progress(update)
     if node == "select":
+        if update.get("refine_with"):
+            return f"  no candidate kept; refining the best prompt with {update['refine_with']}"
         if "prompt" in update:
             return f"iteration {update['iteration']}: {update['prompt']}"
         return "  no candidate kept"
+    if node == "refine":
+        if "prompt" in update:
+            return f"refined, iteration {update['iteration']}: {update['prompt']}"
+        return "  refining kept nothing"
     if node == "finish":
         return f"stopped: {update.get('stopped_because', '')}"
     return None
@@ -72,6 +78,8 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
                 "note": record.note,
                 "candidate_source": record.proposal.source if record.proposal else None,
                 "dropped": [d.model_dump() for d in record.proposal.dropped] if record.proposal else [],
+                "refinement": record.refinement,
+                "compression": record.compression,
             }
         )
     best = best_so_far(detail)
@@ -124,6 +132,27 @@ def best_scored(records: Iterable[IterationRecord]) -> IterationRecord | None:
     """The iteration with the highest CLIP-I, the earliest of equals, as the loop chooses; None when
     there is none (for runs whose best is not stored yet: paused, failed or cut off)."""
     return max(records, key=lambda record: (record.clip_i, -record.index), default=None)
+
+
+def _tool_lines(record: IterationRecord) -> list[str]:
+    """A compression and a refinement of the iteration, one line each."""
+    lines = []
+    if record.compression:
+        squeeze = record.compression
+        verdict = "kept" if squeeze.get("accepted") else "not kept"
+        lines.append(
+            f"     compressed ({squeeze.get('method')}, {verdict}): {squeeze.get('before_tokens')} -> "
+            f"{squeeze.get('after_tokens')} tokens, CLIP-T {squeeze.get('before_score', 0):.4f} -> "
+            f"{squeeze.get('after_score', 0):.4f}: {squeeze.get('after')}"
+        )
+    if record.refinement:
+        refined = record.refinement
+        kept = ", ".join(refined.get("kept") or []) or "nothing"
+        lines.append(
+            f"     refined with {refined['tool']} ({refined.get('seconds', 0):.1f} s): "
+            f"{len(refined.get('proposed') or [])} phrase(s) proposed, kept {kept}"
+        )
+    return lines
 
 
 def _best_prompt_line(detail: RunDetail) -> str:
@@ -198,6 +227,7 @@ def iterations_text(detail: RunDetail, history: History | None = None) -> str:
             score = f"{candidate.score:.4f}" if candidate.score is not None else "  -   "
             lines.append(f"     {mark} {score}  {candidate.phrase}  ({candidate.reason})")
         lines += _proposal_lines(record)
+        lines += _tool_lines(record)
         if record.note:
             lines.append(f"     note: {record.note}")
         for turn in (t for t in turns if t.iteration_index == record.index):

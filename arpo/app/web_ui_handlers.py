@@ -390,6 +390,8 @@ def understood_line(turn: HumanTurn) -> str:
         return f"Understood as feedback: “{turn.text}” — the next proposal addresses it first."
     if turn.action == "edit":
         return f"Understood: replace the prompt with “{turn.text}” and render it."
+    if turn.action == "refine":
+        return f"Understood: refine the best prompt with {turn.tool} now; what it finds goes through the same selection."
     return f"Understood: {turn.action} {', '.join(turn.phrases)}."
 
 

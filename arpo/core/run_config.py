@@ -41,6 +41,18 @@ InversionMethod = Literal["pez", "ph2p", "editor", "regressor"]
 """The inversion methods, usable on their own (`method`) or to write the loop's first prompt (`init`)."""
 INVERSION_METHODS: tuple[str, ...] = get_args(InversionMethod)
 
+RefineTool = Literal["ph2p", "editor", "regressor"]
+"""The inversion methods that can refine the loop's current prompt, starting from it."""
+REFINE_TOOLS: tuple[str, ...] = get_args(RefineTool)
+RefineChoice = Literal["none", "auto", RefineTool]
+"""When the loop refines: never, with the first tool that suits the models (auto), or with one tool."""
+REFINE_CHOICES: tuple[str, ...] = ("none", "auto", *REFINE_TOOLS)
+
+
+REFINE_STEPS = 40
+"""Optimisation steps of one refinement when `refine_steps` does not say (a refinement polishes a
+prompt that is already good; the inversion methods' own defaults start from nothing)."""
+
 
 def as_typed_name(name: object) -> object:
     """A name as people type it, trimmed and lower-cased ("PNDM " is "pndm"); empty text is no choice."""
@@ -125,4 +137,14 @@ class RunConfig(BaseModel):
     """Regressor checkpoint (file or folder) for `init`/`method` "regressor"."""
     prompt_bank: str | None = None
     """File of prompts the regressor's embedding is matched against (None: the checkpoint's own bank)."""
+    refine: RefineChoice = "auto"
+    """When a proposal round keeps nothing, refine the best prompt with an inversion tool before stopping."""
+    refine_steps: int | None = Field(None, ge=1)
+    """Optimisation steps per refinement call (None: REFINE_STEPS)."""
+    max_seconds: float | None = Field(None, gt=0)
+    """Stop cleanly once the run's own work (not a person's pauses) has taken this long."""
+    max_brain_tokens: int | None = Field(None, ge=1)
+    """Stop cleanly once the brains' prompt and completion tokens add up to this many."""
+    agent: bool = False
+    """Let the LLM drive the run through function-calling tools instead of the fixed loop."""
 

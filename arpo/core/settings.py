@@ -21,10 +21,13 @@ from arpo.core.run_config import (
     DTYPE_NAMES,
     FRAMEWORKS,
     SCHEDULER_NAMES,
+    REFINE_CHOICES,
+    REFINE_STEPS,
     BrainChoice,
     BrainProvider,
     Dtype,
     Framework,
+    RefineChoice,
     RunConfig,
     Scheduler,
     StructuredOutput,
@@ -109,6 +112,18 @@ class LoopOptions(ChosenOptions):
         "Proposal rounds before the run stops; in a session, the most one 'run N' goes without asking "
         "(default: 10)."))
     seed: int | None = Field(None, description="Noise seed for every generation (default: 0).")
+    refine: Annotated[RefineChoice | None, BeforeValidator(as_typed_name)] = Field(None, description=(
+        "When a proposal round keeps nothing, refine the best prompt before stopping: "
+        f"{_one_of(REFINE_CHOICES)} (default: auto, the first tool that suits the models)."))
+    refine_steps: int | None = Field(None, ge=1, description=(
+        f"Optimisation steps per refinement call (default: {REFINE_STEPS})."))
+    max_seconds: float | None = Field(None, gt=0, description=(
+        "Stop cleanly once the run's own work has taken this many seconds (pauses for a person do not count)."))
+    max_brain_tokens: int | None = Field(None, ge=1, description=(
+        "Stop cleanly once the brains' prompt and completion tokens reach this many."))
+    agent: bool | None = Field(None, description=(
+        "Let the LLM brain drive the run with function-calling tools (generate, propose, select, refine, edit, "
+        "finish) instead of the fixed loop."))
 
 
 class HistoryOptions(ChosenOptions):
@@ -162,6 +177,11 @@ class ArpoSettings(BaseSettings):
     framework: Annotated[Framework, BeforeValidator(as_typed_name)] = "vanilla"
     steps: int = Field(10, ge=0, le=1000)
     seed: int = 0
+    refine: Annotated[RefineChoice, BeforeValidator(as_typed_name)] = "auto"
+    refine_steps: int | None = Field(None, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    max_brain_tokens: int | None = Field(None, ge=1)
+    agent: bool = False
 
     @classmethod
     def read(cls, **fallbacks: Any) -> ArpoSettings:
@@ -192,7 +212,7 @@ class ArpoSettings(BaseSettings):
 
         values = {
             name: pick(name)
-            for name in ("models", "clip_model", "captioner", "device", "scheduler", "dtype", "low_vram", "framework", "steps", "seed")
+            for name in _PICKED
         }
         values |= {name: value for name, value in fields.items() if value is not None}
         try:
@@ -222,6 +242,12 @@ class ArpoSettings(BaseSettings):
             seed=picked.get("brain_seed", self.brain_seed),
         )
 
+
+_PICKED = (
+    "models", "clip_model", "captioner", "device", "scheduler", "dtype", "low_vram",
+    "framework", "steps", "seed", "refine", "refine_steps", "max_seconds", "max_brain_tokens", "agent",
+)
+"""The RunConfig fields that come straight from an option of the same name, or its setting."""
 
 # Where a RunConfig field inside a brain choice comes from, as a flag.
 _BRAIN_CHOICE_FLAGS = {"provider": "brain", "model": "", "base_url": "base-url", "structured_output": "structured-output",
