@@ -91,6 +91,9 @@ class Ph2pInverter(BudgetedInverter):
     """How many fixed timesteps (evenly spread over `timesteps`) the shortlist's loss is averaged over."""
     rescored: int = DEFAULT_RESCORED
     """How many candidates (lowest averaged denoising loss first) are regenerated and compared by CLIP."""
+    initial_prompt: str | None = None
+    """Start the token slots from this prompt's tokens instead of random ones (refining a prompt); it
+    takes as many slots as it has tokens, at least `prompt_len` when it has fewer."""
     name: str = "ph2p"
     default_steps = DEFAULT_STEPS
 
@@ -117,7 +120,7 @@ class Ph2pInverter(BudgetedInverter):
                 "rescored": [{"prompt": p, "clip_i": s} for p, s in ranked],
                 "shortlist": [{"prompt": p, "ranking_loss": loss} for p, loss in shortlist],
                 "final_token_ids": search.token_ids,
-                "prompt_len": self.prompt_len,
+                "prompt_len": len(search.token_ids),
                 "projection": self.projection,
                 "lbfgs_iterations": self.lbfgs_iterations,
                 "timesteps": list(self.timesteps),
@@ -167,7 +170,7 @@ class Ph2pSearch:
         self.projector = VocabularyProjector(
             parts.token_embedding.weight, banned_ids={start, end, pad, *undecodable_token_ids(parts.tokenizer)}
         )
-        self.ids = self.projector.random_ids(settings.prompt_len, self.generator)
+        self.ids = self._starting_ids(settings)
         self.soft = self.projector.embed(self.ids).float().requires_grad_(True)  # the float32 master copy
         self.guard = GradientGuard(parts.dtype, "PH2P")
         self.first_order = (
@@ -184,6 +187,19 @@ class Ph2pSearch:
     @property
     def token_ids(self) -> list[int]:
         return [int(token) for token in self.ids.tolist()]
+
+    def _starting_ids(self, settings: Ph2pInverter) -> torch.Tensor:
+        """Random vocabulary tokens, or the initial prompt's own tokens followed by random ones."""
+        start_ids = []
+        if settings.initial_prompt:
+            encoded = self.parts.tokenizer(settings.initial_prompt, add_special_tokens=False).input_ids
+            banned = set(self.projector.banned_ids.tolist())
+            start_ids = [token for token in encoded if token not in banned][: self.parts.context_length - 2]
+        length = max(settings.prompt_len, len(start_ids))
+        ids = self.projector.random_ids(length, self.generator)
+        if start_ids:
+            ids[: len(start_ids)] = torch.tensor(start_ids, dtype=ids.dtype)
+        return ids
 
     def step(self, index: int = 0) -> dict:
         """One optimisation step at a freshly drawn timestep and noise; its tokens become a candidate.
