@@ -55,6 +55,7 @@ def test_engine_creates_folder_and_every_table(tmp_path):
             "candidates",
             "images",
             "brain_calls",
+            "tool_calls",
             "inversion_steps",
             "session_turns",
             "renders",

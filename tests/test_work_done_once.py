@@ -65,7 +65,7 @@ def gradient_images(folder: Path, count: int) -> Path:
 def test_a_batch_builds_its_init_inverter_and_phrase_indexes_once(
     tmp_path, tiny_models, counted_inverter_builds, counted_phrase_indexes
 ):
-    config = RunConfig(models="tiny", steps=1, init="pez", inversion_steps=1)
+    config = RunConfig(models="tiny", refine="none", steps=1, init="pez", inversion_steps=1)
     report = run_batch(gradient_images(tmp_path / "set", 3), config, models=tiny_models, concurrency=2)
     assert [item.status for item in report.items] == ["finished"] * 3
     assert counted_inverter_builds == ["pez"]  # not once per item
@@ -73,7 +73,7 @@ def test_a_batch_builds_its_init_inverter_and_phrase_indexes_once(
 
 
 def test_an_evaluations_arpo_method_builds_its_init_inverter_once(tiny_models, counted_inverter_builds):
-    config = RunConfig(models="tiny", steps=0, init="pez", inversion_steps=1)
+    config = RunConfig(models="tiny", refine="none", steps=0, init="pez", inversion_steps=1)
     method = build_method("arpo-vanilla", MethodContext(models=tiny_models, history=History.open(), base_config=config))
     reference = load_reference_image(SAMPLE_IMAGE)
     run_ids = {method.recover(reference, seed).run_id for seed in (0, 1)}
@@ -87,7 +87,7 @@ def test_caption_and_the_interrogator_modes_caption_an_image_once(tmp_path, tiny
     banks = load_phrase_bank(("mediums", "movements", "flavors"), max_phrases_per_bank=20)
     for name, phrases in {**banks, "artists": ["Hokusai", "Rembrandt"], "negative": ["blurry"]}.items():
         (folder / f"{name}.txt").write_text("\n".join(phrases) + "\n", encoding="utf-8")
-    context = MethodContext(models=tiny_models, history=History.open(), base_config=RunConfig(models="tiny"),
+    context = MethodContext(models=tiny_models, history=History.open(), base_config=RunConfig(models="tiny", refine="none"),
                             interrogator_data=folder, interrogator_max_flavors=2)
     reference = load_reference_image(SAMPLE_IMAGE)
     captioner = tiny_models.captioner
@@ -121,7 +121,7 @@ def _ph2p_run(tiny_models, config: RunConfig):
 def test_ph2p_renders_its_winner_once_on_its_own(tiny_models, logged_renders):
     from arpo.graphs.inversion_run import run_inversion
 
-    history, handle = _ph2p_run(tiny_models, RunConfig(models="tiny", method="ph2p", inversion_steps=2))
+    history, handle = _ph2p_run(tiny_models, RunConfig(models="tiny", refine="none", method="ph2p", inversion_steps=2))
     result = run_inversion(handle)
     shortlist = [candidate["prompt"] for candidate in result.details["rescored"]]
     assert sorted(logged_renders) == sorted((prompt, 0) for prompt in shortlist)  # each once, the winner too
@@ -131,7 +131,7 @@ def test_ph2p_renders_its_winner_once_on_its_own(tiny_models, logged_renders):
 
 
 def test_ph2p_as_init_hands_its_winner_to_the_loops_first_iteration(tiny_models, logged_renders):
-    history, handle = _ph2p_run(tiny_models, RunConfig(models="tiny", init="ph2p", inversion_steps=2, steps=0))
+    history, handle = _ph2p_run(tiny_models, RunConfig(models="tiny", refine="none", init="ph2p", inversion_steps=2, steps=0))
     execute_run(handle)
     [iteration] = history.get_run(handle.run_id).iterations_detail
     assert (iteration.prompt, 0) in logged_renders  # PH2P's winner became the loop's first prompt
