@@ -173,9 +173,9 @@ def test_captioner_leaves_the_accelerator_once_the_caption_is_made():
 
 
 def test_captioner_goes_back_to_the_cpu_when_generation_fails(monkeypatch):
-    captioner = Captioner.tiny(seed=3)
-    accelerator = FakeAccelerator(captioner.model)
-    captioner.device = torch.device("cuda")
+    model = Captioner.tiny(seed=3).model
+    accelerator = FakeAccelerator(model)
+    captioner = Captioner(model, Captioner.tiny(seed=3).processor, name="tiny", max_new_tokens=8, device="cuda")
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory")
@@ -183,7 +183,17 @@ def test_captioner_goes_back_to_the_cpu_when_generation_fails(monkeypatch):
     monkeypatch.setattr(captioner.model, "generate", out_of_memory)
     with pytest.raises(RuntimeError, match="out of memory"):
         captioner.caption(noise_image(4))
-    assert accelerator.location == "cpu"
+    assert accelerator.moves[-2:] == ["cuda", "cpu"] and accelerator.location == "cpu"
+
+
+def test_a_remembered_caption_moves_nothing():
+    model = Captioner.tiny(seed=3).model
+    accelerator = FakeAccelerator(model)
+    captioner = Captioner(model, Captioner.tiny(seed=3).processor, name="tiny", max_new_tokens=8, device="cuda")
+    captioner.caption(noise_image(4))
+    moves = list(accelerator.moves)
+    captioner.caption(noise_image(4))
+    assert accelerator.moves == moves and captioner.reused_captions == 1
 
 
 def test_cpu_captioner_never_moves():

@@ -9,8 +9,8 @@ OPT uses. That tokenizer is trained offline from the phrase banks and cached (no
 are nonsense made of real words.
 
 A captioner is used once per run (for P0) while the generator runs on every iteration, and BLIP-2 is
-about 4 GB in half precision, so the model rests on the CPU and visits its accelerator only while it
-captions.
+about 7 GB in half precision, so the model rests on the CPU and visits its accelerator only while it
+captions (under --low-vram it then stays until another model needs the room: tools/accelerator_turns.py).
 """
 
 import hashlib
@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from arpo.core.errors import InvalidInputError
+from arpo.tools.accelerator_turns import AcceleratorTurns, Seat, Stay, turns_on
 from arpo.tools.cache_paths import cache_dir, list_hash
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import load_or_fail
@@ -78,7 +79,9 @@ class Captioner:
 
     `device` is where captions are computed. When it is not the CPU, the model waits on the CPU and
     moves to `device` only for the length of one `caption` call, so it never holds accelerator memory
-    the generator and the optimisers need.
+    the generator and the optimisers need. `low_vram`: it waits on the CPU whatever the device, and
+    after a caption stays on the device until another model's turn needs it (`turns`: by default the
+    device's own).
 
     Captions are remembered by image content (decoding is deterministic), so every method and run of
     a process that asks about the same image pays for one generation: `calls` counts generations,
@@ -94,9 +97,13 @@ class Captioner:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         revision: str | None = None,
         device: torch.device | str | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ):
         self.name = name
         self.device = torch.device(device) if device is not None else _parameter_device(model)
+        self.turns = turns or turns_on(self.device)
+        self._seat = Seat.for_module("captioner", model, stay=_stay(self.device, low_vram))
         self.model = model.eval().to(CPU) if self.offloads else model.eval().to(self.device)
         self.processor = processor
         self.max_new_tokens = max_new_tokens
@@ -109,27 +116,26 @@ class Captioner:
 
     @property
     def offloads(self) -> bool:
-        """True when the model rests on the CPU between captions (its device is an accelerator)."""
-        return self.device.type != "cpu"
+        """True when the model rests on the CPU between captions (its device is an accelerator, or
+        --low-vram asked for it)."""
+        return self._seat.stay is not Stay.RESIDENT
 
     def caption(self, image: Image.Image) -> str:
         """A short description of `image`; never empty (falls back to "an image")."""
         rgb = image.convert("RGB")
         key = self._memory_key(rgb)
         with self._lock:
-            if key in self._remembered:
-                self._remembered.move_to_end(key)
-                self.reused_captions += 1
-                return self._remembered[key]
+            remembered = self._recall(key)
+        if remembered is not None:
+            return remembered  # without a turn: a remembered caption moves no model
+        # The turn before the lock, as every model takes them, so two locks are never taken in two orders.
+        with self.turns.turn(self._seat), self._lock:
+            remembered = self._recall(key)  # another thread may have made it while this one waited
+            if remembered is not None:
+                return remembered
             inputs = self.processor(images=rgb, return_tensors="pt")
             started = time.perf_counter()
-            try:
-                if self.offloads:
-                    self.model.to(self.device)
-                generated = self._generate(inputs)
-            finally:
-                if self.offloads:
-                    self.model.to(CPU)  # leave the accelerator as soon as the caption exists
+            generated = self._generate(inputs)
             self.forward_seconds += time.perf_counter() - started
             self.calls += 1
             text = self.processor.batch_decode(generated.cpu(), skip_special_tokens=True)[0]
@@ -138,6 +144,13 @@ class Captioner:
             if len(self._remembered) > REMEMBERED_CAPTIONS:
                 self._remembered.popitem(last=False)
         return caption
+
+    def _recall(self, key: str) -> str | None:
+        if key not in self._remembered:
+            return None
+        self._remembered.move_to_end(key)
+        self.reused_captions += 1
+        return self._remembered[key]
 
     def _memory_key(self, rgb: Image.Image) -> str:
         """The pixels and the generation length: what decides the caption of a given model."""
@@ -163,6 +176,7 @@ class Captioner:
             "dtype": dtype_name(self.model.dtype),
             "device": str(self.device),
             "rests_on_cpu": self.offloads,
+            "low_vram": self._seat.stay is Stay.UNTIL_NEEDED,
             "transformers_version": transformers.__version__,
             "torch_version": torch.__version__,
         }
@@ -174,6 +188,8 @@ class Captioner:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ) -> "Captioner":
         """Load a BLIP or BLIP-2 captioner by Hugging Face id or local folder.
 
@@ -185,7 +201,7 @@ class Captioner:
         torch_dtype = dtype or pick_dtype(torch_device)
         if name in (TINY_NAME, TINY_BLIP_NAME):
             build = cls.tiny if name == TINY_NAME else cls.tiny_blip
-            return build(device=torch_device, dtype=torch_dtype)
+            return build(device=torch_device, dtype=torch_dtype, low_vram=low_vram, turns=turns)
 
         def load(local_files_only: bool) -> tuple[torch.nn.Module, Any, str | None]:
             config = AutoConfig.from_pretrained(name, local_files_only=local_files_only)
@@ -196,18 +212,21 @@ class Captioner:
 
         model, processor, revision = load_or_fail(name, load)
         return cls(
-            model, processor, name=name, max_new_tokens=max_new_tokens, revision=revision, device=torch_device
+            model, processor, name=name, max_new_tokens=max_new_tokens, revision=revision, device=torch_device,
+            low_vram=low_vram, turns=turns,
         )
 
     @classmethod
     def tiny(
-        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        low_vram: bool = False, turns: AcceleratorTurns | None = None,
     ) -> "Captioner":
         """A small random BLIP-2 (32-pixel images, width-32 ViT, Q-Former and OPT, 4 queries) with a
         byte-level BPE vocabulary of about a thousand tokens.
 
         The same `seed` always builds the same weights, so its (meaningless) captions are repeatable.
-        `device` and `dtype` default to the CPU in float32.
+        `device` and `dtype` default to the CPU in float32 (or `turns`' device, a CPU device of its
+        own in tests).
         """
         tokenizer = tiny_opt_tokenizer()
         processor = Blip2Processor(
@@ -218,11 +237,15 @@ class Captioner:
             model = Blip2ForConditionalGeneration(_tiny_blip2_config(tokenizer))
         _speak_in_whole_words(model, tokenizer)
         model.to(dtype or torch.float32)
-        return cls(model, processor, name=TINY_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS, device=device or CPU)
+        return cls(
+            model, processor, name=TINY_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS,
+            device=device or _turns_device(turns), low_vram=low_vram, turns=turns,
+        )
 
     @classmethod
     def tiny_blip(
-        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+        cls, seed: int = 0, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+        low_vram: bool = False, turns: AcceleratorTurns | None = None,
     ) -> "Captioner":
         """A small random BLIP (32-pixel images, width-32 towers) with a few-hundred-word WordPiece
         vocabulary: the tiny version of the BLIP captioners."""
@@ -233,7 +256,8 @@ class Captioner:
             model = BlipForConditionalGeneration(_tiny_blip_config(tokenizer))
         model.to(dtype or torch.float32)
         return cls(
-            model, processor, name=TINY_BLIP_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS, device=device or CPU
+            model, processor, name=TINY_BLIP_NAME, max_new_tokens=TINY_MAX_NEW_TOKENS,
+            device=device or _turns_device(turns), low_vram=low_vram, turns=turns,
         )
 
 
@@ -281,6 +305,18 @@ def _write_byte_level_bpe(folder: Path, phrases: list[str]) -> None:
 
 def _parameter_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _stay(device: torch.device, low_vram: bool) -> Stay:
+    """Under --low-vram the captioner waits its turn like every model; otherwise it lives on a CPU
+    device and only visits an accelerator."""
+    if low_vram:
+        return Stay.UNTIL_NEEDED
+    return Stay.RESIDENT if device.type == "cpu" else Stay.FOR_TURN
+
+
+def _turns_device(turns: AcceleratorTurns | None) -> torch.device:
+    return turns.device if turns is not None else CPU
 
 
 def _tiny_image_processor() -> BlipImageProcessor:

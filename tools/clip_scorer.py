@@ -1,7 +1,9 @@
 """CLIP similarity between images and texts (open_clip), the score the ARPO loop selects phrases by.
 
 Embeddings come back L2-normalised, float32, on the CPU, so callers can keep them, compare them with
-a dot product and never think about devices. Every call encodes its whole batch in one forward pass;
+a dot product and never think about devices (under --low-vram the model itself rests in CPU memory
+and takes a turn on the accelerator for each forward, see tools/accelerator_turns.py). Every call
+encodes its whole batch in one forward pass;
 counters record how many passes and texts were spent, for benchmarks. `ClipScorer.tiny()` builds a
 small random open_clip model with the real CLIP tokenizer for tests.
 """
@@ -12,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import open_clip
 import torch
@@ -21,6 +23,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from arpo.core.errors import InvalidInputError
+from arpo.tools.accelerator_turns import HOME, AcceleratorTurns, Seat, Stay, turns_on
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import MISSING_WEIGHTS_ERRORS, load_or_fail
 
@@ -37,7 +40,8 @@ class ClipScorer:
     """Image and text embeddings from one CLIP model, and the cosine similarities between them.
 
     Thread-safe: forwards are serialised by a lock, so one scorer can serve several runs.
-    `is_tiny` marks the random test model, whose scores mean nothing.
+    `is_tiny` marks the random test model, whose scores mean nothing. `low_vram`: the model rests in
+    CPU memory and goes to `device` for its turns (`turns`: by default the device's own).
     Counters: `text_forward_passes`, `image_forward_passes`, `texts_encoded`, `forward_seconds`.
     """
 
@@ -51,6 +55,8 @@ class ClipScorer:
         device: torch.device | str = "cpu",
         description: dict[str, Any] | None = None,
         is_tiny: bool = False,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ):
         self.name = name
         self.is_tiny = is_tiny
@@ -58,6 +64,11 @@ class ClipScorer:
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        self.low_vram = low_vram
+        self.turns = turns or turns_on(self.device)
+        self._seat = Seat.for_module("clip", model, stay=Stay.UNTIL_NEEDED if low_vram else Stay.RESIDENT)
+        if low_vram:
+            model.to(HOME)
         self.context_length = int(getattr(tokenizer, "context_length", None) or 77)
         self.text_forward_passes = 0
         self.image_forward_passes = 0
@@ -79,7 +90,7 @@ class ClipScorer:
         if not images:
             return torch.empty(0, self.embedding_size())
         pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
-        with self._forward_lock:
+        with self.turn(), self._forward_lock:
             started = time.perf_counter()
             with torch.inference_mode():
                 embeddings = self.model.encode_image(pixels.to(self.device, self.dtype), normalize=True)
@@ -97,7 +108,7 @@ class ClipScorer:
             return torch.empty(0, self.embedding_size())
         with self._tokenizer_lock:
             tokens = self.tokenizer(list(texts))
-        with self._forward_lock:
+        with self.turn(), self._forward_lock:
             started = time.perf_counter()
             with torch.inference_mode():
                 embeddings = self.model.encode_text(tokens.to(self.device), normalize=True)
@@ -105,6 +116,11 @@ class ClipScorer:
             self.text_forward_passes += 1
             self.texts_encoded += len(texts)
         return embeddings.float().cpu()
+
+    def turn(self) -> ContextManager[None]:
+        """While active the model is on `device` (a no-op unless it rests in CPU memory): each forward
+        takes one, and so does whoever runs the model directly for longer (PEZ's optimisation)."""
+        return self.turns.turn(self._seat)
 
     def text_image_similarity(self, image_embedding: torch.Tensor, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of each text to one image embedding (one text forward for all texts)."""
@@ -126,7 +142,7 @@ class ClipScorer:
             # Towers without a plain projection matrix: measure once (not counted as a scoring pass).
             with self._tokenizer_lock:
                 tokens = self.tokenizer([""])
-            with self._forward_lock, torch.inference_mode():
+            with self.turn(), self._forward_lock, torch.inference_mode():
                 probe = self.model.encode_text(tokens.to(self.device))
             self._embed_dim = int(probe.shape[-1])
         return self._embed_dim
@@ -159,6 +175,7 @@ class ClipScorer:
             **self._description,
             "context_length": self.context_length,
             "device": str(self.device),
+            "low_vram": self.low_vram,
             "dtype": dtype_name(self.dtype),
             "open_clip_version": open_clip.__version__,
             "torch_version": torch.__version__,
@@ -173,8 +190,10 @@ class ClipScorer:
         pretrained: str | None = DEFAULT_CLIP_WEIGHTS,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ) -> "ClipScorer":
-        """Load an open_clip model with its weights.
+        """Load an open_clip model with its weights (`low_vram`: into CPU memory, to visit `device`).
 
         `model` is an open_clip architecture ("ViT-L-14"), "hf-hub:org/repo" or "local-dir:/path";
         `pretrained` a weights tag ("openai", "laion2b_s32b_b82k"), a checkpoint file, or None for the
@@ -187,7 +206,7 @@ class ClipScorer:
         source = _weights_source(model, pretrained)
 
         def load(local_files_only: bool) -> tuple[torch.nn.Module, Any, Any]:
-            factory_kwargs = source.factory_kwargs(local_files_only) | {"device": torch_device}
+            factory_kwargs = source.factory_kwargs(local_files_only) | {"device": HOME if low_vram else torch_device}
             built, _, preprocess = open_clip.create_model_and_transforms(**factory_kwargs)
             # Inside the loader: some architectures use a hub tokenizer, which must be cached too.
             return built, preprocess, open_clip.get_tokenizer(factory_kwargs["model_name"])
@@ -207,14 +226,24 @@ class ClipScorer:
             name=source.display_name,
             device=torch_device,
             description=description,
+            low_vram=low_vram,
+            turns=turns,
         )
 
     @classmethod
-    def tiny(cls, seed: int = 0, *, dtype: torch.dtype | None = None) -> "ClipScorer":
+    def tiny(
+        cls,
+        seed: int = 0,
+        *,
+        dtype: torch.dtype | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
+    ) -> "ClipScorer":
         """A small random CLIP (32-pixel images, width-32 towers) with the real 49408-token tokenizer.
 
         The same `seed` always builds the same weights; the name carries the seed so caches of its
-        embeddings never mix two different tiny models. `dtype` defaults to float32 (it runs on the CPU).
+        embeddings never mix two different tiny models. `dtype` defaults to float32 (it runs on the CPU,
+        or on `turns`' device, a CPU device of its own in tests).
         """
         vision = open_clip.CLIPVisionCfg(layers=2, width=32, head_width=16, patch_size=8, image_size=32)
         text = open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2)
@@ -229,8 +258,11 @@ class ClipScorer:
             preprocess,
             SimpleTokenizer(context_length=77),
             name=f"tiny-clip-seed{seed}",
+            device=turns.device if turns is not None else HOME,
             description=description,
             is_tiny=True,
+            low_vram=low_vram,
+            turns=turns,
         )
 
 

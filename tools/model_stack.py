@@ -1,4 +1,9 @@
-"""The three models one ARPO run needs (generator, CLIP scorer, captioner), chosen by name together."""
+"""The three models one ARPO run needs (generator, CLIP scorer, captioner), chosen by name together.
+
+Built with `low_vram`, the three rest in CPU memory and take turns on the accelerator, one at a time
+(tools/accelerator_turns.py); otherwise the generator and the scorer live there and only the captioner
+visits.
+"""
 
 import gc
 from dataclasses import dataclass
@@ -6,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from arpo.tools.accelerator_turns import AcceleratorTurns
 from arpo.tools.captioner import DEFAULT_CAPTIONER, Captioner
 from arpo.tools.clip_scorer import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_WEIGHTS, ClipScorer, parse_clip_spec
 from arpo.tools.devices import parse_dtype
@@ -23,7 +29,8 @@ class ModelStack:
     """A text-to-image model, a CLIP scorer and a captioner, loaded once and shared by runs.
 
     `is_tiny` is True when any part is a tiny random model: the loop still runs end to end, but the
-    prompts it recovers mean nothing, and the CLI says so.
+    prompts it recovers mean nothing, and the CLI says so. `low_vram`: its models take turns on the
+    accelerator (`turns`, the text-to-image model's device's) instead of living there.
     """
 
     name: str
@@ -31,12 +38,18 @@ class ModelStack:
     clip: ClipScorer
     captioner: Captioner
     is_tiny: bool
+    low_vram: bool = False
+
+    @property
+    def turns(self) -> AcceleratorTurns:
+        return self.text_to_image.placement.turns
 
     def describe(self) -> dict[str, Any]:
         """Every model's description, as plain JSON values, for the run record."""
         return {
             "name": self.name,
             "is_tiny": self.is_tiny,
+            "low_vram": self.low_vram,
             "text_to_image": self.text_to_image.describe(),
             "clip": self.clip.describe(),
             "captioner": self.captioner.describe(),
@@ -51,6 +64,8 @@ def build_model_stack(
     device: str | None = None,
     scheduler: str | None = None,
     dtype: str | None = None,
+    low_vram: bool = False,
+    turns: AcceleratorTurns | None = None,
 ) -> ModelStack:
     """Load the models for a run.
 
@@ -62,7 +77,9 @@ def build_model_stack(
     "hf-hub:org/repo" or "local-dir:/path". `scheduler` (tools/schedulers.SCHEDULER_NAMES) replaces
     the text-to-image model's own scheduler. `dtype` ("float32", "float16", "bfloat16") is the
     precision all three models load in; None means float16 on CUDA and float32 elsewhere (tiny models
-    always run on the CPU, so float32).
+    always run on the CPU, so float32). `low_vram` keeps all three in CPU memory, taking turns on the
+    device one at a time; `turns` are those turns (by default each model's device's own, shared by the
+    process; tests give one CPU device of their own to all three, to see the order of moves).
     """
     is_tiny_default = models in TINY_PRESETS
     clip_choice = clip_model or (TINY if is_tiny_default else DEFAULT_CLIP_SPEC)
@@ -70,12 +87,14 @@ def build_model_stack(
     torch_dtype = parse_dtype(dtype) if dtype else None  # an unknown name fails before anything loads
 
     gc.unfreeze()  # an earlier stack's objects become collectable again, should it be dropped
+    placement = {"low_vram": low_vram, "turns": turns}
     stack = ModelStack(
         name=models,
-        text_to_image=load_text_to_image(models, device, scheduler=scheduler, dtype=torch_dtype),
-        clip=_load_clip(clip_choice, device, torch_dtype),
-        captioner=_load_captioner(captioner_choice, device, torch_dtype),
+        text_to_image=load_text_to_image(models, device, scheduler=scheduler, dtype=torch_dtype, **placement),
+        clip=_load_clip(clip_choice, device, torch_dtype, placement),
+        captioner=_load_captioner(captioner_choice, device, torch_dtype, placement),
         is_tiny=is_tiny_default or TINY in (clip_choice, captioner_choice),
+        low_vram=low_vram,
     )
     _settle_long_lived_objects()
     return stack
@@ -95,7 +114,8 @@ def _settle_long_lived_objects() -> None:
 
 
 def model_stack_for(config: "RunConfig") -> ModelStack:
-    """The model stack a run configuration names (models, scorer, captioner, device, scheduler, dtype)."""
+    """The model stack a run configuration names (models, scorer, captioner, device, scheduler, dtype,
+    low-VRAM placement)."""
     return build_model_stack(
         config.models,
         clip_model=config.clip_model,
@@ -103,12 +123,16 @@ def model_stack_for(config: "RunConfig") -> ModelStack:
         device=config.device,
         scheduler=config.scheduler,
         dtype=config.dtype,
+        low_vram=config.low_vram,
     )
 
 
 def model_stack_key(config: "RunConfig") -> tuple:
     """What two configurations must share to share one loaded model stack."""
-    return (config.models, config.clip_model, config.captioner, config.device, config.scheduler, config.dtype)
+    return (
+        config.models, config.clip_model, config.captioner, config.device, config.scheduler, config.dtype,
+        config.low_vram,
+    )
 
 
 def load_text_to_image(
@@ -117,22 +141,25 @@ def load_text_to_image(
     *,
     scheduler: str | None = None,
     dtype: torch.dtype | str | None = None,
+    low_vram: bool = False,
+    turns: AcceleratorTurns | None = None,
 ) -> TextToImage:
     """The text-to-image model alone: a tiny preset, a preset, a diffusers id or a local folder."""
     torch_dtype = parse_dtype(dtype) if dtype else None
+    placement = {"low_vram": low_vram, "turns": turns}
     if choice in TINY_PRESETS:
-        return TextToImage.tiny(family=TINY_PRESETS[choice], scheduler=scheduler, dtype=torch_dtype)
-    return TextToImage.from_pretrained(choice, device=device, scheduler=scheduler, dtype=torch_dtype)
+        return TextToImage.tiny(family=TINY_PRESETS[choice], scheduler=scheduler, dtype=torch_dtype, **placement)
+    return TextToImage.from_pretrained(choice, device=device, scheduler=scheduler, dtype=torch_dtype, **placement)
 
 
-def _load_captioner(choice: str, device: str | None, dtype: torch.dtype | None) -> Captioner:
+def _load_captioner(choice: str, device: str | None, dtype: torch.dtype | None, placement: dict) -> Captioner:
     if choice == TINY:
-        return Captioner.tiny(dtype=dtype) if dtype else Captioner.tiny()
-    return Captioner.from_pretrained(choice, device=device, dtype=dtype)
+        return Captioner.tiny(dtype=dtype, **placement)
+    return Captioner.from_pretrained(choice, device=device, dtype=dtype, **placement)
 
 
-def _load_clip(choice: str, device: str | None, dtype: torch.dtype | None) -> ClipScorer:
+def _load_clip(choice: str, device: str | None, dtype: torch.dtype | None, placement: dict) -> ClipScorer:
     if choice == TINY:
-        return ClipScorer.tiny(dtype=dtype)
+        return ClipScorer.tiny(dtype=dtype, **placement)
     model, pretrained = parse_clip_spec(choice)
-    return ClipScorer.from_pretrained(model, pretrained, device=device, dtype=dtype)
+    return ClipScorer.from_pretrained(model, pretrained, device=device, dtype=dtype, **placement)

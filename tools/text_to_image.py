@@ -7,7 +7,9 @@ builds a genuine pipeline of one real family (SD 1.5, SDXL or PixArt-α) from ti
 tests (see tools/tiny_pipelines.py).
 
 Every generation runs on its own view of the pipeline with a fresh scheduler (tools/schedulers.py):
-the shared `pipeline.scheduler` is a template that nothing ever steps.
+the shared `pipeline.scheduler` is a template that nothing ever steps. Where the pipeline's parts sit
+between generations (on the accelerator, or in CPU memory under --low-vram) is its
+`PipelinePlacement`'s business (tools/pipeline_placement.py).
 """
 
 import copy
@@ -17,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, ContextManager
 
 import diffusers
 import torch
@@ -25,8 +27,10 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from arpo.core.errors import InvalidInputError
+from arpo.tools.accelerator_turns import HOME, AcceleratorTurns, turns_on
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
+from arpo.tools.pipeline_placement import PipelinePlacement
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
 from arpo.tools.tiny_pipelines import cast_like_loading, tiny_pipeline
 
@@ -54,8 +58,9 @@ class TextToImage:
     """A diffusers text-to-image pipeline with a fixed sampling recipe, safe to share between runs.
 
     Attributes: `name` (preset key's model id, hub id, path or "tiny"), `pipeline`, `steps`,
-    `guidance_scale`, `height`, `width`, and two benchmark counters: `calls` (images generated) and
-    `forward_seconds` (wall time spent inside the pipeline).
+    `guidance_scale`, `height`, `width`, `placement` (where its parts sit, see
+    tools/pipeline_placement.py; by default where the pipeline was put, for good), and two benchmark
+    counters: `calls` (images generated) and `forward_seconds` (wall time spent inside the pipeline).
     """
 
     def __init__(
@@ -68,6 +73,7 @@ class TextToImage:
         height: int | None = None,
         width: int | None = None,
         revision: str | None = None,
+        placement: PipelinePlacement | None = None,
     ):
         if getattr(pipeline, "tokenizer", None) is None:
             raise InvalidInputError(
@@ -84,6 +90,7 @@ class TextToImage:
         self.height = height or default_height
         self.width = width or default_width
         self.revision = revision
+        self.placement = placement or PipelinePlacement(pipeline, turns_on(pipeline.device))
         self.forward_seconds = 0.0
         self.calls = 0
         self._generate_lock = threading.Lock()
@@ -169,7 +176,7 @@ class TextToImage:
         no optimiser stepping a scheduler elsewhere) sees another's scheduler state. Calls are still
         serialised, to keep one denoising loop's activations in memory at a time.
         """
-        with self._generate_lock:
+        with self.placement.generation_turn(), self._generate_lock:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
             started = time.perf_counter()
             output = pipeline_view(self.pipeline)(
@@ -186,6 +193,16 @@ class TextToImage:
             self.calls += 1
         return output.images[0].convert("RGB")
 
+    def whole_pipeline_turn(self) -> ContextManager[None]:
+        """While active every part of the pipeline is on its accelerator, ready to be differentiated
+        through (PH2P, EDITOR); under --low-vram every other model waits in CPU memory meanwhile."""
+        return self.placement.whole_turn()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the pipeline computes (its parts may rest in CPU memory in between, see `placement`)."""
+        return self.placement.turns.device if self.placement.low_vram else self.pipeline.device
+
     def describe(self) -> dict[str, Any]:
         """The sampling recipe and library versions, as plain JSON values, for the run record."""
         return {
@@ -200,7 +217,8 @@ class TextToImage:
             "width": self.width,
             "token_budget": self._budget,
             "dtype": dtype_name(self.pipeline.dtype),
-            "device": str(self.pipeline.device),
+            "device": str(self.device),
+            "low_vram": self.placement.low_vram,
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,
         }
@@ -217,13 +235,16 @@ class TextToImage:
         steps: int | None = None,
         guidance_scale: float | None = None,
         scheduler: str | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ) -> "TextToImage":
         """Load a pipeline by preset key (`PRESETS`), Hugging Face id or local folder.
 
         Only cached weights are used unless the hub is both allowed (no HF_HUB_OFFLINE) and reachable;
         otherwise this raises ModelUnavailableError at once. `scheduler` (a name from
         tools/schedulers.SCHEDULER_NAMES) replaces the checkpoint's own scheduler, keeping its noise
-        schedule; None keeps the checkpoint's.
+        schedule; None keeps the checkpoint's. `low_vram` leaves the pipeline in CPU memory, taking
+        turns on `device` (`turns`: by default the device's own, shared by the process).
         """
         if scheduler is not None:
             scheduler_class(scheduler)  # a typo fails before gigabytes load
@@ -239,7 +260,8 @@ class TextToImage:
             return folder, pipeline
 
         folder, pipeline = load_or_fail(model_id, load)
-        pipeline.to(torch_device)
+        if not low_vram:
+            pipeline.to(torch_device)
         if scheduler is not None:
             replace_scheduler(pipeline, scheduler)
         return cls(
@@ -248,6 +270,7 @@ class TextToImage:
             steps=steps or PRESET_STEPS.get(name_or_path, DEFAULT_STEPS),
             guidance_scale=guidance_scale,
             revision=_snapshot_revision(folder),
+            placement=PipelinePlacement(pipeline, turns or turns_on(torch_device), low_vram=low_vram),
         )
 
     @classmethod
@@ -258,13 +281,16 @@ class TextToImage:
         family: str = "sd15",
         scheduler: str | None = None,
         dtype: torch.dtype | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ) -> "TextToImage":
         """A real pipeline of one family ("sd15", "sdxl", "pixart") made of tiny random parts.
 
         Its images (64x64, in milliseconds) are noise, but every code path (tokenizers, text encoders,
         denoiser, the family's own scheduler class, VAE) is the real one. The same `seed` always builds
         the same weights. `scheduler` swaps the scheduler as for real models; `dtype` casts the weights
-        (float32 by default: tiny models run on the CPU).
+        (float32 by default: tiny models run on the CPU). `low_vram` takes turns exactly as a real
+        pipeline would, on the CPU (or on `turns`' device, which tests make a CPU device of their own).
         """
         pipeline = tiny_pipeline(family, seed)
         if dtype is not None:
@@ -272,7 +298,8 @@ class TextToImage:
         if scheduler is not None:
             replace_scheduler(pipeline, scheduler)
         name = next(key for key, value in TINY_PRESETS.items() if value == family)
-        return cls(pipeline, name=name, steps=TINY_STEPS)
+        placement = PipelinePlacement(pipeline, turns or turns_on(HOME), low_vram=low_vram)
+        return cls(pipeline, name=name, steps=TINY_STEPS, placement=placement)
 
 
 # ---- helpers: pretrained loading -----------------------------------------------------------------
