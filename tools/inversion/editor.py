@@ -41,6 +41,8 @@ from arpo.tools.inversion.precision import GradientGuard
 from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking, TrajectoryTracker
 
 if TYPE_CHECKING:
+    from typing import ContextManager
+
     from PIL import Image
 
     from arpo.tools.model_stack import ModelStack
@@ -67,6 +69,9 @@ class EditorInverter(BudgetedInverter):
     """Start from this prompt instead of the captioner's."""
     name: str = "editor"
     default_steps = DEFAULT_STEPS
+
+    def _held_models(self, models: ModelStack) -> ContextManager[None]:
+        return models.text_to_image.whole_pipeline_turn()
 
     def _invert(
         self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking
@@ -120,9 +125,9 @@ class EditorInverter(BudgetedInverter):
         self, reference: Image.Image, models: ModelStack, start_prompt: str, *, seed: int = 0, steps: int = 10
     ) -> tuple[torch.Tensor, list[float]]:
         """Only step 2: the optimised embedding and the loss per step (step 0 is the start's loss)."""
-        parts = DiffusionParts(models.text_to_image, "EDITOR", sdxl=True)
         tracker = TrajectoryTracker(InversionBudget(max_steps=steps), steps)
-        with torch.random.fork_rng(devices=[]):
+        with self._held_models(models), torch.random.fork_rng(devices=[]):
+            parts = DiffusionParts(models.text_to_image, "EDITOR", sdxl=True)  # on the device the turn holds
             torch.manual_seed(seed)
             reconstruction = Reconstruction(
                 parts, reference, seed, self.denoising_steps, self.reconstruction, start_prompt

@@ -31,6 +31,8 @@ from arpo.tools.inversion.vocabulary_projection import (
 )
 
 if TYPE_CHECKING:
+    from typing import ContextManager
+
     from PIL import Image
 
     from arpo.tools.clip_scorer import ClipScorer
@@ -52,6 +54,9 @@ class PezInverter(BudgetedInverter):
     weight_decay: float = DEFAULT_WEIGHT_DECAY
     name: str = "pez"
     default_steps = DEFAULT_STEPS
+
+    def _held_models(self, models: ModelStack) -> ContextManager[None]:
+        return models.clip.turn()  # PEZ optimises through the scorer's own text tower
 
     def _invert(
         self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking

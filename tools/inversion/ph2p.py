@@ -55,6 +55,8 @@ from arpo.tools.inversion.vocabulary_projection import (
 )
 
 if TYPE_CHECKING:
+    from typing import ContextManager
+
     from PIL import Image
 
     from arpo.tools.model_stack import ModelStack
@@ -96,6 +98,9 @@ class Ph2pInverter(BudgetedInverter):
     takes as many slots as it has tokens, at least `prompt_len` when it has fewer."""
     name: str = "ph2p"
     default_steps = DEFAULT_STEPS
+
+    def _held_models(self, models: ModelStack) -> ContextManager[None]:
+        return models.text_to_image.whole_pipeline_turn()
 
     def _invert(
         self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking

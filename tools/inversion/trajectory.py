@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
 
 from arpo.tools.inversion.base import InversionBudget, InversionResult, InversionStep, OnStep
 
@@ -96,7 +96,14 @@ class BudgetedInverter(ABC):
         on_step: OnStep | None = None,
     ) -> InversionResult:
         start_tracking = functools.partial(TrajectoryTracker, budget or self.budget, self.default_steps, on_step)
-        return self._invert(reference, models, seed, start_tracking)
+        with self._held_models(models):
+            return self._invert(reference, models, seed, start_tracking)
+
+    @abstractmethod
+    def _held_models(self, models: ModelStack) -> ContextManager[None]:
+        """The turn on the accelerator the method holds from its first step to its result: the models
+        it differentiates through must not be sent home between a forward pass and its backward pass
+        (tools/accelerator_turns.py; a no-op unless the stack was built for --low-vram)."""
 
     @abstractmethod
     def _invert(

@@ -96,6 +96,11 @@ class Backbone(nn.Module):
     def prepare(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         return {"pixels": self.recipe.pixels(images)}
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Models `prepare` runs that live outside the module tree, so moving the backbone does not
+        move them: whoever moves it (the low-VRAM turns) moves these along."""
+        return []
+
     def describe(self) -> dict[str, Any]:
         recipe = self.recipe
         pixels = {"size": recipe.size, "mean": list(recipe.mean), "std": list(recipe.std)}
@@ -182,6 +187,10 @@ class UNetEncoder(Backbone):
             )
             states = frozen.text_encoder(tokens.input_ids.to(frozen.text_encoder.device))[0]
         return {"latents": latents.float().cpu(), "caption_states": states.float().cpu()}
+
+    def frozen_modules(self) -> list[nn.Module]:
+        # The captioner is not among them: it takes its own turns (tools/captioner.py).
+        return [self._frozen.vae, self._frozen.text_encoder]
 
     def forward(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         latents = prepared["latents"].to(self.conv_in.weight.dtype)

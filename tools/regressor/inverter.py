@@ -4,6 +4,8 @@
 its own and `--init regressor` lets it write the ARPO loop's first prompt. It takes one forward pass,
 so the step budget does not apply; the single recorded step carries the best match. Several checkpoints
 form an ensemble (the median of their embeddings), optionally followed by a kernel adapter (DAKL).
+Under --low-vram each checkpoint rests in CPU memory and takes its turn on the accelerator for its
+forward pass, like every other model (tools/accelerator_turns.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from arpo.core.run_config import RunConfig
+    from arpo.tools.accelerator_turns import AcceleratorTurns, Seat
     from arpo.tools.model_stack import ModelStack
     from arpo.tools.regressor.checkpoint import LoadedRegressor
     from arpo.tools.regressor.kernel_adaptation import KernelAdapter
@@ -44,6 +47,8 @@ class RegressorInverter:
         bank_source: str = "checkpoint",
         top_k: int = DEFAULT_TOP_K,
         adapter: KernelAdapter | None = None,
+        low_vram: bool = False,
+        turns: AcceleratorTurns | None = None,
     ):
         if not regressors:
             raise InvalidInputError("The regressor method needs at least one checkpoint.")
@@ -56,6 +61,7 @@ class RegressorInverter:
         self.bank_source = bank_source
         self.top_k = max(1, top_k)
         self.adapter = adapter
+        self.turns, self._seats = _seats(self.regressors, low_vram, turns)
 
     @classmethod
     def from_checkpoint(
@@ -66,9 +72,11 @@ class RegressorInverter:
         device: str | None = None,
         top_k: int = DEFAULT_TOP_K,
         adapter: str | Path | None = None,
+        low_vram: bool = False,
     ) -> "RegressorInverter":
         """Load one checkpoint (or several: an ensemble whose median embedding is used) and a bank:
-        `prompt_bank` (a file of prompts) or the first checkpoint's own."""
+        `prompt_bank` (a file of prompts) or the first checkpoint's own. `low_vram`: the checkpoints
+        rest in CPU memory between predictions."""
         from arpo.tools.regressor.checkpoint import load_checkpoint
         from arpo.tools.regressor.kernel_adaptation import KernelAdapter
 
@@ -85,14 +93,15 @@ class RegressorInverter:
             bank_source=source,
             top_k=top_k,
             adapter=KernelAdapter.load(adapter) if adapter is not None else None,
+            low_vram=low_vram,
         )
 
     @classmethod
     def from_config(cls, config: RunConfig) -> "RegressorInverter":
-        """Built from a run's `regressor` (checkpoint) and `prompt_bank` fields."""
+        """Built from a run's `regressor` (checkpoint), `prompt_bank`, `device` and `low_vram` fields."""
         if not config.regressor:
             raise InvalidInputError("The regressor method needs a checkpoint: pass --regressor CKPT.")
-        return cls.from_checkpoint(config.regressor, config.prompt_bank, device=config.device)
+        return cls.from_checkpoint(config.regressor, config.prompt_bank, device=config.device, low_vram=config.low_vram)
 
     def matches(self, image: Image.Image, k: int | None = None) -> list[PromptMatch]:
         """The bank's `k` prompts nearest to the predicted embedding of `image`, best first."""
@@ -102,7 +111,10 @@ class RegressorInverter:
         """[n, d] predicted embeddings: one model's, or the ensemble's median; kernel-adapted if set."""
         from arpo.tools.regressor.kernel_adaptation import ensemble_median
 
-        predictions = [loaded.model.predict(images) for loaded in self.regressors]
+        predictions = []
+        for loaded, seat in zip(self.regressors, self._seats):
+            with self.turns.turn(seat):
+                predictions.append(loaded.model.predict(images))
         embedding = predictions[0] if len(predictions) == 1 else ensemble_median(predictions)
         return self.adapter.transform(embedding) if self.adapter is not None else embedding
 
@@ -142,6 +154,29 @@ class RegressorInverter:
                 "kernel_adapted": self.adapter is not None,
             },
         )
+
+
+def _seats(
+    regressors: Sequence[LoadedRegressor], low_vram: bool, turns: AcceleratorTurns | None
+) -> tuple[AcceleratorTurns, list[Seat]]:
+    """The checkpoints' turns (their device's) and one seat each; under --low-vram they go home now."""
+    from arpo.tools.accelerator_turns import HOME, Seat, Stay, turns_on
+
+    turns = turns or turns_on(regressors[0].model.device)  # where they were loaded, before any goes home
+    stay = Stay.UNTIL_NEEDED if low_vram else Stay.RESIDENT
+    seats = []
+    for index, loaded in enumerate(regressors):
+        modules = [loaded.model, *loaded.model.backbone.frozen_modules()]
+        seat = Seat(
+            f"regressor {index}",
+            stay=stay,
+            bring=lambda device, modules=modules: [module.to(device) for module in modules],
+            send_home=lambda modules=modules: [module.to(HOME) for module in modules],
+        )
+        if low_vram:
+            seat.send_home()
+        seats.append(seat)
+    return turns, seats
 
 
 def load_bank(loaded: LoadedRegressor, prompt_bank: str | Path | None, *, device: str | None = None):
