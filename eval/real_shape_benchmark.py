@@ -2,6 +2,7 @@
 
     python -m arpo.eval.real_shape_benchmark [--resolution 256] [--dtype float32|float16|bfloat16]
         [--device cpu|cuda] [--denoise-steps 10] [--phrases-per-bank 100] [--quick] [--json]
+        [--placement default|low-vram|both]
 
 No weights are downloaded: the UNet, VAE and CLIP ViT-L/14 text encoder are the real SD 1.5
 architectures, built with random weights from the configuration files in `arpo/configs/sd15/`, put
@@ -23,8 +24,15 @@ What is timed:
   run. With two or more steps the figure is the mean of the steps after the first (which also pays
   for setup: encoding the reference with the VAE, the prompts with the text encoder); with one it is
   the first step, setup included.
-- peak memory: on CUDA torch's peak allocation during the timed work (models included); on the CPU
-  the process's peak resident set size, model construction included.
+- peak memory: on CUDA torch's peak allocation in each of the three phases (reset at its start, so
+  the models on the device then are included); on the CPU the process's peak resident set size, model
+  construction included, which is no accelerator measurement.
+
+`--placement` says where the models wait between uses: `default` (the generator and the scorer live
+on the device), `low-vram` (what `--low-vram` does: every model rests in CPU memory and takes turns on
+the device, one at a time) or `both`, one after the other with the same work, so the two peaks can be
+compared (`peak_memory_mb_by_placement` in the JSON). The captioner is tiny here, so BLIP-2's own
+turn (its ~7 GB of half-precision weights) is not part of these figures.
 
 `--quick` lowers the work to what a busy two-core CPU does in minutes (see QUICK); the settings used
 are in the output either way. `--smoke` runs the same code path on the tiny test models in seconds.
@@ -46,12 +54,15 @@ from importlib import resources
 from typing import Any
 
 from arpo.core.errors import ArpoError, InvalidInputError
-from arpo.eval.inversion_benchmark import _peak_rss_mib, _seconds_per_step
+from arpo.eval.inversion_benchmark import _seconds_per_step
+from arpo.eval.peak_memory import CUDA_KIND, PhasePeaks
 
 CONFIG_PACKAGE_DIR = ("configs", "sd15")
 SD15_PARTS = ("unet", "vae", "text_encoder", "scheduler")
 SCORER_ARCHITECTURE = "ViT-L-14"
 START_PROMPT = "a photograph of a cat sitting on a wooden table, soft window light"
+PLACEMENTS = ("default", "low-vram")
+PHASES = ("arpo_iteration", "ph2p", "editor")
 
 
 @dataclass(frozen=True)
@@ -117,15 +128,18 @@ def build_sd15_scheduler():
     return PNDMScheduler.from_config(sd15_config("scheduler"))
 
 
-def sd15_text_to_image(workload: Workload, device, dtype):
-    """SD 1.5's pipeline with random weights, built directly in `dtype` on `device`, behind TextToImage."""
+def sd15_text_to_image(workload: Workload, device, dtype, *, low_vram: bool = False):
+    """SD 1.5's pipeline with random weights, built directly in `dtype` on `device` (in CPU memory,
+    taking turns on `device`, when `low_vram`), behind TextToImage."""
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from arpo.tools.accelerator_turns import HOME, turns_on
     from arpo.tools.clip_tokenizer import offline_clip_tokenizer
+    from arpo.tools.pipeline_placement import PipelinePlacement
     from arpo.tools.text_to_image import TextToImage
 
-    with torch.random.fork_rng(devices=[]), _building_in(device, dtype):
+    with torch.random.fork_rng(devices=[]), _building_in(HOME if low_vram else device, dtype):
         torch.manual_seed(workload.seed)
         pipeline = StableDiffusionPipeline(
             vae=build_sd15_vae(),
@@ -144,20 +158,23 @@ def sd15_text_to_image(workload: Workload, device, dtype):
         steps=workload.denoise_steps,
         height=workload.resolution,
         width=workload.resolution,
+        placement=PipelinePlacement(pipeline, turns_on(device), low_vram=low_vram),
     )
 
 
-def vit_l14_scorer(device, seed: int = 0):
+def vit_l14_scorer(device, seed: int = 0, *, low_vram: bool = False):
     """open_clip's ViT-L-14 as the default scorer runs it (OpenAI's QuickGELU, float32), random weights."""
     import open_clip
     import torch
 
+    from arpo.tools.accelerator_turns import HOME
     from arpo.tools.clip_scorer import ClipScorer
 
-    with torch.random.fork_rng(devices=[]), _building_in(device, torch.float32):
+    built_on = HOME if low_vram else device
+    with torch.random.fork_rng(devices=[]), _building_in(built_on, torch.float32):
         torch.manual_seed(seed)
         model, _, preprocess = open_clip.create_model_and_transforms(
-            SCORER_ARCHITECTURE, pretrained=None, force_quick_gelu=True, device=device
+            SCORER_ARCHITECTURE, pretrained=None, force_quick_gelu=True, device=built_on
         )
     description = {"model": SCORER_ARCHITECTURE, "pretrained": None, "random_weights_seed": seed}
     return ClipScorer(
@@ -167,33 +184,37 @@ def vit_l14_scorer(device, seed: int = 0):
         name=f"{SCORER_ARCHITECTURE}-random-seed{seed}",
         device=device,
         description=description,
+        low_vram=low_vram,
     )
 
 
-def real_shape_stack(workload: Workload, device, dtype):
+def real_shape_stack(workload: Workload, device, dtype, *, low_vram: bool = False):
     """The model stack: SD 1.5 and ViT-L-14 at full size; the (unused) captioner tiny."""
     from arpo.tools.captioner import Captioner
     from arpo.tools.model_stack import ModelStack
 
     return ModelStack(
         name="sd15-architecture",
-        text_to_image=sd15_text_to_image(workload, device, dtype),
-        clip=vit_l14_scorer(device, workload.seed),
+        text_to_image=sd15_text_to_image(workload, device, dtype, low_vram=low_vram),
+        clip=vit_l14_scorer(device, workload.seed, low_vram=low_vram),
         captioner=Captioner.tiny(),
         is_tiny=True,  # random weights throughout: nothing it recovers means anything
+        low_vram=low_vram,
     )
 
 
-def tiny_stack(workload: Workload):
+def tiny_stack(workload: Workload, *, low_vram: bool = False):
     """The tiny test models, for `--smoke`: the same timing path in seconds."""
     from arpo.tools.captioner import Captioner
     from arpo.tools.clip_scorer import ClipScorer
     from arpo.tools.model_stack import ModelStack
     from arpo.tools.text_to_image import TextToImage
 
-    text_to_image = TextToImage.tiny(seed=workload.seed)
+    text_to_image = TextToImage.tiny(seed=workload.seed, low_vram=low_vram)
     text_to_image.steps = workload.denoise_steps
-    return ModelStack("tiny", text_to_image, ClipScorer.tiny(seed=workload.seed), Captioner.tiny(), is_tiny=True)
+    text_to_image.height = text_to_image.width = workload.resolution
+    clip = ClipScorer.tiny(seed=workload.seed, low_vram=low_vram)
+    return ModelStack("tiny", text_to_image, clip, Captioner.tiny(low_vram=low_vram), is_tiny=True, low_vram=low_vram)
 
 
 @contextmanager
@@ -231,7 +252,9 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
     from arpo.tools.reference_image import load_reference_image
 
     history = History.open()
-    config = RunConfig(models=models.name, steps=1, seed=workload.seed, initial_prompt=START_PROMPT)
+    config = RunConfig(
+        models=models.name, steps=1, seed=workload.seed, initial_prompt=START_PROMPT, low_vram=models.low_vram
+    )
     context = build_context(config, history, models=models)
     proposer = OfflineProposer(models.clip, max_phrases_per_bank=workload.phrases_per_bank)
     context.offline_proposer = proposer  # replaces the whole-bank proposer the context would build
@@ -329,15 +352,11 @@ def _plain(details: dict) -> dict:
 
 
 def run_benchmark(models, workload: Workload, *, device, dtype_name: str, stack: str) -> dict[str, Any]:
-    """Every figure, as plain JSON values."""
+    """Every figure of one placement of the models, as plain JSON values."""
     import diffusers
     import torch
 
     pipeline = models.text_to_image.pipeline
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
     report: dict[str, Any] = {
         "stack": stack,
         "device": str(device),
@@ -354,19 +373,51 @@ def run_benchmark(models, workload: Workload, *, device, dtype_name: str, stack:
         "diffusers_version": diffusers.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-    _progress("timing one ARPO iteration")
-    report |= time_arpo_iteration(models, workload)
-    for method in ("ph2p", "editor"):
-        _progress(f"timing {method} ({workload.inversion_steps} step(s))")
-        report |= time_inversion(method, models, workload)
-    if cuda:
-        torch.cuda.synchronize()
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        report |= {"peak_memory_mb": round(peak_mb, 1), "peak_memory_kind": "cuda allocated"}
-    else:
-        report |= {"peak_memory_mb": round(_peak_rss_mib(), 1), "peak_memory_kind": "process peak RSS"}
+    report |= measure_placement(models, workload, device)
     report["notes"] = _notes(workload) + flag_non_finite(report)
     return report
+
+
+def measure_placement(models, workload: Workload, device) -> dict[str, Any]:
+    """The timed work on one stack, with its peak memory per phase and the models it moved."""
+    peaks = PhasePeaks(device)
+    moves_before = models.turns.moves
+    figures: dict[str, Any] = {"placement": placement_name(models)}
+    with peaks.phase("arpo_iteration"):
+        _progress(f"timing one ARPO iteration ({figures['placement']} placement)")
+        figures |= time_arpo_iteration(models, workload)
+    for method in ("ph2p", "editor"):
+        with peaks.phase(method):
+            _progress(f"timing {method} ({workload.inversion_steps} step(s))")
+            figures |= time_inversion(method, models, workload)
+    return figures | {
+        "peak_memory_mb": peaks.peak_mb,
+        "peak_memory_kind": peaks.kind,
+        "peak_memory_by_phase_mb": peaks.allocated_mb,
+        "peak_reserved_by_phase_mb": peaks.reserved_mb or None,
+        "accelerator_moves": models.turns.moves - moves_before,
+    }
+
+
+def placement_name(models) -> str:
+    return PLACEMENTS[1] if models.low_vram else PLACEMENTS[0]
+
+
+def compare_placements(report: dict[str, Any], later: dict[str, Any]) -> None:
+    """Add a second placement's figures to `report` (the first's), with both peaks side by side.
+
+    On the CPU the process's peak RSS cannot be reset, so a later placement's figure would be the
+    earlier one's: it is left out rather than reported as if it were its own."""
+    if later["peak_memory_kind"] != CUDA_KIND:
+        later |= {"peak_memory_mb": None, "peak_memory_by_phase_mb": {},
+                  "peak_memory_kind": "not measured: the process's peak RSS covers the placement before it"}
+    flag_non_finite(later)
+    first = report["placement"]
+    report["by_placement"] = {first: {key: report[key] for key in later if key in report}, later["placement"]: later}
+    report["peak_memory_mb_by_placement"] = {
+        name: figures["peak_memory_mb"] for name, figures in report["by_placement"].items()
+    }
+    report["notes"].append(f"top-level figures are the {first} placement's; by_placement holds each placement's")
 
 
 def flag_non_finite(report: dict[str, Any]) -> list[str]:
@@ -424,7 +475,9 @@ def format_table(report: dict[str, Any]) -> str:
          f"L-BFGS iterations: {report['ph2p_lbfgs_iterations'] or 'PH2P default'})"),
         ("EDITOR step", _seconds(report["editor_step_s"]) + f"  (first step {_seconds(report['editor_first_step_s'])}; "
          f"denoising steps: {report['editor_denoising_steps'] or 'EDITOR default'})"),
-        ("peak memory", f"{report['peak_memory_mb']:.1f} MiB ({report['peak_memory_kind']})"),
+        ("placement", f"{report['placement']} ({report['accelerator_moves']} model moves on the device)"),
+        ("peak memory", _peak(report)),
+        *[(f"  {name} placement", _placement_summary(figures)) for name, figures in report.get("by_placement", {}).items()],
         ("versions", f"torch {report['torch_version']}, diffusers {report['diffusers_version']}"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -442,6 +495,20 @@ def _progress(message: str) -> None:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
+
+
+def _placement_summary(figures: dict[str, Any]) -> str:
+    return (
+        f"iteration {_seconds(figures['arpo_iteration_s'])}, PH2P step {_seconds(figures['ph2p_step_s'])}, "
+        f"EDITOR step {_seconds(figures['editor_step_s'])}, {figures['accelerator_moves']} moves; {_peak(figures)}"
+    )
+
+
+def _peak(figures: dict[str, Any]) -> str:
+    if figures["peak_memory_mb"] is None:
+        return figures["peak_memory_kind"]
+    phases = ", ".join(f"{phase} {mb:.0f}" for phase, mb in figures["peak_memory_by_phase_mb"].items())
+    return f"{figures['peak_memory_mb']:.1f} MiB ({figures['peak_memory_kind']}; by phase: {phases})"
 
 
 # ---- command line --------------------------------------------------------------------------------------
@@ -466,6 +533,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help=f"CPU-sized work: {quick}")
     smoke = "the tiny test models, on the CPU in float32 (checks the code path in seconds)"
     parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument(
+        "--placement", choices=(*PLACEMENTS, "both"), default=PLACEMENTS[0],
+        help="where the models wait between uses: default (on the device), low-vram (as --low-vram: in CPU "
+        "memory, one on the device at a time) or both, one after the other (default: default)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
 
@@ -516,22 +588,51 @@ def _run(arguments: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(arguments.device)
     dtype = pick_dtype(device, arguments.dtype)
     dtype_name = name_of(dtype)
+    placements = PLACEMENTS if arguments.placement == "both" else (arguments.placement,)
+    if arguments.smoke:
+        device, dtype_name = torch.device("cpu"), "float32"
+    stack = "tiny (smoke)" if arguments.smoke else "sd15-architecture"
     with tempfile.TemporaryDirectory(prefix="arpo-real-shape-") as home:
         previous_home = os.environ.get("ARPO_HOME")
         os.environ["ARPO_HOME"] = home  # keep benchmark runs and caches out of the person's history
         try:
-            if arguments.smoke:
-                models, stack, device, dtype_name = tiny_stack(workload), "tiny (smoke)", torch.device("cpu"), "float32"
-                models.text_to_image.height = models.text_to_image.width = workload.resolution
-            else:
-                _progress(f"building SD 1.5 and ViT-L-14 with random weights on {device} in {dtype_name}")
-                models, stack = real_shape_stack(workload, device, dtype), "sd15-architecture"
-            return run_benchmark(models, workload, device=device, dtype_name=dtype_name, stack=stack)
+            report: dict[str, Any] = {}
+            for placement in placements:
+                models = _stack_for(arguments.smoke, workload, device, dtype, low_vram=placement == PLACEMENTS[1])
+                if not report:
+                    report = run_benchmark(models, workload, device=device, dtype_name=dtype_name, stack=stack)
+                else:
+                    compare_placements(report, measure_placement(models, workload, device))
+                models.turns.empty()
+                del models
+                _release_device_memory()
+            return report
         finally:
             if previous_home is None:
                 os.environ.pop("ARPO_HOME", None)
             else:
                 os.environ["ARPO_HOME"] = previous_home
+
+
+def _stack_for(smoke: bool, workload: Workload, device, dtype, *, low_vram: bool):
+    from arpo.tools.devices import dtype_name
+
+    if smoke:
+        return tiny_stack(workload, low_vram=low_vram)
+    where = "in CPU memory, taking turns on" if low_vram else "on"
+    _progress(f"building SD 1.5 and ViT-L-14 with random weights {where} {device} in {dtype_name(dtype)}")
+    return real_shape_stack(workload, device, dtype, low_vram=low_vram)
+
+
+def _release_device_memory() -> None:
+    """Free a measured stack's device memory before the next placement is built and measured."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
