@@ -111,7 +111,8 @@ class AcceleratorTurns:
 
     @contextmanager
     def recording(self) -> Iterator[list[Placement]]:
-        """Every move made while active, in order, into the list it yields."""
+        """Every move made while active, in order, into the list it yields (it starts once a turn
+        under way in another thread has ended)."""
         placements: list[Placement] = []
         with self._lock:
             self._recorders.append(placements)
