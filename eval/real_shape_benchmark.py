@@ -253,7 +253,8 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
 
     history = History.open()
     config = RunConfig(
-        models=models.name, steps=1, seed=workload.seed, initial_prompt=START_PROMPT, low_vram=models.low_vram
+        models=models.name, steps=1, seed=workload.seed, initial_prompt=START_PROMPT, refine="none",
+        low_vram=models.low_vram,
     )
     context = build_context(config, history, models=models)
     proposer = OfflineProposer(models.clip, max_phrases_per_bank=workload.phrases_per_bank)

@@ -57,29 +57,37 @@ class EvalRunner:
             self.progress(f"resuming evaluation {evaluation_id}: {done} of {total} cells already done")
         position = 0
         for case in dataset.cases:
-            reference = reference_sha256 = None
             for method in self.methods:
-                missing = [seed for seed in plan.eval_seeds if not _is_done(existing.get((case.key, method.name, seed)))]
-                if not missing:
-                    position += len(plan.eval_seeds)
-                    continue
-                if reference is None:  # loaded and stored once per image, only if a cell needs it
-                    reference = case.load()
-                    reference_sha256 = self.history.store_image(
-                        reference.image, role="reference", metadata={"source": reference.name}
-                    ).sha256
-                recovered = self._reused_prompt(case, method, existing)
-                if recovered is None:
-                    recovered = self._recover(store, evaluation_id, case, reference, method, plan, reference_sha256, existing)
-                check_search_seeds(method.name, recovered.search_seeds, plan)
-                for seed in plan.eval_seeds:
-                    position += 1
-                    if seed not in missing:
-                        continue
-                    cell = self._score_cell(store, evaluation_id, case, reference, reference_sha256, method, seed, recovered)
-                    existing[cell.key] = cell
-                    self.progress(f"[{position}/{total}] {_cell_line(cell)}")
+                self.run_unit(evaluation_id, case, method, plan, existing, first_position=position, total=total)
+                position += len(plan.eval_seeds)
         return store.cells(evaluation_id, status="done")
+
+    def run_unit(self, evaluation_id: str, case: EvalCase, method: PromptMethod, plan: SeedPlan,
+                 existing: dict | None = None, *, first_position: int = 0, total: int | None = None) -> list[CellRecord]:
+        """One image and one method: recover the prompt (or reuse the one already scored) and score
+        every evaluation seed still missing; the unit a worker takes from an evaluation's queue."""
+        store = self.history.evaluations
+        if existing is None:
+            existing = {cell.key: cell for cell in store.cells(evaluation_id)}
+        missing = [seed for seed in plan.eval_seeds if not _is_done(existing.get((case.key, method.name, seed)))]
+        if not missing:
+            return []
+        reference = case.load()
+        reference_sha256 = self.history.store_image(reference.image, role="reference", metadata={"source": reference.name}).sha256
+        recovered = self._reused_prompt(case, method, existing)
+        if recovered is None:
+            recovered = self._recover(store, evaluation_id, case, reference, method, plan, reference_sha256, existing)
+        check_search_seeds(method.name, recovered.search_seeds, plan)
+        scored = []
+        for offset, seed in enumerate(plan.eval_seeds, start=1):
+            if seed not in missing:
+                continue
+            cell = self._score_cell(store, evaluation_id, case, reference, reference_sha256, method, seed, recovered)
+            existing[cell.key] = cell
+            scored.append(cell)
+            where = f"[{first_position + offset}/{total}] " if total else ""
+            self.progress(f"{where}{_cell_line(cell)}")
+        return scored
 
     def _score_cell(self, store, evaluation_id, case: EvalCase, reference, reference_sha256: str,
                     method: PromptMethod, seed: int, recovered: RecoveredPrompt) -> CellRecord:

@@ -77,6 +77,26 @@ def worker_name(label: str) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{label}"
 
 
+def drain_queue(store: BatchStore, keys: list[str], worker: str, run: Callable[[BatchItemState], None], *,
+                lease_s: float = DEFAULT_LEASE_S, stop: threading.Event | None = None) -> None:
+    """The worker's loop over a queue: claim the next of `keys`, `run` it, again, heartbeating what it
+    holds, until none waits and no live worker holds one (or `stop` is set). `run` writes the item's
+    outcome; an item it leaves running is handed back when the loop ends."""
+    stop = stop or threading.Event()
+    with _Heartbeat(store, worker, lease_s / 4):
+        try:
+            while not stop.is_set():
+                claimed = store.claim_next(keys, worker, lease_s)
+                if claimed is not None:
+                    run(claimed)
+                elif store.held_elsewhere(keys, lease_s) and not release_dead_neighbours(store, keys):
+                    stop.wait(POLL_S)  # others are at work; one of theirs may come free
+                else:
+                    return
+        finally:
+            store.release(worker)
+
+
 def release_dead_neighbours(store: BatchStore, keys: list[str]) -> list[str]:
     """Hand back the items held by workers of processes on this machine that no longer exist (a
     killed `arpo batch`), so they need not wait out their lease. Returns the keys released."""
@@ -119,16 +139,8 @@ class BatchWorker:
 
     def drain(self, plans: dict[str, PlannedItem], on_result: Callable[[BatchItemResult], None]) -> None:
         """Claim and run items among `plans` (by key) until none waits and no live worker holds one."""
-        keys = list(plans)
-        with _Heartbeat(self.store, self.name, self.lease_s / 4):
-            while not self.stop.is_set():
-                claimed = self.store.claim_next(keys, self.name, self.lease_s)
-                if claimed is not None:
-                    on_result(self.run_one(plans[claimed.key], claimed))
-                elif self.store.held_elsewhere(keys, self.lease_s) and not release_dead_neighbours(self.store, keys):
-                    self.stop.wait(POLL_S)  # others are at work; one of theirs may come free
-                else:
-                    return
+        drain_queue(self.store, list(plans), self.name, lambda claimed: on_result(self.run_one(plans[claimed.key], claimed)),
+                    lease_s=self.lease_s, stop=self.stop)
 
     def run_one(self, plan: PlannedItem, claimed: BatchItemState) -> BatchItemResult:
         """Run (or continue) one claimed item; failures become a failed result, never an exception."""

@@ -36,11 +36,13 @@ class Compression:
     after_score: float
     method: str
     """llm (the LLM's rewrite) or offline (phrases that added nothing were dropped: also when the
-    LLM's rewrite was not shorter or scored worse)."""
+    LLM's rewrite was not shorter or scored worse); fit for a first prompt cut to the budget."""
     seconds: float = 0.0
 
     @property
     def accepted(self) -> bool:
+        if self.method == "fit":  # a prompt past the budget must fit, whatever it scores
+            return True
         return self.after != self.before and self.after_tokens < self.before_tokens and self.after_score >= self.before_score
 
     def tool_call(self, iteration: int, refused: list[str], kept: list[str], caller: str = "loop") -> ToolCallRecord:
@@ -52,6 +54,27 @@ class Compression:
                      "after_tokens": self.after_tokens, "before_score": self.before_score,
                      "after_score": self.after_score, "accepted": self.accepted, "method": self.method},
         )
+
+
+def fit_to_budget(ctx: ArpoContext, reference_sha256: str, prompt: str) -> Compression | None:
+    """A first prompt longer than the budget, cut to the whole phrases the model reads (None when it
+    fits): the model never sees what lies past its window, so only the phrase the window cuts in two
+    changes what it reads."""
+    t2i = ctx.models.text_to_image
+    budget, tokens = t2i.token_budget(), t2i.count_tokens(prompt)
+    if tokens <= budget:
+        return None
+    started = time.perf_counter()
+    kept: list[str] = []
+    for phrase in prompt_phrases(prompt):
+        if t2i.count_tokens(join_prompt("", [*kept, phrase])) > budget:
+            break
+        kept.append(phrase)
+    after = join_prompt("", kept) or t2i.truncate(prompt)
+    scorer = _Scorer(ctx, reference_sha256)
+    return Compression(before=prompt, after=after, before_tokens=tokens, after_tokens=t2i.count_tokens(after),
+                       before_score=scorer.score(prompt), after_score=scorer.score(after), method="fit",
+                       seconds=time.perf_counter() - started)
 
 
 def needs_compression(ctx: ArpoContext, prompt: str, refused: list[str]) -> bool:

@@ -90,6 +90,12 @@ class EvaluationStore:
             session.add(row)
             return _evaluation_record(row)
 
+    def evaluations(self) -> list[EvaluationRecord]:
+        """Every evaluation, newest first."""
+        with self._sessions() as session:
+            rows = session.scalars(select(Evaluation).order_by(Evaluation.created_at.desc()))
+            return [_evaluation_record(row) for row in rows]
+
     def set_status(self, evaluation_id: str, status: str) -> None:
         with self._sessions.begin() as session:
             row = session.get(Evaluation, evaluation_id)

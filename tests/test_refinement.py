@@ -207,3 +207,16 @@ def test_the_llm_compresses_a_full_prompt_and_the_refused_phrase_fits_in_the_roo
     assert first.compression["after"] == shorter
     assert second.prompt == f"{shorter}, good mood tonight"
     assert all(record.token_count <= budget for record in (first, second))
+
+
+def test_a_first_prompt_past_the_budget_is_cut_to_the_phrases_the_model_reads(capsys):
+    too_long = ", ".join([LONG_FIRST_PROMPT] * 3)
+    outcome = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--brain", "offline", "--steps", "0",
+                       "--init-prompt", too_long, "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    [first] = outcome.json()["iterations"]
+    history = History.open()
+    budget = history.get_run(outcome.json()["run_id"]).iterations_detail[0].token_budget
+    assert first["token_count"] <= budget and too_long.startswith(first["prompt"])
+    [fit] = history.tool_calls(outcome.json()["run_id"])
+    assert (fit.tool, fit.outcome["method"], fit.outcome["before"]) == ("compress", "fit", too_long)

@@ -33,6 +33,11 @@ HELP_PANELS = {ModelOptions: "Models", BrainOptions: "Brains", LoopOptions: "Loo
 
 Out = Annotated[Optional[Path], typer.Option(help="Also write the images and result.json into this folder.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+RAY_HELP = (
+    "Run the work on a Ray cluster: local (start one on this machine), auto (the cluster this machine "
+    "belongs to) or a head's ADDRESS. Workers pull the work from a queue in --db, so on several machines "
+    "use a shared PostgreSQL --db and a shared --images folder (pip install \"arpo[ray]\")."
+)
 InitPrompt = Annotated[Optional[str], typer.Option("--init-prompt", help="Start from this prompt instead of a caption.")]
 
 

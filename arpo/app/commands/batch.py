@@ -29,13 +29,6 @@ BATCH_HELP = (
 )
 
 
-RAY_HELP = (
-    "Run the items on a Ray cluster: local (start one on this machine), auto (the cluster this machine "
-    "belongs to) or a head's ADDRESS. Workers pull items from the batch's queue in --db, so on several "
-    "machines use a shared PostgreSQL --db and a shared --images folder (pip install \"arpo[ray]\")."
-)
-
-
 def register(app: typer.Typer) -> None:
     """Add the `batch` command to the arpo CLI."""
     app.command(name="batch", help=BATCH_HELP)(batch)
@@ -51,7 +44,7 @@ def batch(
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch report as one JSON object.")] = False,
-    ray: Annotated[Optional[str], typer.Option(help=RAY_HELP, metavar="local|auto|ADDRESS")] = None,
+    ray: Annotated[Optional[str], typer.Option(help=options.RAY_HELP, metavar="local|auto|ADDRESS")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Ray workers, each holding its own models (default: one per GPU, else 2).")] = None,
 ) -> None:
     from arpo.app.batch_export import write_batch_exports

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from arpo.app import options as opt
+from arpo.core.errors import InvalidInputError
 from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, ModelOptions
 from arpo.eval.seeds import REFERENCE_SEED_BASE
 
@@ -46,6 +48,8 @@ def evaluate(
     inversion_seconds: Annotated[Optional[float], typer.Option(help="Wall-time limit per inversion.")] = None,
     regressor: Annotated[Optional[str], typer.Option(help="Regressor checkpoint for the regressor method.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON instead of Markdown.")] = False,
+    ray: Annotated[Optional[str], typer.Option(help=opt.RAY_HELP, metavar="local|auto|ADDRESS")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Ray workers, each holding its own models (default: one per GPU, else 2).")] = None,
 ) -> None:
     from arpo.eval.datasets import load_dataset
     from arpo.eval.methods import validate_method_names
@@ -63,11 +67,27 @@ def evaluate(
         models, brains, steps=steps, inversion_steps=inversion_steps, inversion_seconds=inversion_seconds,
         regressor=regressor,
     )
+    if workers is not None and (ray is None or workers < 1):
+        raise InvalidInputError("--workers sets how many Ray workers run the evaluation: give --ray too, and at least 1")
     out_dir = (out or Path(f"arpo-eval-{dataset.location.stem}")).expanduser().resolve()
-    _run_evaluation(dataset, method_names, metric_names, plan, config, opt.open_history(settings, store), out_dir, as_json)
+    where = settings.history_location(store)
+    cluster = _Cluster(None if ray == "local" else ray, workers, where.db, where.images) if ray else None
+    _run_evaluation(dataset, method_names, metric_names, plan, config, opt.open_history(settings, store), out_dir,
+                    as_json, cluster)
 
 
-def _run_evaluation(dataset, method_names, metric_names, plan, config, history, out_dir: Path, as_json: bool) -> None:
+@dataclass
+class _Cluster:
+    """Where `--ray` sends the evaluation's units, and the history its workers open."""
+
+    address: str | None
+    workers: int | None
+    database_url: str | None
+    image_root: str | None
+
+
+def _run_evaluation(dataset, method_names, metric_names, plan, config, history, out_dir: Path, as_json: bool,
+                    cluster: _Cluster | None = None) -> None:
     from arpo.app.reporting import TINY_MODELS_NOTE
     from arpo.eval.methods import MethodContext, build_method
     from arpo.eval.metrics.suite import build_metric_suite
@@ -82,7 +102,14 @@ def _run_evaluation(dataset, method_names, metric_names, plan, config, history, 
     stderr_progress(f"evaluation {evaluation.id}: {len(dataset.cases)} image(s) × {len(method_names)} method(s) × "
                     f"{len(plan.eval_seeds)} evaluation seed(s) {list(plan.eval_seeds)}, search seed {plan.search_seed} -> {out_dir}")
     cells = store.cells(evaluation.id, status="done")
-    if len(cells) < len(dataset.cases) * len(method_names) * len(plan.eval_seeds):
+    if len(cells) < len(dataset.cases) * len(method_names) * len(plan.eval_seeds) and cluster is not None:
+        from arpo.eval.ray_eval import run_evaluation_on_ray
+
+        run_evaluation_on_ray(evaluation.id, dataset, method_names, list(metric_names), plan, config, history,
+                              database_url=cluster.database_url, image_root=cluster.image_root,
+                              address=cluster.address, workers=cluster.workers, progress=stderr_progress)
+        cells = store.cells(evaluation.id, status="done")
+    elif len(cells) < len(dataset.cases) * len(method_names) * len(plan.eval_seeds):
         # Models are loaded only when some cell is left: a finished evaluation just rewrites its reports.
         stack = model_stack_for(config)
         if stack.is_tiny:

@@ -1,4 +1,5 @@
-"""`arpo batch --ray`: a local Ray cluster of two CPU workers pulls a batch's items from the queue in
+"""`arpo batch --ray` and `arpo eval --ray`: a local Ray cluster of two CPU workers pulls a batch's items (or an
+evaluation's units) from the queue in
 the history, on SQLite and on PostgreSQL; a worker killed mid-item leaves no duplicate and the batch
 completes."""
 
@@ -116,3 +117,60 @@ def test_ray_flags_are_checked_before_anything_runs(capsys, tmp_path):
     make_images(tmp_path / "images", 1)
     outcome = run_arpo(capsys, "batch", tmp_path / "images", "--models", "tiny", "--brain", "offline", "--workers", "2")
     assert outcome.exit_code == 2 and "--workers sets how many Ray workers" in outcome.stderr
+
+
+def _eval_folder(tmp_path):
+    folder = tmp_path / "refs"
+    make_images(folder, 2)
+    return folder
+
+
+def test_arpo_eval_ray_fills_every_cell_with_two_workers(local_cluster, capsys, tmp_path, arpo_home):
+    out = tmp_path / "out"
+    args = ["eval", _eval_folder(tmp_path), "--models", "tiny", "--methods", "caption,arpo-vanilla:offline", "--steps", "1",
+            "--seeds", "1", "--metrics", "clip_t,clip_i", "--out", out, "--ray", "local", "--workers", "2", "--json"]
+    outcome = run_arpo(capsys, *args)
+    assert outcome.exit_code == 0, outcome.stderr
+    table = outcome.json()
+    assert {row["method"] for row in table["rows"]} == {"caption", "arpo-vanilla:offline"}
+    assert "[4/4] cells done" in outcome.stderr
+    [evaluation_cells] = [History.open().evaluations.cells(table["evaluation_id"], status="done")]
+    assert len(evaluation_cells) == 4 and len({cell.key for cell in evaluation_cells}) == 4
+
+    again = run_arpo(capsys, *args)  # everything done: the reports are rewritten, nothing runs
+    assert again.exit_code == 0 and "already done" in again.stderr
+
+
+def test_an_eval_worker_killed_mid_unit_is_replaced_and_its_arpo_run_continued(local_cluster, capsys, tmp_path, arpo_home):
+    from scripted_server import BrainServer, ScriptedBrain
+
+    history = History.open()
+    killed: list[str] = []
+
+    def kill_the_worker_of_a_started_arpo_run() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            for evaluation in [record.id for record in history.evaluations.evaluations()]:
+                pending = [cell for cell in history.evaluations.cells(evaluation) if cell.status == "pending" and cell.run_id]
+                for state in history.batches.items_of(f"e{evaluation[:11]}"):
+                    if state.status == "running" and state.claimed_by and pending and "arpo" in state.image:
+                        if history.get_run(pending[0].run_id).iterations_detail:
+                            os.kill(int(state.claimed_by.split(":")[1]), signal.SIGKILL)
+                            killed.append(pending[0].run_id)
+                            return
+            time.sleep(0.05)
+
+    with BrainServer(ScriptedBrain(latency_s=0.3, phrases_per_reply=2)) as server:
+        killer = threading.Thread(target=kill_the_worker_of_a_started_arpo_run, daemon=True)
+        killer.start()
+        outcome = run_arpo(capsys, "eval", _eval_folder(tmp_path), "--models", "tiny", "--methods", "arpo-vanilla",
+                           "--steps", "2", "--seeds", "1", "--metrics", "clip_t", "--brain", "vllm", "--base-url",
+                           server.base_url, "--out", tmp_path / "out", "--ray", "local", "--workers", "2", "--json")
+        killer.join(timeout=5)
+    assert outcome.exit_code == 0, outcome.stderr
+    assert killed, "no worker was caught mid-unit"
+    assert outcome.json()["rows"], outcome.stderr
+    cells = history.evaluations.cells(outcome.json()["evaluation_id"], status="done")
+    assert len(cells) == 2 and killed[0] in {cell.run_id for cell in cells}, "the killed unit's run was continued"
+    runs = [run for run in history.list_runs(limit=50) if run.kind == "eval"] or history.list_runs(limit=50)
+    assert len(runs) == 2, "one ARPO run per image, none started twice"
