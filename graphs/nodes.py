@@ -19,7 +19,7 @@ from arpo.graphs.context import ArpoContext
 from arpo.graphs.inverter_calls import invert_with
 from arpo.graphs.iterations import iteration_record, render_and_score
 from arpo.graphs import refinement
-from arpo.graphs.compression import compress, needs_compression
+from arpo.graphs.compression import compress, fit_to_budget, needs_compression
 from arpo.graphs.refinement import refine_tool_for
 from arpo.graphs.selection import DUPLICATE, OVER_BUDGET, SelectionOutcome, select_for_models
 from arpo.graphs.state import ArpoState
@@ -39,8 +39,12 @@ def initialize(state: ArpoState, runtime: Ctx) -> dict:
         description = None
         if ctx.framework == "enhanced" and ctx.uses_vlm:
             description = pool.submit(ctx.describer.describe, reference.image)
-        prompt = state.get("initial_prompt") or caption.result()
-        update: dict = {"prompt": prompt.strip(), "iteration": 0, "tried": [], "best_clip_i": -2.0}
+        prompt = (state.get("initial_prompt") or caption.result()).strip()
+        fitted = fit_to_budget(ctx, state["reference_sha256"], prompt)
+        if fitted is not None:  # no prompt the run stores is longer than what the model reads
+            ctx.history.record_tool_call(state["run_id"], fitted.tool_call(0, [], []))
+            prompt = fitted.after
+        update: dict = {"prompt": prompt, "iteration": 0, "tried": [], "best_clip_i": -2.0}
         if description is not None:
             described = description.result()
             update |= {"reference_content": described.content, "reference_style": described.style}
