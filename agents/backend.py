@@ -8,6 +8,10 @@ completions protocol but differ in what they accept, so capabilities are negotia
   llama-cpp-python answers HTTP 500) drops to `json_object`, then to plain text read by the tolerant
   parser. What a server+model accepted is remembered in a `FormatMemory` for the rest of the run, and
   every request's format is recorded with it.
+- Function calling: a request may offer OpenAI `tools` (agent mode); the reply's tool calls come
+  back beside its text. A server that refuses tools says so in its body (vLLM without
+  `--enable-auto-tool-choice`, Ollama's "does not support tools", llama.cpp's server without
+  `--jinja`); there is no weaker way to ask, so that is one BrainError naming the server's fix.
 - Every request carries `max_tokens` (per role, see `ROLE_MAX_TOKENS`), `temperature` and `seed`, so a
   weak model cannot babble until its context is full and identical runs ask identical questions. A
   model that refuses one of them by name (OpenAI's reasoning models) gets `max_completion_tokens`
@@ -37,6 +41,7 @@ error messages.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import signal
@@ -56,7 +61,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from arpo.agents.brain import BrainReply, CallLog
+from arpo.agents.brain import BrainReply, CallLog, FunctionCall
 from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
 from arpo.core.errors import BrainError, InvalidInputError
 from arpo.core.run_config import STRUCTURED_OUTPUT_MODES, StructuredOutput
@@ -108,6 +113,18 @@ _DETERMINISTIC_FAILURE_WORDS = (
     "must be", "invalid", "template",
 )
 _TRANSIENT_STATUSES = (408, 409, 425, 502, 503, 504)
+# Words by which a server's refusal names function calling: vLLM started without
+# --enable-auto-tool-choice ('"auto" tool choice requires --enable-auto-tool-choice and
+# --tool-call-parser to be set'), Ollama ("... does not support tools"), llama.cpp's server without
+# --jinja ("tools param requires --jinja flag").
+_TOOL_REFUSAL_WORDS = (
+    "tool choice", "tool_choice", "auto-tool-choice", "tool-call-parser", "tool call parser",
+    "support tools", "tools param", "tools are not supported", "function calling",
+)
+TOOL_CALLING_FIX = (
+    "agent mode needs a server that calls tools: start vLLM with --enable-auto-tool-choice "
+    "--tool-call-parser hermes (llama.cpp's server with --jinja), or run without --agent"
+)
 
 # OpenAI's reasoning models refuse some sampling parameters by name, e.g. "Unsupported parameter:
 # 'max_tokens' ... Use 'max_completion_tokens' instead." or "Unsupported value: 'temperature' ...".
@@ -323,6 +340,8 @@ class _Call:
     role: str
     json_schema: dict | None
     schema_name: str | None
+    tools: list[dict] | None = None
+    tool_choice: str | None = None
     call_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempts: int = 0
     empty_replies: int = 0
@@ -395,16 +414,19 @@ class ChatBackend:
         self._calls.flag(call_id, reason)
 
     def complete(
-        self, messages: list[dict], *, role: str, json_schema: dict | None = None, schema_name: str | None = None
+        self, messages: list[dict], *, role: str, json_schema: dict | None = None, schema_name: str | None = None,
+        tools: list[dict] | None = None, tool_choice: str | None = None,
     ) -> BrainReply:
         """Send one chat request, retrying transient failures; raise BrainError when it fails for good.
 
         `role` names the asking role (describer, comparer, ...) in records and error messages and
         picks its default reply budget. `json_schema` asks for JSON in the strongest response format
         the server accepts; callers must still parse the text tolerantly, since some servers ignore
-        it. KeyboardInterrupt (Ctrl-C) stops the call within a fraction of a second, on any thread.
+        it. `tools` (with `tool_choice`) offers OpenAI function tools; the reply's `tool_calls` holds
+        what the model called, and a reply with calls but no text is not empty. KeyboardInterrupt
+        (Ctrl-C) stops the call within a fraction of a second, on any thread.
         """
-        call = _Call(messages, role, json_schema, schema_name)
+        call = _Call(messages, role, json_schema, schema_name, tools, tool_choice)
         clock_start = time.monotonic()
         reply = self._complete_with_retries(call)
         return reply.model_copy(
@@ -528,6 +550,10 @@ class ChatBackend:
         }
         if config.seed is not None:
             request["seed"] = config.seed
+        if call.tools:
+            request["tools"] = call.tools
+            if call.tool_choice is not None:
+                request["tool_choice"] = call.tool_choice
         if response_format == "json_schema":
             request["response_format"] = {
                 "type": "json_schema",
@@ -602,6 +628,10 @@ class ChatBackend:
         message = _server_message(exc)
         detail = self._scrub(message)
         status = exc.status_code
+        if call.tools and _names_tool_calling(message, exc):
+            # Asked again, the server would refuse again: only a restart with its tool flags helps.
+            raise BrainError(f"{self._who(call.role)}: the server refused tool calls ({status}: {detail}); "
+                             f"{TOOL_CALLING_FIX}") from None
         if response_format not in (None, "text") and _names_response_format(message, exc):
             raise _FormatRefused(f"{status}: {detail}") from None
         refused_parameter = self._refused_parameter(status, message)
@@ -634,7 +664,9 @@ class ChatBackend:
         A reply to a request the model did not read fails for good; an empty reply is transient once.
         """
         choices = getattr(completion, "choices", None) or []
-        text = choices[0].message.content if choices and choices[0].message else None
+        message = choices[0].message if choices else None
+        text = message.content if message else None
+        tool_calls = _function_calls(message)
         usage = getattr(completion, "usage", None)
         outcome.finish_reason = getattr(choices[0], "finish_reason", None) if choices else None
         outcome.prompt_tokens = getattr(usage, "prompt_tokens", None)
@@ -642,11 +674,11 @@ class ChatBackend:
         unread = self._unread_prompt(call, usage)
         if unread is not None:
             raise BrainError(unread)
-        if not text or not text.strip():
+        if (not text or not text.strip()) and not tool_calls:
             self._empty_reply(call, outcome, has_choices=bool(choices))
         return BrainReply(
             call_id=call.call_id,
-            text=text,
+            text=text or "",
             model=getattr(completion, "model", None) or self.config.model,
             latency_s=0.0,
             prompt_tokens=outcome.prompt_tokens,
@@ -654,6 +686,7 @@ class ChatBackend:
             attempts=0,
             response_format=response_format,
             finish_reason=outcome.finish_reason,
+            tool_calls=tool_calls,
         )
 
     def _unread_prompt(self, call: _Call, usage: Any) -> str | None:
@@ -847,6 +880,27 @@ def _condensed_validation(message: str) -> str:
 def _names_response_format(message: str, exc: openai.APIStatusError) -> bool:
     text = f"{message} {getattr(exc, 'param', None) or ''}".lower()
     return any(word in text for word in _FORMAT_REFUSAL_WORDS)
+
+
+def _names_tool_calling(message: str, exc: openai.APIStatusError) -> bool:
+    text = f"{message} {getattr(exc, 'param', None) or ''}".lower()
+    return any(word in text for word in _TOOL_REFUSAL_WORDS)
+
+
+def _function_calls(message: Any) -> list[FunctionCall]:
+    """The function calls of a reply message. A call without an id gets one (its answer must name
+    it), and arguments a server sent as an object rather than JSON text are written back as text."""
+    calls = []
+    for position, tool_call in enumerate(getattr(message, "tool_calls", None) or []):
+        function = getattr(tool_call, "function", None)
+        if function is None:
+            continue  # a custom (non-function) tool call: never offered, so never answered
+        arguments = getattr(function, "arguments", None)
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments) if arguments is not None else ""
+        calls.append(FunctionCall(id=getattr(tool_call, "id", None) or f"call_{position}",
+                                  name=getattr(function, "name", None) or "", arguments=arguments))
+    return calls
 
 
 def _is_deterministic(message: str) -> bool:

@@ -1,6 +1,7 @@
 """What a role needs from a brain: one interface, whatever answers behind it.
 
-A brain takes chat messages and answers with text (`complete`), says which model it is and whether
+A brain takes chat messages and answers with text (`complete`), and, when it is offered tools,
+with the function calls its model asked for; it says which model it is and whether
 two images fit in one message, describes itself for the run's history without secrets, and keeps the
 record of every request it made until someone takes them (`take_calls`). Roles only ever read
 replies, so the one thing they may add to a record is that a reply arrived but was of no use
@@ -17,9 +18,19 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
+
+
+class FunctionCall(BaseModel):
+    """One function call a model asked for in its reply (OpenAI's `tool_calls`)."""
+
+    id: str
+    """The call's id, which the answer to it must name (`tool_call_id`)."""
+    name: str
+    arguments: str
+    """The arguments exactly as the model wrote them: meant to be a JSON object, and not always one."""
 
 
 class BrainReply(BaseModel):
@@ -35,6 +46,9 @@ class BrainReply(BaseModel):
     attempts: int
     response_format: ResponseFormat | None = None
     finish_reason: str | None = None
+    tool_calls: list[FunctionCall] = Field(default_factory=list)
+    """What the model called when the request offered tools (empty otherwise, or when it answered in
+    words instead)."""
 
 
 class Brain(Protocol):
@@ -51,11 +65,14 @@ class Brain(Protocol):
         ...
 
     def complete(self, messages: list[dict], *, role: str, json_schema: dict | None = None,
-                 schema_name: str | None = None) -> BrainReply:
+                 schema_name: str | None = None, tools: list[dict] | None = None,
+                 tool_choice: str | None = None) -> BrainReply:
         """Answer `messages` for `role`; raise BrainError when no answer can be had.
 
         `json_schema` (named `schema_name`) is a wish for JSON of that shape, not a promise: callers
-        parse the text tolerantly.
+        parse the text tolerantly. `tools` are OpenAI function tools the model may call
+        (`tool_choice`: auto, required or none; None leaves it to the server); the calls come back in
+        the reply's `tool_calls`, and a caller must expect a reply in words instead.
         """
         ...
 

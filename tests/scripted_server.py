@@ -9,6 +9,7 @@ default responder that picks a plausible reply from the kind of request:
 - carries two images          -> a comparison (one difference per line)
 - carries one image           -> a content or style description
 - carries no image            -> a difference list
+- offers `tools` (agent mode)  -> the next reply queued with `enqueue_agent`, else a call of `finish`
 
 The phrase pool is read statelessly: each proposal gets the first few pool phrases that do not
 already appear in the request (the current prompt and earlier-tried phrases are in it), so proposals
@@ -54,7 +55,7 @@ from server_personalities import (
     personality_named,
 )
 
-RequestKind = Literal["phrases", "comparison", "description", "differences"]
+RequestKind = Literal["phrases", "comparison", "description", "differences", "agent"]
 MalformedShape = Literal[
     "fenced", "python_list", "numbered", "bulleted", "prose", "semicolons", "commas", "garbage"
 ]
@@ -117,6 +118,9 @@ class ScriptedReply:
     error_body: dict | None = None
     delay_s: float = 0.0
     no_choices: bool = False
+    function_calls: tuple[dict, ...] | None = None
+    """Function calls of the reply, in the wire shape (id, type, function: name and arguments text);
+    build them with `tool_call` / `tool_calls`."""
 
     @classmethod
     def text(cls, content: str) -> ScriptedReply:
@@ -127,6 +131,22 @@ class ScriptedReply:
     def phrases(cls, phrases: Iterable[str]) -> ScriptedReply:
         """A clean JSON phrase list."""
         return cls(content=json.dumps({"phrases": list(phrases)}))
+
+    @classmethod
+    def tool_call(cls, name: str, arguments: dict | str | None = None, *, text: str | None = None) -> ScriptedReply:
+        """A reply calling one function; `arguments` as a dict is sent as JSON, as a str exactly as
+        given (so a test can send malformed JSON)."""
+        return cls.tool_calls((name, arguments), text=text)
+
+    @classmethod
+    def tool_calls(cls, *calls: tuple[str, dict | str | None], text: str | None = None) -> ScriptedReply:
+        """A reply calling several functions at once, each `(name, arguments)` as in `tool_call`."""
+        wire = tuple(
+            {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function",
+             "function": {"name": name, "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments or {})}}
+            for name, arguments in calls
+        )
+        return cls(content=text, function_calls=wire)
 
     @classmethod
     def empty(cls) -> ScriptedReply:
@@ -186,6 +206,7 @@ class ScriptedReply:
             error_body=base.error_body,
             delay_s=base.delay_s + seconds,
             no_choices=base.no_choices,
+            function_calls=base.function_calls,
         )
 
     @classmethod
@@ -270,6 +291,8 @@ def classify_request(body: dict) -> RequestKind:
     """What the client is asking for, judged the way the default responder needs it."""
     response_format = body.get("response_format") or {}
     schema_name = (response_format.get("json_schema") or {}).get("name")
+    if body.get("tools"):
+        return "agent"
     probe = ReceivedRequest("POST", "", {}, body, None)
     lowered = probe.text.lower()
     if schema_name == "candidate_phrases" or "candidate phrases" in lowered or '{"phrases"' in lowered:
@@ -324,6 +347,7 @@ class ScriptedBrain:
         }
         self._served = {name: 0 for name in self._text_pools}
         self._script: deque[ScriptedReply] = deque()
+        self._agent_script: deque[ScriptedReply] = deque()
         self._requests: list[ReceivedRequest] = []
         self._lock = threading.Lock()
 
@@ -331,6 +355,18 @@ class ScriptedBrain:
         """Queue overrides; each request consumes the next one, whatever its kind."""
         with self._lock:
             self._script.extend(replies)
+
+    def enqueue_agent(self, *replies: ScriptedReply) -> None:
+        """Queue replies for the requests that offer tools (the agent's), in order; other requests
+        never take them. When none is left, an agent request gets a call of `finish`."""
+        with self._lock:
+            self._agent_script.extend(replies)
+
+    @property
+    def agent_pending(self) -> int:
+        """Agent replies not consumed yet."""
+        with self._lock:
+            return len(self._agent_script)
 
     @property
     def pending(self) -> int:
@@ -355,6 +391,8 @@ class ScriptedBrain:
         """Status, JSON body and delay for a chat completion request."""
         with self._lock:
             override = self._script.popleft() if self._script else None
+            if override is None and request.kind == "agent":
+                override = self._agent_script.popleft() if self._agent_script else _DEFAULT_AGENT_REPLY
         reply = override or ScriptedReply()
         delay = self.latency_s + reply.delay_s
         if reply.status_code != 200:
@@ -366,6 +404,9 @@ class ScriptedBrain:
         prompt_tokens = self.prompt_tokens(body)
         if reply.no_choices:
             return _Answer(200, _completion(request, None, prompt_tokens), delay)
+        if reply.function_calls is not None:
+            completion = _completion(request, reply.content, prompt_tokens, "tool_calls", reply.function_calls)
+            return _Answer(200, completion, delay)
         if reply.content is not None:
             content = reply.content
         elif self.personality.sees_prompt(body):
@@ -419,18 +460,26 @@ class ScriptedBrain:
                           "code": code}}
 
 
+_DEFAULT_AGENT_REPLY = ScriptedReply.tool_call("finish", {"reason": "the scripted agent has nothing more to do"})
+"""What an agent request gets when no reply is queued for it: the run ends."""
+
+
 def _rough_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def _completion(request: ReceivedRequest, content: str | None, prompt_tokens: int, finish_reason: str = "stop") -> dict:
+def _completion(request: ReceivedRequest, content: str | None, prompt_tokens: int, finish_reason: str = "stop",
+                tool_calls: tuple[dict, ...] | None = None) -> dict:
     """An OpenAI chat.completion body reporting `prompt_tokens` and a rough completion token count."""
     choices = []
     completion_tokens = 0
-    if content is not None:
-        completion_tokens = _rough_tokens(content) if content else 0
-        choices = [{"index": 0, "message": {"role": "assistant", "content": content},
-                    "finish_reason": finish_reason, "logprobs": None}]
+    if content is not None or tool_calls is not None:
+        written = (content or "") + (json.dumps(list(tool_calls)) if tool_calls else "")
+        completion_tokens = _rough_tokens(written) if written else 0
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if tool_calls is not None:
+            message["tool_calls"] = list(tool_calls)
+        choices = [{"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}]
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
         "object": "chat.completion",

@@ -18,7 +18,8 @@ personality first and lets its default responder write the answer's words.
   image must be a base64 data URL; an over-long prompt is silently cut to the context window.
 - `VllmPersonality`: vLLM's OpenAI server. Errors come as a flat `{"object": "error", ...}` body;
   a request for more images than `--limit-mm-per-prompt` allows, or for more tokens than the
-  context holds, is a 400 naming the limit.
+  context holds, is a 400 naming the limit. Unless started with `--enable-auto-tool-choice` (and a
+  `--tool-call-parser`), a request offering tools with tool choice "auto" is a 400 naming the flags.
 - `BabblerPersonality`: a weak model that never stops by itself: it keeps writing after its answer
   until `max_tokens` (finish_reason "length"), and without `max_tokens` until its context is full,
   which at its speed outlasts any client timeout.
@@ -42,6 +43,8 @@ LLAMA_CPP_SCHEMA_REFUSAL = (
 """What llama-cpp-python's server says (HTTP 500) when asked for a json_schema response format."""
 LLAMA_CPP_LIST_REFUSAL = 'can only concatenate str (not "list") to str'
 """What a model's own Jinja chat template raises (HTTP 500) on content sent as a list of parts."""
+VLLM_AUTO_TOOL_CHOICE_REFUSAL = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+"""What vLLM's server says (HTTP 400) to tools with tool choice "auto" when started without those flags."""
 DROPPED_PROMPT_REPLY = "Hello! How can I help you today?"
 """What a model answers to the empty prompt left when a server drops list-of-parts content."""
 BABBLE = (
@@ -165,11 +168,16 @@ class VllmPersonality(OpenAiPersonality):
 
     name = "vllm"
 
-    def __init__(self, images_per_prompt: int = 2, context_tokens: int = 8192) -> None:
+    def __init__(self, images_per_prompt: int = 2, context_tokens: int = 8192, auto_tool_choice: bool = False) -> None:
+        """`auto_tool_choice`: started with `--enable-auto-tool-choice --tool-call-parser ...` (off by
+        default, as in vLLM)."""
         self.images_per_prompt = images_per_prompt
         self.context_tokens = context_tokens
+        self.auto_tool_choice = auto_tool_choice
 
     def refusal(self, body: dict) -> Refusal | None:
+        if body.get("tools") and body.get("tool_choice", "auto") == "auto" and not self.auto_tool_choice:
+            return Refusal(400, self.error_body(400, VLLM_AUTO_TOOL_CHOICE_REFUSAL, "BadRequestError"))
         images = len(_image_urls(body))
         if images > self.images_per_prompt:
             message = f"At most {self.images_per_prompt} image(s) may be provided in one request."
