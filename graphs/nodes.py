@@ -3,6 +3,10 @@
 Each node reads the state, does one step of the loop with the models and brains from the runtime
 context, writes what it did to the history at once, and returns the state update. Nodes may be re-run
 when a run resumes, so every history write is idempotent (keyed by run and iteration).
+
+The work of generate, compare, propose and select is in plain functions of the context and the state
+(`render_iteration`, `differences_now`, `proposal_update`, `judged_selection`), which the nodes wrap
+with the fixed loop's stop rules; agent mode's tools (graphs/agent_tools.py) call the same functions.
 """
 
 from __future__ import annotations
@@ -60,27 +64,51 @@ def _first_prompt(ctx: ArpoContext, state: ArpoState, image) -> str:
 
 
 def generate(state: ArpoState, runtime: Ctx) -> dict:
-    """Render the current prompt, score it both ways, and keep the best prompt by image fidelity."""
+    """Render the current prompt, score it both ways, and keep the best prompt by image fidelity.
+
+    A stop decided before the render (the agent finished with a prompt it had not rendered yet) keeps
+    its reason."""
     ctx = runtime.context
+    update = render_iteration(ctx, state)
+    if why := state.get("stopped_because") or _stop_after_render(ctx, state):
+        update["stopped_because"] = why
+    return update
+
+
+def _stop_after_render(ctx: ArpoContext, state: ArpoState) -> str | None:
+    """Why the loop ends with this render: the step limit, or a budget spent; None to go on."""
+    if state["iteration"] >= state["max_steps"]:
+        return step_limit_reached(state)
+    return ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))
+
+
+def render_iteration(ctx: ArpoContext, state: ArpoState) -> dict:
+    """Render the state's prompt as iteration `state["iteration"]`, score it both ways, keep it as the
+    best prompt when its image is the closest yet, and record the iteration."""
     prompt, index = state["prompt"], state["iteration"]
     update: dict = render_and_score(ctx, state["reference_sha256"], prompt, state["seed"])
+    update["rendered_prompt"] = prompt
     clip_i = update["clip_i"]
     if clip_i > state.get("best_clip_i", -2.0):
         update |= {"best_prompt": prompt, "best_clip_i": clip_i, "best_iteration": index}
-    if index >= state["max_steps"]:
-        update["stopped_because"] = f"reached the step limit ({state['max_steps']})"
-    elif (spent := ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))) is not None:
-        update["stopped_because"] = spent
-
     ctx.history.record_iteration(state["run_id"], iteration_record(ctx, {**state, **update}))
     return update
 
 
+def step_limit_reached(state: ArpoState) -> str:
+    return f"reached the step limit ({state['max_steps']})"
+
+
 def compare(state: ArpoState, runtime: Ctx) -> dict:
     """How the current image differs from the reference, in words (empty with no VLM)."""
-    ctx = runtime.context
+    return {"differences": differences_now(runtime.context, state)}
+
+
+def differences_now(ctx: ArpoContext, state: ArpoState) -> str:
+    """What the comparer finds between the reference and the state's generated image (the VLM's two-image
+    comparison, or the enhanced framework's descriptions compared by the LLM); empty with no VLM."""
     if not ctx.uses_vlm:
-        return {"differences": ""}
+        return ""
     reference = ctx.reference(state["reference_sha256"])
     generated = ctx.history.open_image(state["generated_sha256"])
     if ctx.framework == "vanilla":
@@ -94,7 +122,7 @@ def compare(state: ArpoState, runtime: Ctx) -> dict:
         )
         differences = ctx.differ.differences(reference_description, described)
     ctx.save_brain_calls(state["run_id"], state["iteration"])
-    return {"differences": differences}
+    return differences
 
 
 def propose(state: ArpoState, runtime: Ctx) -> dict:
@@ -104,6 +132,15 @@ def propose(state: ArpoState, runtime: Ctx) -> dict:
     come from the phrase banks instead ("offline-fallback"), so one bad reply does not end the run.
     """
     ctx = runtime.context
+    update = proposal_update(ctx, state)
+    if (spent := ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))) is not None:
+        update |= {"candidates": [], "stopped_because": spent}  # nothing more is selected once a budget is spent
+    return update
+
+
+def proposal_update(ctx: ArpoContext, state: ArpoState) -> dict:
+    """This round's proposal for the state's prompt and differences, as a state update (candidates,
+    the phrases tried against this prompt, the proposal's record; the feedback it addressed is spent)."""
     feedback = list(state.get("feedback", []))
     prompt = state["prompt"]
     # Phrases rejected against an earlier prompt may help this one; only this prompt's are kept out.
@@ -132,8 +169,6 @@ def propose(state: ArpoState, runtime: Ctx) -> dict:
     }
     if feedback:
         update["feedback"] = []  # addressed by this proposal
-    if (spent := ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0))) is not None:
-        update |= {"candidates": [], "stopped_because": spent}  # nothing more is selected once a budget is spent
     return update
 
 
@@ -162,9 +197,7 @@ def select(state: ArpoState, runtime: Ctx) -> dict:
         ctx.history.record_iteration(state["run_id"], iteration_record(ctx, state))
         return {}
     budget = ctx.models.text_to_image.token_budget()
-    reference = ctx.reference(state["reference_sha256"])
-    outcome = select_for_models(ctx.models, reference.embedding, state["prompt"], state.get("candidates", []))
-    outcome = _with_room_made(ctx, state, outcome)
+    outcome = judged_selection(ctx, state, state.get("candidates", []))
     record = iteration_record(ctx, state, outcome)
     ctx.history.record_iteration(state["run_id"], record)
     if outcome.selected or outcome.compressed:  # a compressed prompt is a new prompt, with room for the next round
@@ -173,7 +206,15 @@ def select(state: ArpoState, runtime: Ctx) -> dict:
     return stop | _refinement_due(ctx, state)
 
 
-def _with_room_made(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome) -> SelectionOutcome:
+def judged_selection(ctx: ArpoContext, state: ArpoState, candidates: list[str], *, caller: str = "loop") -> SelectionOutcome:
+    """Greedy selection of `candidates` on the state's prompt, making room by compression when the
+    prompt is full (the compression is recorded as `caller`'s)."""
+    reference = ctx.reference(state["reference_sha256"])
+    outcome = select_for_models(ctx.models, reference.embedding, state["prompt"], candidates)
+    return _with_room_made(ctx, state, outcome, caller)
+
+
+def _with_room_made(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcome, caller: str) -> SelectionOutcome:
     """When the prompt is full, compress it and give the candidates it refused another chance; the
     compression (kept or not) goes into the history."""
     if not needs_compression(ctx, outcome.prompt, outcome.over_budget):
@@ -185,7 +226,7 @@ def _with_room_made(ctx: ArpoContext, state: ArpoState, outcome: SelectionOutcom
         reference = ctx.reference(state["reference_sha256"]).embedding
         retried = select_for_models(ctx.models, reference, compression.after, outcome.over_budget)
     kept = retried.selected if retried is not None else []
-    ctx.history.record_tool_call(state["run_id"], compression.tool_call(state["iteration"], outcome.over_budget, kept))
+    ctx.history.record_tool_call(state["run_id"], compression.tool_call(state["iteration"], outcome.over_budget, kept, caller))
     ctx.save_brain_calls(state["run_id"], state["iteration"])
     return outcome.after_compression(retried) if retried is not None else outcome
 

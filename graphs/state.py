@@ -67,6 +67,8 @@ class ArpoState(ArpoInput, total=False):
     """The refinement tool the next step runs (set when a round kept nothing, or by a person's reply)."""
     refined_against: str
     """The prompt the last refinement started from: a prompt is refined once before the loop stops."""
+    rendered_prompt: str
+    """The prompt of the latest render; the current prompt differs from it until it is rendered."""
     # Set by a person in a session (graphs/session_nodes.py); empty in unattended runs.
     feedback: list[str]
     """Notes from the person that the next proposal must address first; consumed by `propose`."""
