@@ -38,11 +38,9 @@ from arpo.tools.inversion.base import InversionBudget, InversionResult
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.embedding_to_text import EmbeddingToText, embedding_distance
 from arpo.tools.inversion.precision import GradientGuard
-from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking, TrajectoryTracker
+from arpo.tools.inversion.trajectory import PipelineInverter, StartTracking, TrajectoryTracker
 
 if TYPE_CHECKING:
-    from typing import ContextManager
-
     from PIL import Image
 
     from arpo.tools.model_stack import ModelStack
@@ -53,7 +51,7 @@ DEFAULT_LR = 1e-2
 
 
 @dataclass
-class EditorInverter(BudgetedInverter):
+class EditorInverter(PipelineInverter):
     """EDITOR against the stack's pipeline and captioner."""
 
     denoising_steps: int = DEFAULT_DENOISING_STEPS
@@ -69,9 +67,6 @@ class EditorInverter(BudgetedInverter):
     """Start from this prompt instead of the captioner's."""
     name: str = "editor"
     default_steps = DEFAULT_STEPS
-
-    def _held_models(self, models: ModelStack) -> ContextManager[None]:
-        return models.text_to_image.whole_pipeline_turn()
 
     def _invert(
         self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking

@@ -45,7 +45,7 @@ from arpo.tools.devices import dtype_name
 from arpo.tools.inversion.base import InversionResult
 from arpo.tools.inversion.diffusion_parts import DiffusionParts
 from arpo.tools.inversion.precision import GradientGuard, NonFiniteGradient
-from arpo.tools.inversion.trajectory import BudgetedInverter, StartTracking
+from arpo.tools.inversion.trajectory import PipelineInverter, StartTracking
 from arpo.tools.inversion.vocabulary_projection import (
     VocabularyProjector,
     decode_tokens,
@@ -55,8 +55,6 @@ from arpo.tools.inversion.vocabulary_projection import (
 )
 
 if TYPE_CHECKING:
-    from typing import ContextManager
-
     from PIL import Image
 
     from arpo.tools.model_stack import ModelStack
@@ -77,7 +75,7 @@ Projection = Literal["delayed", "immediate"]
 
 
 @dataclass
-class Ph2pInverter(BudgetedInverter):
+class Ph2pInverter(PipelineInverter):
     """PH2P against the stack's text-to-image pipeline."""
 
     prompt_len: int = DEFAULT_PROMPT_LEN
@@ -98,9 +96,6 @@ class Ph2pInverter(BudgetedInverter):
     takes as many slots as it has tokens, at least `prompt_len` when it has fewer."""
     name: str = "ph2p"
     default_steps = DEFAULT_STEPS
-
-    def _held_models(self, models: ModelStack) -> ContextManager[None]:
-        return models.text_to_image.whole_pipeline_turn()
 
     def _invert(
         self, reference: Image.Image, models: ModelStack, seed: int, start_tracking: StartTracking

@@ -111,3 +111,12 @@ class BudgetedInverter(ABC):
     ) -> InversionResult:
         """The method's own work. It calls `start_tracking` where its time limit starts counting: each
         method decides which of its setup (encoding the reference, loading models) the budget covers."""
+
+
+class PipelineInverter(BudgetedInverter):
+    """A method that differentiates through the diffusion pipeline (PH2P, EDITOR): it holds the whole
+    pipeline's turn on the accelerator, since its backward pass runs through the text encoder after
+    the UNet."""
+
+    def _held_models(self, models: ModelStack) -> ContextManager[None]:
+        return models.text_to_image.whole_pipeline_turn()
