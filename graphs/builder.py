@@ -5,6 +5,9 @@ refine → (generate | finish) when a round kept nothing.
 Session: the same nodes with `review` after every generation, where a person steers the loop:
 initialize → generate → review → (compare → propose → select → (generate | refine | review) | refine |
 generate | finish), and refine → (generate | review).
+Agent mode (`agent=True`, graphs/agent_nodes.py) adds `agent` after the first generation: it takes turns
+(agent → agent) until it ends, then → generate (its last prompt, when not rendered yet) → finish, or
+→ compare when it gave up and the fixed loop goes on; in a session it ends at the person's review.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
-from arpo.graphs import nodes, routing, session_nodes
+from arpo.graphs import agent_nodes, nodes, routing, session_nodes
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.state import ArpoInput, ArpoOutput, ArpoState
 
@@ -37,10 +40,14 @@ def _timed(name: str, node: Callable) -> Callable:
     return run
 
 
-def build_arpo_graph() -> StateGraph:
-    """The uncompiled graph, for callers (and `langgraph dev`) that bring their own checkpointer."""
+def build_arpo_graph(*, agent: bool = False) -> StateGraph:
+    """The uncompiled graph, for callers (and `langgraph dev`) that bring their own checkpointer;
+    `agent`: the LLM drives it (agent mode)."""
     graph = _graph_with_loop_nodes()
-    graph.add_conditional_edges("generate", routing.after_generate)
+    if agent:
+        _add_agent(graph, routing.after_agent, routing.after_agent_generate)
+    else:
+        graph.add_conditional_edges("generate", routing.after_generate)
     graph.add_conditional_edges("select", routing.after_select)
     graph.add_conditional_edges("refine", routing.after_refine)
     return graph
@@ -59,22 +66,33 @@ def _graph_with_loop_nodes() -> StateGraph:
     return graph
 
 
-def compile_arpo_graph(checkpointer: Checkpointer = None):
+def _add_agent(graph: StateGraph, after_agent: Callable, after_generate: Callable) -> None:
+    """The agent's node, where its turns go, and where generations go while it drives."""
+    graph.add_node("agent", _timed("agent", agent_nodes.agent))
+    graph.add_conditional_edges("agent", after_agent)
+    graph.add_conditional_edges("generate", after_generate)
+
+
+def compile_arpo_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The ARPO loop ready to invoke; pass a checkpointer to make runs resumable."""
-    return build_arpo_graph().compile(checkpointer=checkpointer, name="arpo")
+    return build_arpo_graph(agent=agent).compile(checkpointer=checkpointer, name="arpo")
 
 
-def build_session_graph() -> StateGraph:
-    """The uncompiled session graph: the ARPO loop with a person's review after each generation."""
+def build_session_graph(*, agent: bool = False) -> StateGraph:
+    """The uncompiled session graph: the ARPO loop with a person's review after each generation;
+    `agent`: the LLM drives it first, and the person reviews where it ended."""
     graph = _graph_with_loop_nodes()
     graph.add_node("review", session_nodes.review)
-    graph.add_edge("generate", "review")
+    if agent:
+        _add_agent(graph, routing.after_session_agent, routing.after_session_agent_generate)
+    else:
+        graph.add_edge("generate", "review")
     graph.add_conditional_edges("review", routing.after_review)
     graph.add_conditional_edges("select", routing.after_session_select)
     graph.add_conditional_edges("refine", routing.after_session_refine)
     return graph
 
 
-def compile_session_graph(checkpointer: Checkpointer = None):
+def compile_session_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The session graph ready to invoke; it needs a checkpointer to pause for the person."""
-    return build_session_graph().compile(checkpointer=checkpointer, name="arpo-session")
+    return build_session_graph(agent=agent).compile(checkpointer=checkpointer, name="arpo-session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from arpo.core.errors import InvalidInputError
@@ -64,6 +65,8 @@ def build_context(
         )
     if config.framework == "enhanced" and config.llm.provider == "offline":
         raise InvalidInputError("the enhanced framework needs an LLM brain to compare descriptions; set --llm-brain")
+    if config.agent and config.llm.provider == "offline":
+        raise InvalidInputError("--agent needs an LLM brain that calls tools; set --llm-brain (or --brain) to openai or vllm")
     if brains is None:
         brains = build_run_brains(config.vlm, config.llm)
     if models is None:
@@ -111,8 +114,9 @@ def load_run(
 
 
 def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> None:
-    """Run (or continue) the loop to its end, checkpointing after every node."""
-    with open_graph(handle, compile_arpo_graph) as (graph, thread):
+    """Run (or continue) the loop to its end, checkpointing after every node; in agent mode
+    (`config.agent`) the LLM drives it."""
+    with open_graph(handle, partial(compile_arpo_graph, agent=handle.config.agent)) as (graph, thread):
         snapshot = graph.get_state(thread)
         # A kill between a node saving its writes and the step's checkpoint leaves `next` empty while
         # that task is still pending; only a thread with neither is finished.

@@ -44,3 +44,38 @@ def after_session_select(state: ArpoState) -> Literal["generate", "refine", "rev
 def after_session_refine(state: ArpoState) -> Literal["generate", "review"]:
     """Render what the refinement kept; with nothing kept, ask the person."""
     return "review" if state.get("stopped_because") else "generate"
+
+
+# Agent mode (graphs/agent_nodes.py): the agent drives until it ends; a prompt it changed but did not
+# render is rendered first; then the run finishes, the fixed loop goes on, or (in a session) the person
+# is asked.
+
+
+def after_agent(state: ArpoState) -> Literal["agent", "generate", "compare", "finish"]:
+    """Another turn while the agent drives; once it has ended, render its last prompt if needed, then
+    finish, or go on as the fixed loop when it gave up."""
+    if not state.get("agent_ended"):
+        return "agent"
+    if state["prompt"] != state.get("rendered_prompt"):
+        return "generate"
+    return "finish" if state.get("stopped_because") else "compare"
+
+
+def after_agent_generate(state: ArpoState) -> Literal["agent", "compare", "finish"]:
+    """The first render goes to the agent; after the agent, a render ends the run or feeds the fixed loop."""
+    if state.get("stopped_because"):
+        return "finish"
+    return "compare" if state.get("agent_ended") else "agent"
+
+
+def after_session_agent(state: ArpoState) -> Literal["agent", "generate", "review"]:
+    """Another turn while the agent drives; once it has ended, the person takes over (after the render
+    of its last prompt, when it changed one)."""
+    if not state.get("agent_ended"):
+        return "agent"
+    return "generate" if state["prompt"] != state.get("rendered_prompt") else "review"
+
+
+def after_session_agent_generate(state: ArpoState) -> Literal["agent", "review"]:
+    """The first render goes to the agent; every render after it has ended goes to the person."""
+    return "review" if state.get("agent_ended") or state.get("stopped_because") else "agent"

@@ -4,12 +4,16 @@
 runs the session graph until the next pause, where a person must reply, or until it finishes; the
 pause is read back from the LangGraph checkpoint, so a session can be picked up by id from another
 process days later. It also renders novel images from edits of a session's recovered prompt.
+In a session started with `--agent` the agent drives first; the first pause is where it ended, and
+from there the person's replies steer the fixed loop as in any session.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from langgraph.types import Command
@@ -75,7 +79,7 @@ class SessionDriver:
     def resume(self, run_id: str, *, on_update: NodeUpdate | None = None) -> SessionView:
         """Pick a session up again: its pending pause, or the work it was doing when it was cut off."""
         handle = self._handle(run_id)
-        with open_graph(handle, compile_session_graph) as (graph, thread):
+        with open_graph(handle, _session_graph(handle)) as (graph, thread):
             snapshot = graph.get_state(thread)
         if not snapshot.values:
             return self._advance(handle, initial_input(handle), on_update)
@@ -99,7 +103,7 @@ class SessionDriver:
     def view(self, run_id: str) -> SessionView:
         """The session as stored: its pending pause (if any), its run record and its transcript."""
         handle = self._handle(run_id)
-        with open_graph(handle, compile_session_graph) as (graph, thread):
+        with open_graph(handle, _session_graph(handle)) as (graph, thread):
             pause = _pending_pause(graph.get_state(thread))
         return SessionView(
             run_id=handle.run_id,
@@ -174,7 +178,7 @@ class SessionDriver:
     # Internals
 
     def _advance(self, handle: RunHandle, start: Any, on_update: NodeUpdate | None) -> SessionView:
-        with open_graph(handle, compile_session_graph) as (graph, _thread):
+        with open_graph(handle, _session_graph(handle)) as (graph, _thread):
             stream_updates(handle, graph, start, on_update)
         view = self.view(handle.run_id)
         if view.pause is not None:
@@ -199,6 +203,11 @@ class SessionDriver:
         if self.models is not None and self.models.name == config.models:
             return self.models
         return None
+
+
+def _session_graph(handle: RunHandle) -> Callable[[Any], Any]:
+    """How the handle's session graph is compiled: with the agent driving first when it asks for one."""
+    return partial(compile_session_graph, agent=handle.config.agent)
 
 
 def _pending_pause(snapshot: Any) -> dict[str, Any] | None:

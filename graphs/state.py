@@ -69,6 +69,24 @@ class ArpoState(ArpoInput, total=False):
     """The prompt the last refinement started from: a prompt is refined once before the loop stops."""
     rendered_prompt: str
     """The prompt of the latest render; the current prompt differs from it until it is rendered."""
+    # Agent mode (graphs/agent_nodes.py); absent in runs of the fixed loop.
+    agent_messages: list[dict]
+    """The agent's conversation after the system prompt, as plain chat messages (the opening message,
+    then each reply with the answers to its calls), trimmed to what is sent again."""
+    agent_turns: int
+    """Requests made to the agent so far (bounded per allowed generation)."""
+    agent_strikes: int
+    """Replies in a row of which nothing could run (no tool call, unknown tools, bad arguments)."""
+    agent_ended: str
+    """Why the agent stopped driving (it finished, a budget ended, or it gave up and the fixed loop took
+    over); empty while it drives."""
+    agent_report: list[str]
+    """What the agent's last turn did, one line per call (the progress display reads it)."""
+    compared_iteration: int
+    """The iteration whose render `differences` describes (the agent compares each render once)."""
+    judged: list[dict]
+    """Every candidate the agent's selections judged against the current render (CandidateRecord
+    dumps), so the iteration's record lists them all."""
     # Set by a person in a session (graphs/session_nodes.py); empty in unattended runs.
     feedback: list[str]
     """Notes from the person that the next proposal must address first; consumed by `propose`."""

@@ -153,7 +153,9 @@ def build_studio_graph(models: ModelStack | None = None, *, session: bool = Fals
     from arpo.tools.reference_image import load_reference_image
 
     resources = _Resources(models)
-    arpo_loop = compile_session_graph() if session else compile_arpo_graph()
+    compile_loop = compile_session_graph if session else compile_arpo_graph
+    arpo_loop = compile_loop()
+    agent_loop = compile_loop(agent=True)  # for runs whose settings ask for agent mode (ARPO_AGENT=1)
     run_kind = "session" if session else "invert"
 
     def start(state: StudioState, runtime: Runtime[StudioSettings]) -> dict:
@@ -174,7 +176,8 @@ def build_studio_graph(models: ModelStack | None = None, *, session: bool = Fals
         history = resources.history(settings.database_url())
         stored = RunConfig.model_validate(history.get_run(state["run_id"]).config)
         handle = load_run(history, state["run_id"], resources.models(stored))
-        result = arpo_loop.invoke(initial_input(handle), context=handle.context)
+        loop = agent_loop if stored.agent else arpo_loop
+        result = loop.invoke(initial_input(handle), context=handle.context)
         return {key: result[key] for key in StudioOutput.__annotations__ if key in result}
 
     graph = StateGraph(StudioState, context_schema=StudioSettings, input_schema=StudioInput, output_schema=StudioOutput)

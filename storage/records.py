@@ -6,6 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from arpo.core.phrases import DroppedPhrase
+from arpo.core.run_config import REFINE_TOOLS
 
 RunStatus = Literal["running", "paused", "finished", "failed", "interrupted"]
 
@@ -64,6 +65,12 @@ class ToolCallRecord(BaseModel):
         """What an iteration shows of it: the tool, what it proposed and what was kept, and how long."""
         return {"tool": self.tool, "proposed": self.proposed, "kept": self.kept, "seconds": self.seconds,
                 "caller": self.caller, "error": self.error}
+
+    @property
+    def is_agent_step(self) -> bool:
+        """Whether this is one of an agent's own steps (a call it made, or its hand-over), rather than
+        the refinement or compression one of those steps ran."""
+        return self.caller == "agent" and self.tool not in (*REFINE_TOOLS, COMPRESS_TOOL)
 
 
 class IterationRecord(BaseModel):

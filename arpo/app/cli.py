@@ -64,6 +64,8 @@ def _check_inversion_options(config) -> None:
     """Flag combinations that cannot mean anything, refused before any model loads."""
     if config.method != "arpo" and config.init != "caption":
         raise InvalidInputError("--init chooses the loop's first prompt; it does not combine with --method " + config.method)
+    if config.method != "arpo" and config.agent:
+        raise InvalidInputError("--agent lets the LLM drive the loop; it does not combine with --method " + config.method)
     if config.method != "arpo" and config.initial_prompt:
         raise InvalidInputError("--init-prompt starts the loop; it does not combine with --method " + config.method)
     if config.initial_prompt and config.init != "caption":

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from arpo.storage.history import History
-    from arpo.storage.records import IterationRecord, RunDetail, RunSummary
+    from arpo.storage.records import IterationRecord, RunDetail, RunSummary, ToolCallRecord
 
 TINY_MODELS_NOTE = "note: --models tiny runs tiny random models offline; the recovered prompt is meaningless as a prompt."
 
@@ -36,6 +36,8 @@ def progress_line(node: str, update: dict) -> str | None:
         if "prompt" in update:
             return f"refined, iteration {update['iteration']}: {update['prompt']}"
         return "  refining kept nothing"
+    if node == "agent":  # one line per call the agent made this turn
+        return "\n".join(update.get("agent_report") or []) or None
     if node == "finish":
         return f"stopped: {update.get('stopped_because', '')}"
     return None
@@ -96,6 +98,8 @@ def run_result(detail: RunDetail, history: History, out_dir: Path | None = None)
         "brain_calls": detail.brain_calls,
         "tokens": {"prompt": detail.prompt_tokens, "completion": detail.completion_tokens},
     }
+    if detail.config.get("agent"):
+        result["agent_steps"] = [call.model_dump(mode="json") for call in agent_steps(history, detail.id)]
     if detail.kind == "session":
         result["turns"] = [
             turn.model_dump(mode="json", exclude={"shown"}) for turn in history.session_turns(detail.id)
@@ -153,6 +157,35 @@ def _tool_lines(record: IterationRecord) -> list[str]:
             f"{len(refined.get('proposed') or [])} phrase(s) proposed, kept {kept}"
         )
     return lines
+
+
+def agent_steps(history: History, run_id: str) -> list[ToolCallRecord]:
+    """The agent's own steps in a run, in the order it took them (empty for the fixed loop)."""
+    return [call for call in history.tool_calls(run_id) if call.is_agent_step]
+
+
+def _agent_step_line(call: ToolCallRecord) -> str:
+    """One agent step for a person: the call with its arguments, and what came of it."""
+    arguments = ", ".join(f"{name}={_shortened(value)}" for name, value in call.arguments.items()
+                          if value not in ("", [], None))
+    head = f"     agent: {call.tool}({arguments})"
+    outcome = call.outcome or {}
+    if call.error:
+        return f"{head}: {call.error}"
+    if "notice" in outcome:
+        return f"{head}: {outcome['notice']}"
+    if "clip_i" in outcome:
+        return f"{head}: iteration {outcome.get('iteration')}, CLIP-I {outcome['clip_i']:.4f}"
+    if "kept" in outcome:
+        return f"{head}: {len(call.proposed)} phrase(s), kept {', '.join(call.kept) or 'nothing'}"
+    if "candidates" in outcome:
+        return f"{head}: {len(call.proposed)} candidate(s): {_shortened(call.proposed, 120)}"
+    return f"{head}: {outcome['prompt']}" if "prompt" in outcome else head
+
+
+def _shortened(value: object, limit: int = 60) -> str:
+    text = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _best_prompt_line(detail: RunDetail) -> str:
@@ -220,6 +253,7 @@ def iterations_text(detail: RunDetail, history: History | None = None) -> str:
     if detail.error and detail.status in ("failed", "interrupted"):
         lines.append(f"{detail.status}: {detail.error}")
     turns = history.session_turns(detail.id) if history is not None and detail.kind == "session" else []
+    steps = agent_steps(history, detail.id) if history is not None and detail.config.get("agent") else []
     for record in detail.iterations_detail:
         lines.append(f"[{record.index}] CLIP-I {record.clip_i:.4f}  CLIP-T {record.clip_t:.4f}  {record.prompt}")
         for candidate in record.candidates:
@@ -228,6 +262,7 @@ def iterations_text(detail: RunDetail, history: History | None = None) -> str:
             lines.append(f"     {mark} {score}  {candidate.phrase}  ({candidate.reason})")
         lines += _proposal_lines(record)
         lines += _tool_lines(record)
+        lines += [_agent_step_line(step) for step in steps if step.iteration_index == record.index]
         if record.note:
             lines.append(f"     note: {record.note}")
         for turn in (t for t in turns if t.iteration_index == record.index):
