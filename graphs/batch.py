@@ -15,6 +15,7 @@ running the same batch against the same database take their share, and so do Ray
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -41,6 +42,7 @@ from arpo.graphs.batch_worker import (
 from arpo.graphs.invocation import build_context, shareable_initial_inverter
 
 if TYPE_CHECKING:
+    from arpo.agents.brains import Brains
     from arpo.storage.batches import BatchItemState
     from arpo.storage.history import History
     from arpo.tools.model_stack import ModelStack
@@ -92,6 +94,8 @@ def run_batch(
     on_item: ItemCallback | None = None,
     on_planned: Callable[[int], None] | None = None,
     lease_s: float = DEFAULT_LEASE_S,
+    parallel: int | None = None,
+    brains: Brains | None = None,
 ) -> BatchReport:
     """Recover a prompt for every item, skipping finished ones; returns one result per item.
 
@@ -100,7 +104,10 @@ def run_batch(
     known to be readable), else arpo's defaults; `models` is a model
     stack to share (built from `config` when not given). Models and brains are checked before any item
     runs, so a missing key or missing weights stop the batch at once (ModelUnavailableError, BrainError).
-    `on_planned` hears the number of items before they start. Workers elsewhere running the same batch
+    `on_planned` hears the number of items before they start. `parallel` K runs K items at once in
+    lockstep: their renders and CLIP encodings that come together are one batched forward each, their
+    brain calls concurrent. `brains` replaces the brains the config names (a benchmark's in-process
+    brain). Workers elsewhere running the same batch
     share its items; this call returns when every item has ended, wherever it ran. KeyboardInterrupt
     stops every item at its next graph node, leaving them resumable.
     """
@@ -108,20 +115,23 @@ def run_batch(
 
     if concurrency < 1:
         raise InvalidInputError(f"concurrency must be at least 1, not {concurrency}")
+    if parallel is not None and parallel < 1:
+        raise InvalidInputError(f"parallel must be at least 1, not {parallel}")
     source, planned_items = resolve_items(items)
     if history is None:
         history = History.open(database_url, image_root)
     # Builds the brains (and, unless given, the models) once, so a bad setup fails before any row is written.
-    shared = build_context(config, history, models)
+    shared = build_context(config, history, models, brains=brains)
     batch = plan_batch(history, source, planned_items, config)
     if on_planned is not None:
         on_planned(len(batch.plans))
     inverter = shareable_initial_inverter(config, shared)
     workers = [
-        BatchWorker(worker_name(f"thread-{number}"), batch.batch_id, config, history, shared.models, inverter, lease_s)
-        for number in range(concurrency)
+        BatchWorker(worker_name(f"thread-{number}"), batch.batch_id, config, history, shared.models, inverter, lease_s,
+                    brains=brains)
+        for number in range(parallel or concurrency)
     ]
-    results = _run_workers(batch, workers, on_item)
+    results = _run_workers(batch, workers, on_item, batched=parallel is not None and parallel > 1)
     return batch.report(results, on_item)
 
 
@@ -181,8 +191,10 @@ def _finished(known: BatchItemState | None) -> bool:
     return known is not None and known.status == "finished"
 
 
-def _run_workers(batch: PlannedBatch, workers: list[BatchWorker], on_item: ItemCallback | None) -> dict[str, BatchItemResult]:
-    """Drain the queue with `workers` in threads; results of the items they ran, by key."""
+def _run_workers(batch: PlannedBatch, workers: list[BatchWorker], on_item: ItemCallback | None, *,
+                 batched: bool = False) -> dict[str, BatchItemResult]:
+    """Drain the queue with `workers` in threads; results of the items they ran, by key. `batched`:
+    the workers' model calls that come together run as one batch (see ModelStack.batched_forwards)."""
     results: dict[str, BatchItemResult] = {}
     lock = threading.Lock()
     rows_by_key: dict[str, list[PlannedItem]] = {}
@@ -197,10 +209,21 @@ def _run_workers(batch: PlannedBatch, workers: list[BatchWorker], on_item: ItemC
                 on_item(result.model_copy(update={"image": row.item.label, "ground_truth": row.item.ground_truth}))
 
     queued = batch.queued
+    draining = [len(workers)]
+
+    def drain(worker: BatchWorker) -> None:
+        try:
+            worker.drain(queued, ended)
+        finally:
+            with lock:
+                draining[0] -= 1  # a batch no longer waits for a worker that has left
+
     pool = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="arpo-batch")
+    together = workers[0].models.batched_forwards(lambda: draining[0]) if batched and workers else contextlib.nullcontext()
     try:
-        for future in [pool.submit(worker.drain, queued, ended) for worker in workers]:
-            future.result()
+        with together:
+            for future in [pool.submit(drain, worker) for worker in workers]:
+                future.result()
     except BaseException:
         # Ctrl-C (or a failing callback): in-flight items stop at their next node, no new one starts.
         for worker in workers:

@@ -24,6 +24,7 @@ from arpo.graphs.batch_manifest import BatchItem
 from arpo.graphs.invocation import RunHandle, build_context, execute_run, load_run, start_run
 
 if TYPE_CHECKING:
+    from arpo.agents.brains import Brains
     from arpo.storage.batches import BatchItemState, BatchStore
     from arpo.storage.history import History
     from arpo.storage.records import RunDetail
@@ -130,6 +131,8 @@ class BatchWorker:
     models: ModelStack
     initial_inverter: PromptInverter | None = None
     lease_s: float = DEFAULT_LEASE_S
+    brains: Brains | None = None
+    """Brains to use instead of those the config names (a benchmark's in-process brain)."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set to stop: no new item is claimed and the one running stops at its next graph node."""
 
@@ -183,7 +186,8 @@ class BatchWorker:
 
         reference = load_reference_image(plan.item.image_path)
         reference.name = plan.item.label
-        context = build_context(self.config, self.history, self.models, initial_inverter=self.initial_inverter)
+        context = build_context(self.config, self.history, self.models, initial_inverter=self.initial_inverter,
+                                brains=self.brains)
         # The item row says "running" before the run exists, so a kill in between is found (_orphaned_run).
         self._record(plan, "running", None)
         return start_run(self.history, self.config, reference, context, kind=BATCH_RUN_KIND)

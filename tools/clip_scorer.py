@@ -12,7 +12,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -26,6 +27,7 @@ from arpo.core.errors import InvalidInputError
 from arpo.tools.accelerator_turns import HOME, AcceleratorTurns, Seat, Stay, turns_on
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import MISSING_WEIGHTS_ERRORS, load_or_fail
+from arpo.tools.micro_batching import DEFAULT_WAIT_S, MicroBatcher
 
 DEFAULT_CLIP_MODEL = "ViT-L-14"
 DEFAULT_CLIP_WEIGHTS = "openai"
@@ -81,14 +83,22 @@ class ClipScorer:
         # Token counts by text: selection asks about the same prompts and phrases round after round.
         self._token_counts: OrderedDict[str, int] = OrderedDict()
         self._embed_dim = _embed_dim(model)
+        self._text_batcher: MicroBatcher | None = None
+        self._image_batcher: MicroBatcher | None = None
         self.dtype = next(model.parameters()).dtype
 
     # ---- embeddings -------------------------------------------------------------------------------
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """[n, d] unit-length image embeddings, in one forward pass."""
+        """[n, d] unit-length image embeddings, in one forward pass (shared with other threads' images
+        while `batching` is active)."""
         if not images:
             return torch.empty(0, self.embedding_size())
+        if self._image_batcher is not None:
+            return self._image_batcher(list(images))
+        return self._encode_images_now(images)
+
+    def _encode_images_now(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
         with self.turn(), self._forward_lock:
             started = time.perf_counter()
@@ -106,6 +116,11 @@ class ClipScorer:
         """
         if not texts:
             return torch.empty(0, self.embedding_size())
+        if self._text_batcher is not None:
+            return self._text_batcher(list(texts))
+        return self._encode_texts_now(texts)
+
+    def _encode_texts_now(self, texts: Sequence[str]) -> torch.Tensor:
         with self._tokenizer_lock:
             tokens = self.tokenizer(list(texts))
         with self.turn(), self._forward_lock:
@@ -116,6 +131,17 @@ class ClipScorer:
             self.text_forward_passes += 1
             self.texts_encoded += len(texts)
         return embeddings.float().cpu()
+
+    @contextmanager
+    def batching(self, participants: Callable[[], int], wait_s: float = DEFAULT_WAIT_S) -> Iterator[None]:
+        """While active, text and image encodings asked for by several threads at about the same time
+        run as one forward each (`arpo batch --parallel`); `participants` says how many threads may join."""
+        self._text_batcher = MicroBatcher(_joined(self._encode_texts_now), participants, wait_s=wait_s)
+        self._image_batcher = MicroBatcher(_joined(self._encode_images_now), participants, wait_s=wait_s)
+        try:
+            yield
+        finally:
+            self._text_batcher = self._image_batcher = None
 
     def turn(self) -> ContextManager[None]:
         """While active the model is on `device` (a no-op unless it rests in CPU memory): each forward
@@ -421,3 +447,13 @@ def _embed_dim(model: torch.nn.Module) -> int | None:
 def _image_size(model: torch.nn.Module) -> Any:
     size = getattr(getattr(model, "visual", None), "image_size", None)
     return list(size) if isinstance(size, tuple) else size
+
+
+def _joined(encode: Callable[[Sequence[Any]], torch.Tensor]) -> Callable[[list[list[Any]]], list[torch.Tensor]]:
+    """One encoding of several callers' inputs, split back into each caller's rows."""
+
+    def encode_all(requests: list[list[Any]]) -> list[torch.Tensor]:
+        embeddings = encode([item for request in requests for item in request])
+        return list(torch.split(embeddings, [len(request) for request in requests]))
+
+    return encode_all

@@ -6,6 +6,8 @@ visits.
 """
 
 import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,13 @@ if TYPE_CHECKING:
 
 TINY = "tiny"
 DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"
+
+
+RENDER_WAIT_S = 0.1
+"""How long a render waits for other items' renders to join its batch (a render takes far longer)."""
+ENCODE_WAIT_S = 0.01
+"""How long a CLIP encoding waits for others: selection encodes round after round, so only calls that
+truly come together are worth joining."""
 
 
 @dataclass
@@ -43,6 +52,13 @@ class ModelStack:
     @property
     def turns(self) -> AcceleratorTurns:
         return self.text_to_image.placement.turns
+
+    @contextmanager
+    def batched_forwards(self, participants: Callable[[], int]) -> Iterator[None]:
+        """While active, renders and CLIP encodings that several threads ask for at about the same time
+        run as one batched call each (`arpo batch --parallel`); `participants` says how many may join."""
+        with self.text_to_image.batching(participants, RENDER_WAIT_S), self.clip.batching(participants, ENCODE_WAIT_S):
+            yield
 
     def describe(self) -> dict[str, Any]:
         """Every model's description, as plain JSON values, for the run record."""

@@ -18,6 +18,8 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -30,6 +32,7 @@ from arpo.core.errors import InvalidInputError
 from arpo.tools.accelerator_turns import HOME, AcceleratorTurns, turns_on
 from arpo.tools.devices import dtype_name, pick_device, pick_dtype
 from arpo.tools.hub import is_local_path, load_or_fail
+from arpo.tools.micro_batching import DEFAULT_WAIT_S, MicroBatcher
 from arpo.tools.pipeline_placement import PipelinePlacement
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
 from arpo.tools.tiny_pipelines import cast_like_loading, tiny_pipeline
@@ -94,6 +97,8 @@ class TextToImage:
         self.forward_seconds = 0.0
         self.calls = 0
         self._generate_lock = threading.Lock()
+        self._batcher: MicroBatcher | None = None
+        """Set while `batching` is active: concurrent `generate` calls then run as one batch."""
         # A private tokenizer copy: fast tokenizers fail ("Already borrowed") when one thread counts
         # tokens while the pipeline's own call is changing truncation settings on the shared one.
         self._tokenizer = copy.deepcopy(pipeline.tokenizer)
@@ -176,22 +181,39 @@ class TextToImage:
         no optimiser stepping a scheduler elsewhere) sees another's scheduler state. Calls are still
         serialised, to keep one denoising loop's activations in memory at a time.
         """
+        if self._batcher is not None:
+            return self._batcher((prompt, int(seed)))
+        return self.generate_many([(prompt, int(seed))])[0]
+
+    def generate_many(self, requests: list[tuple[str, int]]) -> list[Image.Image]:
+        """One image per (prompt, seed), in one batched pipeline call; each seed draws its own noise,
+        so each image is the one `generate` makes for it (to float rounding in the batched forward)."""
         with self.placement.generation_turn(), self._generate_lock:
-            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+            generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _, seed in requests]
             started = time.perf_counter()
             output = pipeline_view(self.pipeline)(
-                prompt=prompt,
+                prompt=[prompt for prompt, _ in requests] if len(requests) > 1 else requests[0][0],
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance_scale,
                 height=self.height,
                 width=self.width,
-                generator=generator,
+                generator=generators if len(generators) > 1 else generators[0],
                 output_type="pil",
                 **self._call_options,
             )
             self.forward_seconds += time.perf_counter() - started
-            self.calls += 1
-        return output.images[0].convert("RGB")
+            self.calls += len(requests)
+        return [image.convert("RGB") for image in output.images]
+
+    @contextmanager
+    def batching(self, participants: Callable[[], int], wait_s: float = DEFAULT_WAIT_S) -> Iterator[MicroBatcher]:
+        """While active, `generate` calls from several threads that come together run as one batch
+        (`arpo batch --parallel`); `participants` says how many threads may join."""
+        self._batcher = MicroBatcher(self.generate_many, participants, wait_s=wait_s)
+        try:
+            yield self._batcher
+        finally:
+            self._batcher = None
 
     def whole_pipeline_turn(self) -> ContextManager[None]:
         """While active every part of the pipeline is on its accelerator, ready to be differentiated

@@ -42,6 +42,7 @@ def batch(
     loop: LoopOptions,
     store: HistoryOptions,
     concurrency: Annotated[int, typer.Option(help="Images run at once, in threads sharing one set of models.")] = 1,
+    parallel: Annotated[Optional[int], typer.Option(help="Images run at once in lockstep: their renders and CLIP encodings that come together run as one batched forward each, their brain calls concurrently (overrides --concurrency).")] = None,
     export: Annotated[Optional[Path], typer.Option(help="Write results.jsonl and results.csv into this folder.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the batch report as one JSON object.")] = False,
     ray: Annotated[Optional[str], typer.Option(help=options.RAY_HELP, metavar="local|auto|ADDRESS")] = None,
@@ -53,6 +54,8 @@ def batch(
     config = settings.run_config(models, brains, loop)
     if concurrency < 1:
         raise InvalidInputError(f"--concurrency must be at least 1, not {concurrency}")
+    if parallel is not None and (parallel < 1 or ray is not None):
+        raise InvalidInputError("--parallel runs images in lockstep on this machine: at least 1, and not with --ray")
     if workers is not None and (ray is None or workers < 1):
         raise InvalidInputError("--workers sets how many Ray workers run the batch: give --ray too, and at least 1")
     where = settings.history_location(store)
@@ -61,7 +64,7 @@ def batch(
         if ray is None:
             from arpo.graphs.batch import run_batch
 
-            report = run_batch(source, config, concurrency=concurrency, **common)
+            report = run_batch(source, config, concurrency=concurrency, parallel=parallel, **common)
         else:
             from arpo.graphs.ray_batch import run_batch_on_ray
 
