@@ -220,3 +220,13 @@ def test_a_first_prompt_past_the_budget_is_cut_to_the_phrases_the_model_reads(ca
     assert first["token_count"] <= budget and too_long.startswith(first["prompt"])
     [fit] = history.tool_calls(outcome.json()["run_id"])
     assert (fit.tool, fit.outcome["method"], fit.outcome["before"]) == ("compress", "fit", too_long)
+
+
+def test_refine_with_the_regressor_through_the_cli(capsys, regressor_checkpoint):
+    checkpoint, bank = regressor_checkpoint
+    with BrainServer(ScriptedBrain(phrase_pool=[])) as server:
+        outcome = _invert(capsys, server, "--steps", "1", "--refine", "regressor", "--regressor", str(checkpoint),
+                          "--prompt-bank", str(bank))
+    assert outcome.exit_code == 0, outcome.stderr
+    refined = outcome.json()["iterations"][0]["refinement"]
+    assert refined["tool"] == "regressor" and {"good light", "good colour", "bad mood", "bad crop"} <= set(refined["proposed"])
