@@ -44,16 +44,23 @@ def reference_images(folder: Path, count: int) -> Path:
     return folder
 
 
-def timed_batch(folder: Path, config: RunConfig, models, latency_s: float, parallel: int | None, home: Path) -> tuple[BatchReport, float]:
-    """One batch in a fresh history; its report and wall time."""
+def timed_batch(folder: Path, config: RunConfig, models, latency_s: float, parallel: int | None,
+                home: Path) -> tuple[BatchReport, float, float]:
+    """One batch in a fresh history; its report, wall time and the seconds its model forwards took."""
     backend = BenchmarkBrain(latency_s=latency_s, phrases_per_reply=6).backend()
+    forwards_before = _forward_seconds(models)
     try:
         started = time.perf_counter()
         report = run_batch(folder, config, models=models, brains=Brains(vlm=backend, llm=backend), parallel=parallel,
                            database_url=f"sqlite:///{home / f'batch-{parallel or 1}.db'}", image_root=home / "images")
-        return report, time.perf_counter() - started
+        wall = time.perf_counter() - started
     finally:
         backend.close()
+    return report, wall, _forward_seconds(models) - forwards_before
+
+
+def _forward_seconds(models) -> float:
+    return models.text_to_image.forward_seconds + models.clip.forward_seconds + models.captioner.forward_seconds
 
 
 def compare(one: BatchReport, other: BatchReport) -> dict:
@@ -87,14 +94,16 @@ def main() -> None:
         models = build_model_stack("tiny")
         brain = BrainChoice(provider="vllm", model="benchmark", base_url="http://benchmark.invalid/v1")
         config = RunConfig(models="tiny", vlm=brain, llm=brain, steps=args.steps, refine="none")
-        sequential, sequential_s = timed_batch(folder, config, models, args.latency, None, home)
-        lockstep, lockstep_s = timed_batch(folder, config, models, args.latency, args.parallel, home)
+        sequential, sequential_s, sequential_forwards = timed_batch(folder, config, models, args.latency, None, home)
+        lockstep, lockstep_s, lockstep_forwards = timed_batch(folder, config, models, args.latency, args.parallel, home)
         batches = models.text_to_image.calls
     figures = {
         "settings": {"items": args.items, "parallel": args.parallel, "latency_s": args.latency, "steps": args.steps,
                      "threads": args.threads},
-        "sequential": {"seconds": round(sequential_s, 2), "items_per_minute": round(args.items / sequential_s * 60, 2)},
-        "parallel": {"seconds": round(lockstep_s, 2), "items_per_minute": round(args.items / lockstep_s * 60, 2)},
+        "sequential": {"seconds": round(sequential_s, 2), "items_per_minute": round(args.items / sequential_s * 60, 2),
+                       "model_forward_seconds": round(sequential_forwards, 2)},
+        "parallel": {"seconds": round(lockstep_s, 2), "items_per_minute": round(args.items / lockstep_s * 60, 2),
+                     "model_forward_seconds": round(lockstep_forwards, 2)},
         "throughput_ratio": round(sequential_s / lockstep_s, 2),
         "renders": batches,
         **compare(sequential, lockstep),

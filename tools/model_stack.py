@@ -26,9 +26,9 @@ TINY = "tiny"
 DEFAULT_CLIP_SPEC = f"{DEFAULT_CLIP_MODEL}/{DEFAULT_CLIP_WEIGHTS}"
 
 
-RENDER_WAIT_S = 0.1
+RENDER_WAIT_S = 0.05
 """How long a render waits for other items' renders to join its batch (a render takes far longer)."""
-ENCODE_WAIT_S = 0.01
+ENCODE_WAIT_S = 0.002
 """How long a CLIP encoding waits for others: selection encodes round after round, so only calls that
 truly come together are worth joining."""
 
