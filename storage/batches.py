@@ -19,7 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session, sessionmaker
 
 from arpo.storage.models import BatchItemRow, BatchRow, Run, utc_now
 
@@ -48,13 +50,11 @@ class BatchStore:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     def ensure_batch(self, batch_id: str, source: str, config: dict[str, Any], item_count: int) -> None:
-        """Create the batch row, or refresh its item count when the batch is run again."""
+        """Create the batch row, or refresh its item count when the batch is run again (by this process
+        or another one at the same moment: whichever inserts first, the other finds the row)."""
         with self._sessions.begin() as session:
-            row = session.get(BatchRow, batch_id)
-            if row is None:
-                session.add(BatchRow(id=batch_id, source=source, config=config, item_count=item_count))
-            else:
-                row.item_count = item_count
+            _insert_missing(session, BatchRow, [{"id": batch_id, "source": source, "config": config, "item_count": item_count}])
+            session.execute(update(BatchRow).where(BatchRow.id == batch_id).values(item_count=item_count))
 
     def item(self, key: str) -> BatchItemState | None:
         """The stored state of an item, or None when no batch has seen it yet."""
@@ -91,13 +91,17 @@ class BatchStore:
     def enqueue(self, batch_id: str, items: Iterable[tuple[str, str]]) -> None:
         """Make sure each (key, image) has a row: new ones wait as pending and failed ones are queued
         again (a new batch run retries them); finished and running items stay as they are."""
+        items = list(items)
         with self._sessions.begin() as session:
+            _insert_missing(session, BatchItemRow, [
+                {"key": key, "batch_id": batch_id, "image": image, "status": "pending", "updated_at": utc_now()}
+                for key, image in items
+            ])
             for key, image in items:
-                row = session.get(BatchItemRow, key)
-                if row is None:
-                    session.add(BatchItemRow(key=key, batch_id=batch_id, image=image, status="pending"))
-                elif row.status == "failed":
-                    row.batch_id, row.image, row.status = batch_id, image, "pending"
+                session.execute(
+                    update(BatchItemRow).where(BatchItemRow.key == key, BatchItemRow.status == "failed")
+                    .values(batch_id=batch_id, image=image, status="pending")
+                )
 
     def claim_next(self, keys: Sequence[str], worker: str, lease_s: float) -> BatchItemState | None:
         """Give `worker` the next item among `keys` that waits (or whose worker's lease ran out), or None.
@@ -190,6 +194,21 @@ class BatchStore:
                 select(BatchItemRow).where(BatchItemRow.batch_id == batch_id).order_by(BatchItemRow.image)
             )
             return [BatchItemState.model_validate(row) for row in rows]
+
+
+def _insert_missing(session: Session, table: type, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows whose primary key is not taken yet, in one statement that a concurrent insert
+    of the same key cannot fail (ON CONFLICT DO NOTHING on SQLite and PostgreSQL alike)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}.get(dialect)
+    if insert is None:  # another database: one by one, skipping what is there
+        for row in rows:
+            if session.get(table, [row[column.name] for column in table.__table__.primary_key]) is None:
+                session.add(table(**row))
+        return
+    session.execute(insert(table).values(rows).on_conflict_do_nothing())
 
 
 def _claimable(keys: Sequence[str], stale_before: datetime) -> ColumnElement[bool]:

@@ -47,13 +47,13 @@ def _one_contiguous_run_per_image(url: str, images, count: int) -> list:
         return runs
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
-def test_two_ray_workers_run_a_batch_from_the_shared_queue(local_cluster, request, tmp_path, arpo_home, database):
+def test_two_ray_workers_run_a_batch_from_the_shared_queue_in_postgres(local_cluster, request, tmp_path, arpo_home):
+    """(SQLite: the CLI test below.)"""
     from arpo.graphs.ray_batch import run_batch_on_ray
 
     folder = tmp_path / "images"
     make_images(folder, 4)
-    url = _database(request, tmp_path, database)
+    url = _database(request, tmp_path, "postgresql")
     seen = []
     report = run_batch_on_ray(folder, OFFLINE, workers=2, database_url=url, image_root=tmp_path / "store",
                               on_item=seen.append)
@@ -104,13 +104,18 @@ def test_a_worker_killed_mid_item_loses_only_that_item_which_another_worker_fini
     history.close()
 
 
-def test_arpo_batch_ray_runs_through_the_cli_with_one_progress_bar(local_cluster, capsys, tmp_path, arpo_home):
-    make_images(tmp_path / "images", 2)
-    outcome = run_arpo(capsys, "batch", tmp_path / "images", "--models", "tiny", "--brain", "offline", "--steps", "0",
-                       "--ray", "local", "--workers", "2", "--json")
+def test_arpo_batch_ray_runs_through_the_cli_on_sqlite_with_one_progress_bar(local_cluster, capsys, tmp_path, arpo_home):
+    make_images(tmp_path / "images", 3)
+    args = ("batch", tmp_path / "images", "--models", "tiny", "--brain", "offline", "--steps", "1",
+            "--ray", "local", "--workers", "2", "--json")
+    outcome = run_arpo(capsys, *args)
     assert outcome.exit_code == 0, outcome.stderr
-    assert (outcome.json()["finished"], outcome.json()["failed"]) == (2, 0)
-    assert "2/2" in outcome.stderr  # the progress bar counted both items
+    assert (outcome.json()["finished"], outcome.json()["failed"]) == (3, 0)
+    assert "3/3" in outcome.stderr  # the progress bar counted every item, wherever it ran
+    runs = _one_contiguous_run_per_image(f"sqlite:///{arpo_home}/arpo.db", arpo_home / "images", 3)
+    assert sorted(run.id for run in runs) == sorted(item["run_id"] for item in outcome.json()["items"])
+    again = run_arpo(capsys, *args)
+    assert all(item["skipped"] for item in again.json()["items"])
 
 
 def test_ray_flags_are_checked_before_anything_runs(capsys, tmp_path):
