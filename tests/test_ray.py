@@ -47,25 +47,6 @@ def _one_contiguous_run_per_image(url: str, images, count: int) -> list:
         return runs
 
 
-def test_two_ray_workers_run_a_batch_from_the_shared_queue_in_postgres(local_cluster, request, tmp_path, arpo_home):
-    """(SQLite: the CLI test below.)"""
-    from arpo.graphs.ray_batch import run_batch_on_ray
-
-    folder = tmp_path / "images"
-    make_images(folder, 4)
-    url = _database(request, tmp_path, "postgresql")
-    seen = []
-    report = run_batch_on_ray(folder, OFFLINE, workers=2, database_url=url, image_root=tmp_path / "store",
-                              on_item=seen.append)
-    assert (report.finished, report.failed) == (4, 0)
-    assert sorted(item.image for item in seen) == sorted(item.image for item in report.items), "one bar, every item"
-    runs = _one_contiguous_run_per_image(url, tmp_path / "store", 4)
-    assert sorted(run.id for run in runs) == sorted(item.run_id for item in report.items)
-
-    again = run_batch_on_ray(folder, OFFLINE, workers=2, database_url=url, image_root=tmp_path / "store")
-    assert all(item.skipped for item in again.items) and [i.run_id for i in again.items] == [i.run_id for i in report.items]
-
-
 def test_a_worker_killed_mid_item_loses_only_that_item_which_another_worker_finishes(local_cluster, tmp_path, arpo_home):
     from scripted_server import BrainServer, ScriptedBrain
 
@@ -104,15 +85,17 @@ def test_a_worker_killed_mid_item_loses_only_that_item_which_another_worker_fini
     history.close()
 
 
-def test_arpo_batch_ray_runs_through_the_cli_on_sqlite_with_one_progress_bar(local_cluster, capsys, tmp_path, arpo_home):
+def test_arpo_batch_ray_on_postgres_through_the_cli_with_one_progress_bar(local_cluster, capsys, request, tmp_path, arpo_home):
+    """(SQLite: the killed-worker test above.)"""
     make_images(tmp_path / "images", 3)
-    args = ("batch", tmp_path / "images", "--models", "tiny", "--brain", "offline", "--steps", "1",
-            "--ray", "local", "--workers", "2", "--json")
+    url = _database(request, tmp_path, "postgresql")
+    args = ("batch", tmp_path / "images", "--models", "tiny", "--brain", "offline", "--steps", "1", "--db", url,
+            "--images", tmp_path / "store", "--ray", "local", "--workers", "2", "--json")
     outcome = run_arpo(capsys, *args)
     assert outcome.exit_code == 0, outcome.stderr
     assert (outcome.json()["finished"], outcome.json()["failed"]) == (3, 0)
     assert "3/3" in outcome.stderr  # the progress bar counted every item, wherever it ran
-    runs = _one_contiguous_run_per_image(f"sqlite:///{arpo_home}/arpo.db", arpo_home / "images", 3)
+    runs = _one_contiguous_run_per_image(url, tmp_path / "store", 3)
     assert sorted(run.id for run in runs) == sorted(item["run_id"] for item in outcome.json()["items"])
     again = run_arpo(capsys, *args)
     assert all(item["skipped"] for item in again.json()["items"])
@@ -128,22 +111,6 @@ def _eval_folder(tmp_path):
     folder = tmp_path / "refs"
     make_images(folder, 2)
     return folder
-
-
-def test_arpo_eval_ray_fills_every_cell_with_two_workers(local_cluster, capsys, tmp_path, arpo_home):
-    out = tmp_path / "out"
-    args = ["eval", _eval_folder(tmp_path), "--models", "tiny", "--methods", "caption,arpo-vanilla:offline", "--steps", "1",
-            "--seeds", "1", "--metrics", "clip_t,clip_i", "--out", out, "--ray", "local", "--workers", "2", "--json"]
-    outcome = run_arpo(capsys, *args)
-    assert outcome.exit_code == 0, outcome.stderr
-    table = outcome.json()
-    assert {row["method"] for row in table["rows"]} == {"caption", "arpo-vanilla:offline"}
-    assert "[4/4] cells done" in outcome.stderr
-    [evaluation_cells] = [History.open().evaluations.cells(table["evaluation_id"], status="done")]
-    assert len(evaluation_cells) == 4 and len({cell.key for cell in evaluation_cells}) == 4
-
-    again = run_arpo(capsys, *args)  # everything done: the reports are rewritten, nothing runs
-    assert again.exit_code == 0 and "already done" in again.stderr
 
 
 def test_an_eval_worker_killed_mid_unit_is_replaced_and_its_arpo_run_continued(local_cluster, capsys, tmp_path, arpo_home):
@@ -168,13 +135,16 @@ def test_an_eval_worker_killed_mid_unit_is_replaced_and_its_arpo_run_continued(l
     with BrainServer(ScriptedBrain(latency_s=0.3, phrases_per_reply=2)) as server:
         killer = threading.Thread(target=kill_the_worker_of_a_started_arpo_run, daemon=True)
         killer.start()
-        outcome = run_arpo(capsys, "eval", _eval_folder(tmp_path), "--models", "tiny", "--methods", "arpo-vanilla",
-                           "--steps", "2", "--seeds", "1", "--metrics", "clip_t", "--brain", "vllm", "--base-url",
-                           server.base_url, "--out", tmp_path / "out", "--ray", "local", "--workers", "2", "--json")
+        args = ("eval", _eval_folder(tmp_path), "--models", "tiny", "--methods", "arpo-vanilla", "--steps", "2",
+                "--seeds", "1", "--metrics", "clip_t", "--brain", "vllm", "--base-url", server.base_url,
+                "--out", tmp_path / "out", "--ray", "local", "--workers", "2", "--json")
+        outcome = run_arpo(capsys, *args)
         killer.join(timeout=5)
+        again = run_arpo(capsys, *args)  # everything done: the reports are rewritten, nothing runs
+    assert again.exit_code == 0 and "already done" in again.stderr
     assert outcome.exit_code == 0, outcome.stderr
     assert killed, "no worker was caught mid-unit"
-    assert outcome.json()["rows"], outcome.stderr
+    assert outcome.json()["rows"] and "[2/2] cells done" in outcome.stderr, outcome.stderr
     cells = history.evaluations.cells(outcome.json()["evaluation_id"], status="done")
     assert len(cells) == 2 and killed[0] in {cell.run_id for cell in cells}, "the killed unit's run was continued"
     runs = [run for run in history.list_runs(limit=50) if run.kind == "eval"] or history.list_runs(limit=50)
