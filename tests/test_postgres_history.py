@@ -9,11 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
 from cli_harness import SAMPLE_IMAGE, run_arpo
+from test_cli_resume import wait_for
 
 from arpo.storage.history import History
 from arpo.storage.locations import postgres_conninfo_of
@@ -51,17 +51,6 @@ def test_a_run_keeps_history_checkpoints_and_relative_image_paths_in_postgres(ca
     assert not (tmp_path / "arpo-home" / "checkpoints.sqlite").exists()  # nothing went to a local file
 
 
-def _wait_for(condition, timeout_s, process):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"arpo exited early: {process.stderr.read()}")
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for the run to make progress")
-
-
 def _iterations(url: str) -> list[tuple]:
     return _rows(url, "SELECT i.index, i.prompt, i.generated_sha256, count(c.id) FROM iterations i "
                       "LEFT JOIN candidates c ON c.iteration_id = i.id GROUP BY i.id ORDER BY i.index")
@@ -76,7 +65,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_postgres_checkpoint(capsys, 
                    "--base-url", server.base_url, "--steps", "4", *common]
         process = subprocess.Popen(command, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            _wait_for(lambda: len(_iterations(postgres_url)) >= 2 if "iterations" in _tables(postgres_url) else False,
+            wait_for(lambda: len(_iterations(postgres_url)) >= 2 if "iterations" in _tables(postgres_url) else False,
                       180, process)
         finally:
             process.send_signal(signal.SIGKILL)
