@@ -29,6 +29,7 @@ def create_database_engine(url: str) -> Engine:
     engine = _build_engine(parsed)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _tune_sqlite_connection)
+        event.listen(engine, "begin", _begin_immediately)
     try:
         upgrade_schema(engine)
     except OperationalError as exc:
@@ -72,6 +73,8 @@ def _build_engine(url: URL) -> Engine:
 
 
 def _tune_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
+    # SQLAlchemy, not the sqlite3 module, begins transactions (see _begin_immediately).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -81,6 +84,16 @@ def _tune_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> N
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def _begin_immediately(connection: Any) -> None:
+    """Every transaction takes SQLite's write lock as it begins, waiting up to the busy timeout for it.
+
+    A transaction that reads first and writes later (look a row up, then change it) cannot wait for
+    the lock once another writer has committed since its read: SQLite fails it at once with "database
+    is locked". Several threads and processes write one history (batch workers, their heartbeats), so
+    each transaction asks for the lock up front instead; readers of the WAL are not blocked by it."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _dump_json(value: Any) -> str:
