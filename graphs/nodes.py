@@ -235,7 +235,7 @@ def _refinement_due(ctx: ArpoContext, state: ArpoState) -> dict:
     """`refine_with` when this round's empty hands should go to a refinement before the loop stops:
     a tool suits, the best prompt was not refined yet, and no budget is spent."""
     tool = refine_tool_for(ctx.config or RunConfig(), ctx)
-    start = state.get("best_prompt") or state["prompt"]
+    start = refinement.starting_prompt(state)
     if tool is None or state.get("refined_against") == start:
         return {}
     if ctx.budget_spent(state["run_id"], state.get("seconds_spent", 0.0)) is not None:
@@ -249,7 +249,7 @@ def refine(state: ArpoState, runtime: Ctx) -> dict:
     ctx = runtime.context
     tool = state["refine_with"]
     caller = "person" if state.get("next_step") == "refine" else "loop"
-    start = state.get("best_prompt") or state["prompt"]
+    start = refinement.starting_prompt(state)
     done: dict = {"refine_with": "", "refined_against": start, "next_step": ""}
     outcome = refinement.refine(ctx, state, tool, caller=caller).outcome
     if outcome.selected:

@@ -54,6 +54,11 @@ def tool_suits(tool: str, ctx: ArpoContext) -> bool:
     return True
 
 
+def starting_prompt(state: dict) -> str:
+    """What a refinement starts from: the best prompt so far (by its regenerated image), else the current one."""
+    return state.get("best_prompt") or state["prompt"]
+
+
 @dataclass
 class Refinement:
     """What one refinement came to: the selection over its phrases, and its record."""
@@ -67,7 +72,7 @@ def refine(ctx: ArpoContext, state: dict, tool: str, *, caller: str = "loop") ->
     if tool not in REFINE_TOOLS:
         raise ArpoError(f"unknown refinement tool {tool!r}; choose one of {', '.join(REFINE_TOOLS)}")
     config = ctx.config or RunConfig()
-    start = state.get("best_prompt") or state["prompt"]
+    start = starting_prompt(state)
     steps = config.refine_steps or REFINE_STEPS
     started = time.perf_counter()
     tool_prompts = _tool_prompts(ctx, state, tool, config, start, steps)
