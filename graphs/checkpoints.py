@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,11 +25,32 @@ _SET_UP_LOCK = threading.Lock()
 
 
 def open_checkpointer(history: History) -> BaseCheckpointSaver:
-    """A saver for the runs of `history`, on a connection of its own (close it with `.conn.close()`)."""
+    """A saver for the runs of `history`, on a connection of its own (close it with `.conn.close()`),
+    that saves nothing before the history's own writes so far are stored."""
     conninfo = history.postgres_conninfo
-    if conninfo is not None:
-        return _postgres_saver(conninfo)
-    return sqlite_saver(history.checkpoint_path)
+    saver = _postgres_saver(conninfo) if conninfo is not None else sqlite_saver(history.checkpoint_path)
+    return settle_before_saving(saver, history)
+
+
+def settle_before_saving(saver: BaseCheckpointSaver, history: History) -> BaseCheckpointSaver:
+    """Make `saver` wait for the history's background writes before each checkpoint or pending write.
+
+    A checkpoint says which nodes are done; resuming from it skips them. So a node's iteration, brain
+    calls and images must be stored before the checkpoint that follows it, or a run killed in between
+    would resume past writes that never happened. A failed history write fails the save, and so the run.
+    """
+    for method in ("put", "put_writes"):
+        setattr(saver, method, _after_settling(getattr(saver, method), history))
+    return saver
+
+
+def _after_settling(save: Callable, history: History) -> Callable:
+    @wraps(save)
+    def settled_save(*args, **kwargs):
+        history.settle()
+        return save(*args, **kwargs)
+
+    return settled_save
 
 
 def sqlite_saver(path: Path) -> SqliteSaver:

@@ -37,6 +37,7 @@ class RunHandle:
     run_id: str
     config: RunConfig
     context: ArpoContext
+    reference_sha256: str
 
 
 def build_context(
@@ -100,7 +101,7 @@ def start_run(
         "brain_details": context.brains.describe_backends(),
     }
     run_id = history.create_run(stored.sha256, reference.name, recorded_config, kind=kind)
-    return RunHandle(run_id=run_id, config=config, context=context)
+    return RunHandle(run_id=run_id, config=config, context=context, reference_sha256=stored.sha256)
 
 
 def load_run(
@@ -110,7 +111,7 @@ def load_run(
     detail = history.get_run(run_id)
     config = RunConfig.model_validate(detail.config)
     context = build_context(config, history, models, initial_inverter=initial_inverter)
-    return RunHandle(run_id=detail.id, config=config, context=context)
+    return RunHandle(run_id=detail.id, config=config, context=context, reference_sha256=detail.reference_sha256)
 
 
 def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> None:
@@ -143,12 +144,15 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     thread = thread_config(handle.run_id)
     with failures_recorded(history, handle.run_id), brain_calls_kept(handle, lambda: current_iteration(graph, thread)):
         history.set_status(handle.run_id, "running")
-        for chunk in graph.stream(
-            start, thread, context=handle.context, stream_mode="updates", durability="sync"
-        ):
-            for node, update in chunk.items():
-                if on_update is not None and node != "__interrupt__":
-                    on_update(node, update or {})
+        # "async": a node's checkpoint is saved while the next node runs (mostly waiting on a brain),
+        # and the saver settles the node's history writes first (checkpoints.settle_before_saving).
+        with history.writing_behind():
+            for chunk in graph.stream(
+                start, thread, context=handle.context, stream_mode="updates", durability="async"
+            ):
+                for node, update in chunk.items():
+                    if on_update is not None and node != "__interrupt__":
+                        on_update(node, update or {})
 
 
 @contextmanager
@@ -187,10 +191,9 @@ def _iteration_or_none(iteration: Callable[[], int | None] | None) -> int | None
 
 def initial_input(handle: RunHandle) -> ArpoInput:
     """The graph input that starts a stored run from the beginning."""
-    detail = handle.context.history.get_run(handle.run_id)
     start = ArpoInput(
         run_id=handle.run_id,
-        reference_sha256=detail.reference_sha256,
+        reference_sha256=handle.reference_sha256,
         max_steps=handle.config.steps,
         seed=handle.config.seed,
     )

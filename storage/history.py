@@ -1,15 +1,19 @@
 """The history: a small repository API over the database and the image store.
 
 Each method opens its own short transaction and commits before returning, so a run interrupted at
-any point keeps everything written up to then, and other processes see it at once.
+any point keeps everything written up to then, and other processes see it at once. The one exception
+is inside `History.writing_behind()`, where the loop runs: there its frequent writes go to a
+background thread (storage/write_behind.py), and the loop's checkpoints settle them first, so a
+killed run still resumes from a checkpoint whose writes are all stored.
 """
 
 import enum
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -25,7 +29,7 @@ from arpo.core.run_config import REFINE_TOOLS
 from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
-from arpo.storage.image_store import ImageStore, StoredImageRef
+from arpo.storage.image_store import ImageStore, PreparedImage, StoredImageRef
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root, postgres_conninfo_of
 from arpo.storage.models import (
     IMAGE_ROLES,
@@ -54,6 +58,7 @@ from arpo.storage.records import (
     ToolCallRecord,
 )
 from arpo.storage.secrets_guard import secret_looking_keys
+from arpo.storage.write_behind import WriteBehind
 
 FAILURE_STATUSES = ("failed", "interrupted")
 
@@ -67,6 +72,30 @@ class History:
         self._engine = engine
         self._images = image_store
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._writes = WriteBehind()
+
+    @contextmanager
+    def writing_behind(self) -> Iterator[None]:
+        """Inside, the loop's frequent writes (images, iterations, brain and tool calls) are done by a
+        background thread in the order given, overlapping the brain waits that follow them. Every
+        other read or write of this history waits for them first, and so does a checkpoint
+        (`settle`); leaving the block waits for them and raises the first that failed."""
+        with self._writes.deferring_writes():
+            yield
+
+    def settle(self) -> None:
+        """Wait for the writes handed to the background writer; raise the first that failed."""
+        self._writes.settle()
+
+    def _transaction(self) -> AbstractContextManager[Session]:
+        """A read-write transaction that comes after every write already handed over."""
+        self._writes.settle()
+        return self._sessions.begin()
+
+    def _reading(self) -> AbstractContextManager[Session]:
+        """A session for reading that sees every write already handed over."""
+        self._writes.settle()
+        return self._sessions()
 
     @classmethod
     def open(cls, database_url: str | None = None, image_root: Path | None = None) -> "History":
@@ -88,8 +117,11 @@ class History:
         return checkpoint_path_for(self._engine.url)
 
     def close(self) -> None:
-        """Release the database connections."""
-        self._engine.dispose()
+        """Finish the writes handed over, then release the database connections."""
+        try:
+            self._writes.close()
+        finally:
+            self._engine.dispose()
 
     def __enter__(self) -> "History":
         return self
@@ -104,7 +136,13 @@ class History:
     ) -> StoredImageRef:
         """Store an image file and its row; storing the same pixels again keeps the first row as is."""
         _require_choice(role, IMAGE_ROLES, "image role")
-        stored = self._images.put(image)
+        prepared = self._images.prepare(image)
+        self._writes.write(partial(self._store_image_now, prepared, role, metadata))
+        return prepared.ref
+
+    def _store_image_now(self, prepared: PreparedImage, role: str, metadata: dict[str, Any] | None) -> None:
+        self._images.write(prepared)
+        stored = prepared.ref
         try:
             with self._sessions.begin() as session:
                 if session.get(StoredImage, stored.sha256) is None:
@@ -123,18 +161,25 @@ class History:
             # Another process stored the same image between our check and our insert: same content,
             # so its row serves us equally well.
             pass
-        return stored
 
     def open_image(self, sha256: str) -> Image.Image:
         """Load a stored image by its hash (recently stored or opened images come from memory)."""
+        if self._writes.deferring:
+            # Its file may still be on its way to the disk; the pixels are the same.
+            recent = self._images.open_recent(sha256)
+            if recent is not None:
+                return recent
+        self._writes.settle()
         return self._images.open(sha256)
 
     def image_path(self, sha256: str) -> Path:
         """Where the file of an image with this hash is (or would be), to show a person or to copy."""
+        self._writes.settle()
         return self._images.path_for(sha256)
 
     def has_image(self, sha256: str) -> bool:
         """Whether the image store holds an image with this hash."""
+        self._writes.settle()
         return self._images.contains(sha256)
 
     # Batches and evaluations, kept in the same database
@@ -168,7 +213,7 @@ class History:
             raise ValueError(
                 "refusing to store a run configuration holding credentials under: " + ", ".join(leaked)
             )
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             if session.get(StoredImage, reference_sha256) is None:
                 raise ValueError(f"reference image {reference_sha256} is not stored; store it first")
             run_id = _unused_run_id(session)
@@ -186,6 +231,9 @@ class History:
 
     def record_iteration(self, run_id: str, record: IterationRecord) -> None:
         """Write one iteration and its candidates, replacing any earlier write of the same index."""
+        self._writes.write(partial(self._record_iteration_now, run_id, record))
+
+    def _record_iteration_now(self, run_id: str, record: IterationRecord) -> None:
         with self._sessions.begin() as session:
             run = _exact_run(session, run_id)
             if session.get(StoredImage, record.generated_sha256) is None:
@@ -201,6 +249,9 @@ class History:
     ) -> None:
         """Store brain calls made for a run (and iteration). Each call is kept, retries included,
         because each one was really made and cost tokens."""
+        self._writes.write(partial(self._record_brain_calls_now, run_id, iteration_index, list(calls)))
+
+    def _record_brain_calls_now(self, run_id: str, iteration_index: int | None, calls: list[BrainCallRecord]) -> None:
         with self._sessions.begin() as session:
             _exact_run(session, run_id)
             session.add_all(_brain_call_row(run_id, iteration_index, call) for call in calls)
@@ -215,7 +266,7 @@ class History:
         stopped_because: str | None,
     ) -> None:
         """Mark a run finished with its best and last prompts and why the loop stopped."""
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             run = _exact_run(session, run_id)
             run.status = "finished"
             run.best_prompt = best_prompt
@@ -227,7 +278,7 @@ class History:
     def fail_run(self, run_id: str, error: str, status: str = "failed") -> None:
         """Mark a run failed (or interrupted) with the one-line reason."""
         _require_choice(status, FAILURE_STATUSES, "failure status")
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             run = _exact_run(session, run_id)
             run.status = status
             run.error = error
@@ -235,7 +286,7 @@ class History:
     def set_status(self, run_id: str, status: RunStatus) -> None:
         """Change a run's status, e.g. back to "running" when it is resumed."""
         _require_choice(status, RUN_STATUSES, "run status")
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             _exact_run(session, run_id).status = status
 
     # Reading runs
@@ -252,12 +303,12 @@ class History:
             .order_by(Run.created_at.desc(), Run.id.desc())
             .limit(limit)
         )
-        with self._sessions() as session:
+        with self._reading() as session:
             return [_summary(run, count) for run, count in session.execute(query).all()]
 
     def get_run(self, run_id: str) -> RunDetail:
         """A run with all its iterations and brain-call totals; accepts a unique id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             run = _run_by_id_or_prefix(session, run_id)
             iterations = _iteration_records(session, run.id)
             calls, prompt_tokens, completion_tokens = session.execute(
@@ -282,7 +333,7 @@ class History:
 
     def brain_calls(self, run_id: str) -> list[BrainCallRecord]:
         """Every brain request of a run, failed ones included, oldest first; accepts an id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             run = _run_by_id_or_prefix(session, run_id)
             rows = session.scalars(
                 select(BrainCall).where(BrainCall.run_id == run.id).order_by(BrainCall.id)
@@ -291,7 +342,7 @@ class History:
 
     def brain_tokens(self, run_id: str) -> int:
         """Prompt plus completion tokens the run's brain calls have cost so far (what the servers reported)."""
-        with self._sessions() as session:
+        with self._reading() as session:
             return int(session.scalar(
                 select(func.coalesce(func.sum(func.coalesce(BrainCall.prompt_tokens, 0) + func.coalesce(BrainCall.completion_tokens, 0)), 0))
                 .where(BrainCall.run_id == run_id)
@@ -299,18 +350,21 @@ class History:
 
     def record_tool_call(self, run_id: str, call: ToolCallRecord) -> None:
         """Keep one tool call of a run (each is kept: every one really ran and took its time)."""
+        self._writes.write(partial(self._record_tool_call_now, run_id, call))
+
+    def _record_tool_call_now(self, run_id: str, call: ToolCallRecord) -> None:
         with self._sessions.begin() as session:
             _exact_run(session, run_id)
             session.add(ToolCall(run_id=run_id, **call.model_dump(exclude={"created_at"})))
 
     def tool_calls(self, run_id: str) -> list[ToolCallRecord]:
         """Every tool call of a run, oldest first; accepts an id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             return _tool_call_records(session, _run_by_id_or_prefix(session, run_id).id)
 
     def record_inversion_steps(self, run_id: str, steps: Iterable[InversionStepRecord]) -> None:
         """Store steps of an inversion trajectory; a step written again (after a resume) replaces the old."""
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             _exact_run(session, run_id)
             for record in steps:
                 _drop_earlier(session, InversionStepRow, run_id=run_id, method=record.method, step=record.step)
@@ -318,7 +372,7 @@ class History:
 
     def inversion_steps(self, run_id: str, method: str | None = None) -> list[InversionStepRecord]:
         """A run's inversion trajectory in step order, for one method or all; accepts an id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             run = _run_by_id_or_prefix(session, run_id)
             query = select(InversionStepRow).where(InversionStepRow.run_id == run.id)
             if method is not None:
@@ -328,7 +382,7 @@ class History:
 
     def record_session_turn(self, run_id: str, turn: SessionTurnRecord) -> None:
         """Store a person's reply; writing the same position again (a resumed node) replaces it."""
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             run = _exact_run(session, run_id)
             _drop_earlier(session, SessionTurn, run_id=run_id, position=turn.position)
             session.add(SessionTurn(run_id=run_id, **turn.model_dump(exclude={"created_at"})))
@@ -336,7 +390,7 @@ class History:
 
     def session_turns(self, run_id: str) -> list[SessionTurnRecord]:
         """A session's replies in order; accepts a unique id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             run = _run_by_id_or_prefix(session, run_id)
             rows = session.scalars(
                 select(SessionTurn).where(SessionTurn.run_id == run.id).order_by(SessionTurn.position)
@@ -345,7 +399,7 @@ class History:
 
     def record_render(self, run_id: str, render: RenderRecord) -> RenderRecord:
         """Keep a novel image rendered from an edit of the run's prompt; returns it with its id."""
-        with self._sessions.begin() as session:
+        with self._transaction() as session:
             _exact_run(session, run_id)
             if session.get(StoredImage, render.image_sha256) is None:
                 raise ValueError(f"rendered image {render.image_sha256} is not stored; store it first")
@@ -356,14 +410,14 @@ class History:
 
     def renders(self, run_id: str) -> list[RenderRecord]:
         """Every render made from a run, oldest first; accepts a unique id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             run = _run_by_id_or_prefix(session, run_id)
             rows = session.scalars(select(Render).where(Render.run_id == run.id).order_by(Render.id))
             return [RenderRecord.model_validate(row, from_attributes=True) for row in rows]
 
     def iterations(self, run_id: str) -> list[IterationRecord]:
         """A run's iterations in order; accepts a unique id prefix."""
-        with self._sessions() as session:
+        with self._reading() as session:
             return _iteration_records(session, _run_by_id_or_prefix(session, run_id).id)
 
 

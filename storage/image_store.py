@@ -31,6 +31,14 @@ class StoredImageRef:
     height: int
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image named and encoded, its file not necessarily written yet."""
+
+    ref: StoredImageRef
+    png_bytes: bytes
+
+
 class ImageStore:
     """PNG files under `root`, at `root/<first two hex digits>/<sha256>.png`.
 
@@ -45,14 +53,24 @@ class ImageStore:
 
     def put(self, image: Image.Image) -> StoredImageRef:
         """Store an image (as RGB) and return its reference; storing it again changes nothing."""
+        prepared = self.prepare(image)
+        self.write(prepared)
+        return prepared.ref
+
+    def prepare(self, image: Image.Image) -> "PreparedImage":
+        """Encode and name an image, and keep it in memory so `open` serves it before its file is
+        written (`write` writes it)."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         png_bytes = encode_png(rgb)
         sha256 = hashlib.sha256(png_bytes).hexdigest()
-        target = self.path_for(sha256)
-        if not target.exists():
-            _write_atomically(target, png_bytes)
         self._remember(sha256, rgb.copy())
-        return StoredImageRef(sha256=sha256, path=target, width=image.width, height=image.height)
+        ref = StoredImageRef(sha256=sha256, path=self.path_for(sha256), width=image.width, height=image.height)
+        return PreparedImage(ref=ref, png_bytes=png_bytes)
+
+    def write(self, prepared: "PreparedImage") -> None:
+        """Write a prepared image's file, unless it is there already."""
+        if not prepared.ref.path.exists():
+            _write_atomically(prepared.ref.path, prepared.png_bytes)
 
     def path_for(self, sha256: str) -> Path:
         """The file path an image with this hash has (whether or not it is stored yet)."""
@@ -74,15 +92,22 @@ class ImageStore:
         path = self.path_for(sha256)
         if not path.is_file():
             raise InvalidInputError(f"image {sha256} is missing from the image store ({path})")
-        with self._recent_lock:
-            recent = self._recent.get(sha256)
-            if recent is not None:
-                self._recent.move_to_end(sha256)
-                return recent.copy()
+        recent = self.open_recent(sha256)
+        if recent is not None:
+            return recent
         with Image.open(path) as stored:
             image = stored.convert("RGB")
         self._remember(sha256, image.copy())
         return image
+
+    def open_recent(self, sha256: str) -> Image.Image | None:
+        """A copy of a recently stored, prepared or opened image, or None when it is not in memory."""
+        with self._recent_lock:
+            recent = self._recent.get(sha256)
+            if recent is None:
+                return None
+            self._recent.move_to_end(sha256)
+            return recent.copy()
 
     def _remember(self, sha256: str, image: Image.Image) -> None:
         with self._recent_lock:
