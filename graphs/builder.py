@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import wraps
+from functools import cache, wraps
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
@@ -75,7 +75,7 @@ def _add_agent(graph: StateGraph, after_agent: Callable, after_generate: Callabl
 
 def compile_arpo_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The ARPO loop ready to invoke; pass a checkpointer to make runs resumable."""
-    return build_arpo_graph(agent=agent).compile(checkpointer=checkpointer, name="arpo")
+    return _compiled("arpo", agent).copy(update={"checkpointer": checkpointer})
 
 
 def build_session_graph(*, agent: bool = False) -> StateGraph:
@@ -95,4 +95,12 @@ def build_session_graph(*, agent: bool = False) -> StateGraph:
 
 def compile_session_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The session graph ready to invoke; it needs a checkpointer to pause for the person."""
-    return build_session_graph(agent=agent).compile(checkpointer=checkpointer, name="arpo-session")
+    return _compiled("arpo-session", agent).copy(update={"checkpointer": checkpointer})
+
+
+@cache
+def _compiled(name: str, agent: bool):
+    """Each graph is built and compiled once per process (a few milliseconds a run otherwise); runs
+    get a copy carrying their own checkpointer."""
+    build = build_arpo_graph if name == "arpo" else build_session_graph
+    return build(agent=agent).compile(name=name)
