@@ -85,9 +85,23 @@ def _postgres_saver(conninfo: str) -> BaseCheckpointSaver:
     saver = PostgresSaver(connection)
     with _SET_UP_LOCK:
         if conninfo not in _SET_UP:
-            saver.setup()
+            _set_up_alone(saver, connection)
             _SET_UP.add(conninfo)
     return saver
+
+
+_SETUP_LOCK_KEY = 0x61727030  # "arp0": any fixed number, the same in every arpo process
+"""PostgreSQL advisory lock taken while the checkpoint tables are made."""
+
+
+def _set_up_alone(saver: BaseCheckpointSaver, connection) -> None:
+    """`saver.setup()` while holding a database-wide lock: two processes that meet a new database at
+    once would otherwise both record the same migration (a unique violation on checkpoint_migrations)."""
+    connection.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+    try:
+        saver.setup()
+    finally:
+        connection.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
 
 
 def thread_config(run_id: str) -> dict:
