@@ -43,6 +43,20 @@ def test_one_text_forward_per_call_whatever_the_batch(scorer):
     assert scorer.texts_encoded == texts + 53
 
 
+def test_a_text_is_tokenized_once_and_encodes_as_a_fresh_tokenization_would(monkeypatch):
+    scorer = ClipScorer.tiny()
+    tokenized: list[str] = []
+    tokenizer = scorer.tokenizer
+    monkeypatch.setattr(scorer, "tokenizer", lambda texts: (tokenized.extend(texts), tokenizer(texts))[1])
+    first = scorer.encode_texts(["a cat, red", "a cat, blue", "a cat, red"])
+    again = scorer.encode_texts(["a cat, blue", "a cat, green"])
+    assert tokenized == ["a cat, red", "a cat, blue", "a cat, green"]
+    with torch.inference_mode():
+        direct = scorer.model.encode_text(tokenizer(["a cat, blue", "a cat, green"]), normalize=True)
+    assert torch.allclose(again, direct.float(), atol=1e-6)
+    assert torch.equal(first[0], first[2]) and torch.allclose(first[1], again[0], atol=1e-6)
+
+
 def test_empty_batches_cost_no_forward(scorer):
     passes = scorer.text_forward_passes, scorer.image_forward_passes
     assert scorer.encode_texts([]).shape == (0, 32)

@@ -35,7 +35,8 @@ DEFAULT_CLIP_WEIGHTS = "openai"
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 _SCHEMAS = ("hf-hub:", "local-dir:")
 _REMEMBERED_TEXTS = 4096
-"""Texts whose token counts a scorer keeps (a count is a few bytes; a tokenizer call is not free)."""
+"""Texts whose token counts and ids a scorer keeps (77 ids are a few hundred bytes; a tokenizer call
+is not free)."""
 
 
 class ClipScorer:
@@ -82,6 +83,7 @@ class ClipScorer:
         self._tokenizer_lock = threading.Lock()
         # Token counts by text: selection asks about the same prompts and phrases round after round.
         self._token_counts: OrderedDict[str, int] = OrderedDict()
+        self._token_ids: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._embed_dim = _embed_dim(model)
         self._text_batcher: MicroBatcher | None = None
         self._image_batcher: MicroBatcher | None = None
@@ -121,8 +123,7 @@ class ClipScorer:
         return self._encode_texts_now(texts)
 
     def _encode_texts_now(self, texts: Sequence[str]) -> torch.Tensor:
-        with self._tokenizer_lock:
-            tokens = self.tokenizer(list(texts))
+        tokens = self._token_rows(texts)
         with self.turn(), self._forward_lock:
             started = time.perf_counter()
             with torch.inference_mode():
@@ -131,6 +132,22 @@ class ClipScorer:
             self.text_forward_passes += 1
             self.texts_encoded += len(texts)
         return embeddings.float().cpu()
+
+    def _token_rows(self, texts: Sequence[str]) -> torch.Tensor:
+        """The tokenizer's [n, context] ids for `texts`, each text tokenized once: greedy selection
+        scores the same prompt-plus-phrase texts again in every round that keeps none of them."""
+        with self._tokenizer_lock:
+            new = [text for text in dict.fromkeys(texts) if text not in self._token_ids]
+            if new:
+                for text, row in zip(new, self.tokenizer(new)):
+                    self._token_ids[text] = row
+            rows = []
+            for text in texts:
+                self._token_ids.move_to_end(text)
+                rows.append(self._token_ids[text])
+            while len(self._token_ids) > _REMEMBERED_TEXTS:
+                self._token_ids.popitem(last=False)
+            return torch.stack(rows)
 
     @contextmanager
     def batching(self, participants: Callable[[], int], wait_s: float = DEFAULT_WAIT_S) -> Iterator[None]:
