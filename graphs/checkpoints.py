@@ -104,6 +104,14 @@ def _set_up_alone(saver: BaseCheckpointSaver, connection) -> None:
         connection.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
 
 
+def close_soon(saver: BaseCheckpointSaver) -> None:
+    """Close a saver's connection on a thread of its own. Closing the last connection to a SQLite file
+    in WAL mode copies the log into the database first (milliseconds a run); every checkpoint is
+    already committed, so nobody needs to wait for that, and a process that exits meanwhile leaves a
+    log SQLite replays on the next open."""
+    threading.Thread(target=saver.conn.close, name="arpo-checkpoint-close", daemon=True).start()
+
+
 def thread_config(run_id: str) -> dict:
     """The checkpoint thread of a run is its history id."""
     return {"configurable": {"thread_id": run_id}}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from arpo.core.errors import InvalidInputError
 from arpo.core.run_config import RunConfig
 from arpo.graphs.builder import compile_arpo_graph
-from arpo.graphs.checkpoints import open_checkpointer, thread_config
+from arpo.graphs.checkpoints import close_soon, open_checkpointer, thread_config
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.failures import failures_recorded
 from arpo.graphs.state import ArpoInput
@@ -134,7 +134,7 @@ def open_graph(handle: RunHandle, compile_graph: Callable[[Any], Any]) -> Iterat
     try:
         yield compile_graph(checkpointer), thread_config(handle.run_id)
     finally:
-        checkpointer.conn.close()
+        close_soon(checkpointer)
 
 
 def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpdate | None = None) -> None:
