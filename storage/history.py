@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 from pydantic import BaseModel
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -234,15 +234,26 @@ class History:
         self._writes.write(partial(self._record_iteration_now, run_id, record))
 
     def _record_iteration_now(self, run_id: str, record: IterationRecord) -> None:
-        with self._sessions.begin() as session:
-            run = _exact_run(session, run_id)
-            if session.get(StoredImage, record.generated_sha256) is None:
+        # Plain SQL statements rather than ORM objects: this runs for every node of every run, on the
+        # writer thread, where the ORM's bookkeeping cost ~4x the time and competed with the loop.
+        iterations, candidates = Iteration.__table__, Candidate.__table__
+        with self._engine.begin() as connection:
+            _touch_run(connection, run_id)
+            if connection.scalar(select(StoredImage.sha256).where(StoredImage.sha256 == record.generated_sha256)) is None:
                 raise ValueError(
                     f"generated image {record.generated_sha256} is not stored; store it first"
                 )
-            _drop_earlier(session, Iteration, run_id=run_id, index=record.index)
-            session.add(_iteration_row(run_id, record))
-            run.updated_at = utc_now()
+            # A resumed run may redo the node that wrote this iteration: the redo wins.
+            earlier = select(iterations.c.id).where(iterations.c.run_id == run_id, iterations.c.index == record.index)
+            connection.execute(delete(candidates).where(candidates.c.iteration_id.in_(earlier)))
+            connection.execute(delete(iterations).where(iterations.c.id.in_(earlier.scalar_subquery())))
+            fields = record.model_dump(exclude={"candidates", *_FROM_TOOL_CALLS})
+            iteration_id = connection.execute(insert(iterations).values(run_id=run_id, **fields)).inserted_primary_key[0]
+            if record.candidates:
+                connection.execute(insert(candidates), [
+                    {"iteration_id": iteration_id, "position": position, **candidate.model_dump()}
+                    for position, candidate in enumerate(record.candidates)
+                ])
 
     def record_brain_calls(
         self, run_id: str, iteration_index: int | None, calls: Iterable[BrainCallRecord]
@@ -252,9 +263,15 @@ class History:
         self._writes.write(partial(self._record_brain_calls_now, run_id, iteration_index, list(calls)))
 
     def _record_brain_calls_now(self, run_id: str, iteration_index: int | None, calls: list[BrainCallRecord]) -> None:
-        with self._sessions.begin() as session:
-            _exact_run(session, run_id)
-            session.add_all(_brain_call_row(run_id, iteration_index, call) for call in calls)
+        if not calls:
+            return
+        with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
+            if connection.scalar(select(Run.id).where(Run.id == run_id)) is None:
+                raise InvalidInputError(f"no run with id {run_id}")
+            connection.execute(insert(BrainCall.__table__), [
+                {"run_id": run_id, **call.model_dump(exclude={"iteration_index"}), "iteration_index": iteration_index}
+                for call in calls
+            ])
 
     def finish_run(
         self,
@@ -443,6 +460,13 @@ def _unused_run_id(session: Session) -> str:
             return candidate
 
 
+def _touch_run(connection: Connection, run_id: str) -> None:
+    """Mark a run as changed now; an unknown run id is refused."""
+    changed = connection.execute(update(Run.__table__).where(Run.id == run_id).values(updated_at=utc_now()))
+    if changed.rowcount == 0:
+        raise InvalidInputError(f"no run with id {run_id}")
+
+
 def _exact_run(session: Session, run_id: str) -> Run:
     run = session.get(Run, run_id)
     if run is None:
@@ -465,17 +489,6 @@ def _run_by_id_or_prefix(session: Session, run_id: str) -> Run:
     if len(matches) > 1:
         raise InvalidInputError(f"run id prefix {run_id} matches more than one run; give more of it")
     return matches[0]
-
-
-def _iteration_row(run_id: str, record: IterationRecord) -> Iteration:
-    return Iteration(
-        run_id=run_id,
-        **record.model_dump(exclude={"candidates", *_FROM_TOOL_CALLS}),
-        candidates=[
-            Candidate(position=position, **candidate.model_dump())
-            for position, candidate in enumerate(record.candidates)
-        ],
-    )
 
 
 def _iteration_records(session: Session, run_id: str) -> list[IterationRecord]:
@@ -523,10 +536,6 @@ def _tool_call_fields(row: ToolCall) -> dict[str, Any]:
     fields["proposed"] = row.proposed or []
     fields["kept"] = row.kept or []
     return fields
-
-
-def _brain_call_row(run_id: str, iteration_index: int | None, call: BrainCallRecord) -> BrainCall:
-    return BrainCall(run_id=run_id, iteration_index=iteration_index, **call.model_dump(exclude={"iteration_index"}))
 
 
 def _summary(run: Run, iteration_count: int) -> RunSummary:
