@@ -142,21 +142,19 @@ class History:
 
     def _store_image_now(self, prepared: PreparedImage, role: str, metadata: dict[str, Any] | None) -> None:
         self._images.write(prepared)
-        stored = prepared.ref
+        stored, images = prepared.ref, StoredImage.__table__
         try:
-            with self._sessions.begin() as session:
-                if session.get(StoredImage, stored.sha256) is None:
-                    session.add(
-                        StoredImage(
-                            sha256=stored.sha256,
-                            relative_path=self._images.relative_path_for(stored.sha256),
-                            width=stored.width,
-                            height=stored.height,
-                            format="PNG",
-                            role=role,
-                            image_metadata=_plain_json(metadata) if metadata else None,
-                        )
-                    )
+            with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
+                if connection.scalar(select(images.c.sha256).where(images.c.sha256 == stored.sha256)) is None:
+                    connection.execute(insert(images).values({
+                        images.c.sha256: stored.sha256,
+                        images.c.relative_path: self._images.relative_path_for(stored.sha256),
+                        images.c.width: stored.width,
+                        images.c.height: stored.height,
+                        images.c.format: "PNG",
+                        images.c.role: role,
+                        images.c.metadata: _plain_json(metadata) if metadata else None,
+                    }))
         except IntegrityError:
             # Another process stored the same image between our check and our insert: same content,
             # so its row serves us equally well.
