@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -94,10 +95,19 @@ _SETUP_LOCK_KEY = 0x61727030  # "arp0": any fixed number, the same in every arpo
 """PostgreSQL advisory lock taken while the checkpoint tables are made."""
 
 
-def _set_up_alone(saver: BaseCheckpointSaver, connection) -> None:
+def _set_up_alone(saver: BaseCheckpointSaver, connection, wait_s: float = 120.0) -> None:
     """`saver.setup()` while holding a database-wide lock: two processes that meet a new database at
-    once would otherwise both record the same migration (a unique violation on checkpoint_migrations)."""
-    connection.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK_KEY,))
+    once would otherwise both record the same migration (a unique violation on checkpoint_migrations).
+
+    The lock is tried, not waited for: setup builds an index CONCURRENTLY, which waits for every open
+    transaction to end, and a session blocked inside `pg_advisory_lock` is one (PostgreSQL reports the
+    pair as a deadlock). Between tries this session holds no transaction at all.
+    """
+    deadline = time.monotonic() + wait_s
+    while not connection.execute("SELECT pg_try_advisory_lock(%s) AS held", (_SETUP_LOCK_KEY,)).fetchone()["held"]:
+        if time.monotonic() > deadline:
+            raise InvalidInputError(f"another process has been making the checkpoint tables for over {wait_s:g} s")
+        time.sleep(0.05)
     try:
         saver.setup()
     finally:
