@@ -158,3 +158,59 @@ def test_max_sequence_length_of_a_second_encoder_does_not_cut_the_first():
     first = _T5Tokenizer()
     first.model_max_length = 77
     assert _content_token_budget(_FluxLikePipeline(), first) == 76
+
+
+def _uncached_render(family: str, t2i: TextToImage, prompt: str, seed: int):
+    """What the family's pipeline renders when called directly, with no encodings remembered."""
+    import torch
+
+    from arpo.tools.text_to_image import _fixed_call_options
+    from arpo.tools.tiny_pipelines import tiny_pipeline
+
+    pipeline = tiny_pipeline(family, 0)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(
+        prompt=prompt, num_inference_steps=t2i.steps, guidance_scale=t2i.guidance_scale, height=t2i.height,
+        width=t2i.width, generator=torch.Generator().manual_seed(seed), output_type="pil", **_fixed_call_options(pipeline),
+    ).images[0]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_a_prompt_and_the_negative_prompt_are_encoded_once_and_images_do_not_change(family):
+    t2i = TextToImage.tiny(family=family)
+    first = t2i.generate("a red cat", 0)
+    again = t2i.generate("a red cat", 0)
+    other = t2i.generate("a blue dog", 1)
+    memory = t2i.remembered_encodings[0]
+    if family == "sd15":  # prompt and empty negative each render; SDXL guides with zeros for an empty negative
+        assert (memory.hits, memory.misses) == (3, 3)
+    else:
+        assert (memory.hits, memory.misses) == (1, 2) and len(t2i.remembered_encodings) == 2
+    assert np.array_equal(pixels(first), pixels(again))
+    assert np.array_equal(pixels(other), pixels(_uncached_render(family, t2i, "a blue dog", 1)))
+
+
+def test_an_encoding_is_computed_outside_a_render_with_gradients_or_under_an_embedding_hook(tiny):
+    import torch
+
+    from arpo.tools.text_encoder_cache import encodings_remembered
+
+    encoder = tiny.pipeline.text_encoder
+    ids = tiny.pipeline.tokenizer(["a red cat"], padding="max_length", return_tensors="pt").input_ids
+    memory = tiny.remembered_encodings[0]
+    with torch.no_grad(), encodings_remembered():
+        plain = encoder(ids)[0]
+        assert encoder(ids)[0] is plain  # answered from memory
+    hits = memory.hits
+    with torch.no_grad():
+        assert encoder(ids)[0] is not plain  # outside a render (an inverter's own call)
+    with torch.enable_grad(), encodings_remembered():
+        assert encoder(ids)[0].requires_grad
+    # PH2P's way: the lookup's rows swapped by a hook, the ids unchanged; the output must follow the hook.
+    handle = encoder.get_input_embeddings().register_forward_hook(lambda _module, _inputs, rows: rows * 0)
+    try:
+        with torch.no_grad(), encodings_remembered():
+            assert not torch.allclose(encoder(ids)[0], plain)
+    finally:
+        handle.remove()
+    assert memory.hits == hits

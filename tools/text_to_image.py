@@ -35,6 +35,7 @@ from arpo.tools.hub import is_local_path, load_or_fail
 from arpo.tools.micro_batching import DEFAULT_WAIT_S, MicroBatcher
 from arpo.tools.pipeline_placement import PipelinePlacement
 from arpo.tools.schedulers import pipeline_view, replace_scheduler, scheduler_class, scheduler_name
+from arpo.tools.text_encoder_cache import encodings_remembered, remember_encodings
 from arpo.tools.tiny_pipelines import cast_like_loading, tiny_pipeline
 
 PRESETS = {
@@ -52,6 +53,9 @@ TINY_PRESETS = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-pixart": "pixart"}
 TINY_STEPS = 2
 _FALLBACK_IMAGE_SIDE = 512
 
+
+TEXT_ENCODER_NAMES = ("text_encoder", "text_encoder_2")
+"""Where diffusers pipelines keep their text encoders (SDXL has two, PixArt its T5 as the first)."""
 
 _REMEMBERED_PROMPTS = 1024
 """Prompts whose token spans (and token counts) a model keeps, most recently used first."""
@@ -108,6 +112,12 @@ class TextToImage:
         self._budget = _content_token_budget(pipeline, self._tokenizer)
         self._call_options = _fixed_call_options(pipeline)
         pipeline.set_progress_bar_config(disable=True)
+        # The negative prompt of every render, and any prompt rendered again, is encoded once.
+        self.remembered_encodings = [
+            remember_encodings(encoder)
+            for encoder in (getattr(pipeline, name, None) for name in TEXT_ENCODER_NAMES)
+            if encoder is not None
+        ]
 
     # ---- prompt length ---------------------------------------------------------------------------
 
@@ -188,7 +198,7 @@ class TextToImage:
     def generate_many(self, requests: list[tuple[str, int]]) -> list[Image.Image]:
         """One image per (prompt, seed), in one batched pipeline call; each seed draws its own noise,
         so each image is the one `generate` makes for it (to float rounding in the batched forward)."""
-        with self.placement.generation_turn(), self._generate_lock:
+        with self.placement.generation_turn(), self._generate_lock, encodings_remembered():
             generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _, seed in requests]
             started = time.perf_counter()
             output = pipeline_view(self.pipeline)(
