@@ -214,3 +214,52 @@ def test_an_encoding_is_computed_outside_a_render_with_gradients_or_under_an_emb
     finally:
         handle.remove()
     assert memory.hits == hits
+
+
+def test_channels_last_keeps_the_images_and_is_recorded():
+    import torch
+
+    from arpo.tools.text_to_image import Speedups
+
+    plain = TextToImage.tiny()
+    faster = TextToImage.tiny().speed_up(Speedups(channels_last=True))
+    weight = next(p for p in faster.denoiser.parameters() if p.dim() == 4)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(pixels(plain.generate("a red cat", 3)) - pixels(faster.generate("a red cat", 3))).max() <= 1
+    assert faster.describe()["channels_last"] is True and plain.describe()["channels_last"] is False
+
+
+def test_compile_compiles_the_denoiser_in_place_once(monkeypatch):
+    from arpo.tools.text_to_image import Speedups
+
+    t2i = TextToImage.tiny()
+    denoiser = t2i.denoiser
+    compiled: list[object] = []
+    monkeypatch.setattr(denoiser, "compile", lambda *args, **kwargs: compiled.append(denoiser))
+    t2i.speed_up(Speedups(compile=True)).speed_up(Speedups(compile=True, channels_last=True))
+    assert compiled == [denoiser] and t2i.denoiser is denoiser
+    assert t2i.describe()["compile"] is True and t2i.describe()["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_a_compiled_denoiser_renders_the_same_images():
+    """torch.compile for real (inductor compiles C++ here: about a minute on two cores)."""
+    from arpo.tools.text_to_image import Speedups
+
+    plain = TextToImage.tiny()
+    compiled = TextToImage.tiny().speed_up(Speedups(compile=True))
+    assert np.abs(pixels(plain.generate("a red cat", 3)) - pixels(compiled.generate("a red cat", 3))).max() <= 1
+
+
+def test_the_speedup_flags_reach_the_run_configuration(arpo_home, capsys):
+    from cli_harness import SAMPLE_IMAGE, run_arpo
+
+    from arpo.storage.history import History
+
+    outcome = run_arpo(capsys, "invert", SAMPLE_IMAGE, "--models", "tiny", "--brain", "offline", "--steps", "0",
+                       "--channels-last", "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    with History.open() as history:
+        config = history.get_run(history.list_runs()[0].id).config
+    assert config["channels_last"] is True and config["compile"] is False
+    assert config["model_details"]["text_to_image"]["channels_last"] is True

@@ -20,6 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -61,6 +62,19 @@ _REMEMBERED_PROMPTS = 1024
 """Prompts whose token spans (and token counts) a model keeps, most recently used first."""
 
 
+@dataclass(frozen=True)
+class Speedups:
+    """Optional ways to make renders faster on an accelerator; both off by default."""
+
+    compile: bool = False
+    """torch.compile the denoiser (UNet or transformer) in place; its first call compiles."""
+    channels_last: bool = False
+    """Store the denoiser's and VAE's 4-D weights in channels-last order."""
+
+    def describe(self) -> dict[str, bool]:
+        return {"compile": self.compile, "channels_last": self.channels_last}
+
+
 class TextToImage:
     """A diffusers text-to-image pipeline with a fixed sampling recipe, safe to share between runs.
 
@@ -100,6 +114,7 @@ class TextToImage:
         self.placement = placement or PipelinePlacement(pipeline, turns_on(pipeline.device))
         self.forward_seconds = 0.0
         self.calls = 0
+        self.speedups = Speedups()
         self._generate_lock = threading.Lock()
         self._batcher: MicroBatcher | None = None
         """Set while `batching` is active: concurrent `generate` calls then run as one batch."""
@@ -118,6 +133,32 @@ class TextToImage:
             for encoder in (getattr(pipeline, name, None) for name in TEXT_ENCODER_NAMES)
             if encoder is not None
         ]
+
+    # ---- speed -----------------------------------------------------------------------------------
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The network the sampler calls at every step: the UNet, or the transformer (PixArt)."""
+        return getattr(self.pipeline, "unet", None) or self.pipeline.transformer
+
+    def speed_up(self, speedups: Speedups) -> "TextToImage":
+        """Apply `speedups` (once; later calls only add what is new) and return self.
+
+        Images stay the same up to float rounding. `Module.compile()` keeps the module the same object,
+        so everything that reads its config, dtype or device, or moves it (--low-vram), works as before;
+        PH2P and EDITOR differentiate through the compiled denoiser, paying a second compilation.
+        """
+        if speedups.channels_last and not self.speedups.channels_last:
+            for module in (self.denoiser, getattr(self.pipeline, "vae", None)):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+        if speedups.compile and not self.speedups.compile:
+            self.denoiser.compile()
+        self.speedups = Speedups(
+            compile=speedups.compile or self.speedups.compile,
+            channels_last=speedups.channels_last or self.speedups.channels_last,
+        )
+        return self
 
     # ---- prompt length ---------------------------------------------------------------------------
 
@@ -251,6 +292,7 @@ class TextToImage:
             "dtype": dtype_name(self.pipeline.dtype),
             "device": str(self.device),
             "low_vram": self.placement.low_vram,
+            **self.speedups.describe(),
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,
         }

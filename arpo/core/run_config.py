@@ -116,6 +116,10 @@ class RunConfig(BaseModel):
     """Precision the three models load in; None: float16 on CUDA, float32 elsewhere."""
     low_vram: bool = False
     """Keep at most one large model on the accelerator at a time; the others wait in CPU memory."""
+    compile: bool = False
+    """Compile the denoiser with torch.compile (the first render waits for the compilation)."""
+    channels_last: bool = False
+    """Keep the denoiser's and the VAE's convolution weights in channels-last memory order."""
     vlm: BrainChoice = Field(default_factory=BrainChoice)
     llm: BrainChoice = Field(default_factory=BrainChoice)
     framework: Framework = "vanilla"

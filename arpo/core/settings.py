@@ -74,6 +74,12 @@ class ModelOptions(ChosenOptions):
     low_vram: bool | None = Field(None, description=(
         "Keep at most one large model (generator, scorer, captioner, inverter) on the accelerator at a time, "
         "the others in CPU memory, with diffusers' model offload and VAE tiling: for 8 GB cards, and slower."))
+    compile: bool | None = Field(None, description=(
+        "Compile the text-to-image denoiser with torch.compile: faster renders on a GPU once compiled; "
+        "the first render (and PH2P's or EDITOR's first step) waits for the compilation, minutes on a CPU."))
+    channels_last: bool | None = Field(None, description=(
+        "Keep the denoiser's and VAE's convolution weights in channels-last memory order (often faster "
+        "on GPUs with tensor cores)."))
 
 
 class BrainOptions(ChosenOptions):
@@ -163,6 +169,10 @@ class ArpoSettings(BaseSettings):
     """Precision of the models (None: float16 on CUDA, float32 elsewhere)."""
     low_vram: bool = False
     """One large model on the accelerator at a time (ARPO_LOW_VRAM=1)."""
+    compile: bool = False
+    """torch.compile of the denoiser (ARPO_COMPILE=1)."""
+    channels_last: bool = False
+    """Channels-last convolution weights (ARPO_CHANNELS_LAST=1)."""
     brain: Annotated[BrainProvider, BeforeValidator(as_typed_name)] = "openai"
     base_url: str | None = None
     vlm: str | None = None
@@ -244,7 +254,7 @@ class ArpoSettings(BaseSettings):
 
 
 _PICKED = (
-    "models", "clip_model", "captioner", "device", "scheduler", "dtype", "low_vram",
+    "models", "clip_model", "captioner", "device", "scheduler", "dtype", "low_vram", "compile", "channels_last",
     "framework", "steps", "seed", "refine", "refine_steps", "max_seconds", "max_brain_tokens", "agent",
 )
 """The RunConfig fields that come straight from an option of the same name, or its setting."""
