@@ -2,7 +2,7 @@
 
     python -m arpo.eval.real_shape_benchmark [--resolution 256] [--dtype float32|float16|bfloat16]
         [--device cpu|cuda] [--denoise-steps 10] [--phrases-per-bank 100] [--quick] [--json]
-        [--placement default|low-vram|both]
+        [--placement default|low-vram|both] [--speedups attention channels-last compile]
 
 No weights are downloaded: the UNet, VAE and CLIP ViT-L/14 text encoder are the real SD 1.5
 architectures, built with random weights from the configuration files in `arpo/configs/sd15/`, put
@@ -34,6 +34,9 @@ the device, one at a time) or `both`, one after the other with the same work, so
 compared (`peak_memory_mb_by_placement` in the JSON). The captioner is tiny here, so BLIP-2's own
 turn (its ~7 GB of half-precision weights) is not part of these figures.
 
+`--speedups` also times one render after each GPU setting, one added on top of the other
+(eval/render_speedups.py): classic vs scaled-dot-product attention, channels-last, torch.compile.
+
 `--quick` lowers the work to what a busy two-core CPU does in minutes (see QUICK); the settings used
 are in the output either way. `--smoke` runs the same code path on the tiny test models in seconds.
 """
@@ -56,6 +59,7 @@ from typing import Any
 from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.eval.inversion_benchmark import _seconds_per_step
 from arpo.eval.peak_memory import CUDA_KIND, PhasePeaks
+from arpo.eval.render_speedups import SPEEDUP_STEPS, time_speedups
 
 CONFIG_PACKAGE_DIR = ("configs", "sd15")
 SD15_PARTS = ("unet", "vae", "text_encoder", "scheduler")
@@ -479,6 +483,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("placement", f"{report['placement']} ({report['accelerator_moves']} model moves on the device)"),
         ("peak memory", _peak(report)),
         *[(f"  {name} placement", _placement_summary(figures)) for name, figures in report.get("by_placement", {}).items()],
+        *_speedup_rows(report),
         ("versions", f"torch {report['torch_version']}, diffusers {report['diffusers_version']}"),
     ]
     width = max(len(name) for name, _ in rows)
@@ -496,6 +501,17 @@ def _progress(message: str) -> None:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f} s"
+
+
+def _speedup_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    if "render_s_by_speedup" not in report:
+        return []
+    rows = [("render s by speedup", ", ".join(f"{name} {seconds:.3f}" for name, seconds in report["render_s_by_speedup"].items()))]
+    if "compile_first_render_s" in report:
+        rows.append(("  first compiled render", _seconds(report["compile_first_render_s"])))
+    rows.append(("  text-encoder memory", f"saves {report['text_encodings_remembered_per_render']} forward(s) of "
+                 f"{report['text_encoder_forward_s']:.4f} s a render"))
+    return rows
 
 
 def _placement_summary(figures: dict[str, Any]) -> str:
@@ -538,6 +554,11 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--placement", choices=(*PLACEMENTS, "both"), default=PLACEMENTS[0],
         help="where the models wait between uses: default (on the device), low-vram (as --low-vram: in CPU "
         "memory, one on the device at a time) or both, one after the other (default: default)",
+    )
+    parser.add_argument(
+        "--speedups", nargs="+", choices=SPEEDUP_STEPS, default=(),
+        help="also time one render after each of these, added one on top of the other in this order: attention "
+        "(classic, then scaled-dot-product), channels-last, compile (see eval/render_speedups.py)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser.parse_args(argv)
@@ -604,6 +625,10 @@ def _run(arguments: argparse.Namespace) -> dict[str, Any]:
                     report = run_benchmark(models, workload, device=device, dtype_name=dtype_name, stack=stack)
                 else:
                     compare_placements(report, measure_placement(models, workload, device))
+                # On the first placement's stack (compile changes it for good; the next placement builds its own).
+                if arguments.speedups and placement == placements[0]:
+                    _progress(f"timing renders with {', '.join(arguments.speedups)}")
+                    report |= time_speedups(models.text_to_image, tuple(arguments.speedups))
                 models.turns.empty()
                 del models
                 _release_device_memory()

@@ -106,7 +106,8 @@ def smoke_report():
     home_before = os.environ.get("ARPO_HOME")
     printed = StringIO()
     with redirect_stdout(printed):
-        code = bench.main(["--smoke", "--quick", "--phrases-per-bank", "3", "--inversion-steps", "2", "--json"])
+        code = bench.main(["--smoke", "--quick", "--phrases-per-bank", "3", "--inversion-steps", "2",
+                           "--speedups", "channels-last", "attention", "--json"])
     assert code == 0
     assert os.environ.get("ARPO_HOME") == home_before  # the benchmark's own temporary home is gone
     return json.loads(printed.getvalue())
@@ -136,9 +137,29 @@ def test_smoke_run_reports_every_figure(smoke_report):
     assert report["ph2p_lbfgs_iterations"] == 1 and report["editor_denoising_steps"] == 1
 
 
+def test_speedups_are_timed_one_on_top_of_the_other(smoke_report):
+    # In SPEEDUP_STEPS order whatever the order asked; compile was not asked for (a minute on a CPU).
+    assert list(smoke_report["render_s_by_speedup"]) == ["classic-attention", "default", "+channels-last"]
+    assert all(seconds > 0 for seconds in smoke_report["render_s_by_speedup"].values())
+    assert "compile_first_render_s" not in smoke_report
+    # Every render has a new prompt, so the text-encoder memory answers the empty negative prompt alone.
+    assert smoke_report["text_encodings_remembered_per_render"] == 1.0 and smoke_report["text_encoder_forward_s"] > 0
+
+
+def test_the_attention_speedup_leaves_scaled_dot_product_attention_on():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from arpo.eval.render_speedups import time_speedups
+    from arpo.tools.text_to_image import TextToImage
+
+    t2i = TextToImage.tiny()
+    time_speedups(t2i, ("attention",), renders=1)
+    assert {type(processor) for processor in t2i.denoiser.attn_processors.values()} == {AttnProcessor2_0}
+
+
 def test_table_names_each_figure(smoke_report):
     table = bench.format_table(smoke_report)
-    for label in ("ARPO iteration", "PH2P step", "EDITOR step", "peak memory", "phrase index"):
+    for label in ("ARPO iteration", "PH2P step", "EDITOR step", "peak memory", "phrase index", "render s by speedup"):
         assert label in table
     assert f"{smoke_report['unet_parameters']:,}" in table
 
