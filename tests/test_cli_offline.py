@@ -101,3 +101,13 @@ def test_missing_real_weights_fail_fast_naming_the_model(capsys):
     assert outcome.exit_code == 3
     assert "stable-diffusion-v1-5" in outcome.stderr and "--models tiny" in outcome.stderr
     assert len(outcome.stderr.strip().splitlines()) == 1
+
+
+def test_compiling_runs_say_the_first_render_waits_for_the_compilation():
+    from types import SimpleNamespace
+
+    from arpo.app.reporting import COMPILE_NOTE, TINY_MODELS_NOTE, model_notes
+
+    assert model_notes(SimpleNamespace(is_tiny=False), True) == [COMPILE_NOTE]
+    assert model_notes(SimpleNamespace(is_tiny=True), False) == [TINY_MODELS_NOTE]
+    assert model_notes(SimpleNamespace(is_tiny=False), False) == []

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from arpo.app import options as opt
-from arpo.app.reporting import TINY_MODELS_NOTE
+from arpo.app.reporting import model_notes
 from arpo.core.errors import ArpoError, InvalidInputError
 from arpo.core.settings import ArpoSettings, BrainOptions, HistoryOptions, LoopOptions, ModelOptions
 
@@ -103,8 +103,8 @@ def _run_invert(image: Path, config, open_history, out: Path | None, as_json: bo
     reference = load_reference_image(image)  # a bad image is refused before any history is opened
     history = open_history()
     context = build_context(config, history)
-    if context.models.is_tiny:
-        print(TINY_MODELS_NOTE, file=sys.stderr)
+    for note in model_notes(context.models, config.compile):
+        print(note, file=sys.stderr)
     handle = start_run(history, config, reference, context)
     what = f" ({config.method} inversion)" if single_method else ""
     print(f"run {handle.run_id} started{what}; resume with: arpo resume {handle.run_id}", file=sys.stderr)
@@ -129,8 +129,8 @@ def resume(
     if stored.kind == "session":
         raise InvalidInputError(f"run {stored.id} is a session; continue it with: arpo session --resume {stored.id}")
     handle = load_run(history, stored.id)
-    if handle.context.models.is_tiny:
-        print(TINY_MODELS_NOTE, file=sys.stderr)
+    for note in model_notes(handle.context.models, handle.config.compile):
+        print(note, file=sys.stderr)
     print(f"resuming run {handle.run_id}", file=sys.stderr)
     if handle.config.method != "arpo":
         _finish_single_method(handle, history, out, as_json)

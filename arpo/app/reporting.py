@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from arpo.storage.records import IterationRecord, RunDetail, RunSummary, ToolCallRecord
 
 TINY_MODELS_NOTE = "note: --models tiny runs tiny random models offline; the recovered prompt is meaningless as a prompt."
+COMPILE_NOTE = "note: --compile: the first render waits while torch.compile builds the denoiser (a minute or more on a CPU)."
+
+
+def model_notes(models, compiled: bool) -> list[str]:
+    """What a person should know about the loaded models before the first line of progress."""
+    return [note for note, applies in ((TINY_MODELS_NOTE, models.is_tiny), (COMPILE_NOTE, compiled)) if applies]
 
 
 def progress_line(node: str, update: dict) -> str | None:
