@@ -48,7 +48,9 @@ def settle_before_saving(saver: BaseCheckpointSaver, history: History) -> BaseCh
 def _after_settling(save: Callable, history: History) -> Callable:
     @wraps(save)
     def settled_save(*args, **kwargs):
-        history.settle()
+        # LangGraph saves on a thread of its own: the run is named by the checkpoint's thread id.
+        config = kwargs["config"] if "config" in kwargs else args[0]
+        history.settle(config.get("configurable", {}).get("thread_id"))
         return save(*args, **kwargs)
 
     return settled_save

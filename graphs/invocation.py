@@ -146,7 +146,7 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
         history.set_status(handle.run_id, "running")
         # "async": a node's checkpoint is saved while the next node runs (mostly waiting on a brain),
         # and the saver settles the node's history writes first (checkpoints.settle_before_saving).
-        with history.writing_behind():
+        with history.writing_behind(handle.run_id):
             for chunk in graph.stream(
                 start, thread, context=handle.context, stream_mode="updates", durability="async"
             ):

@@ -75,17 +75,19 @@ class History:
         self._writes = WriteBehind()
 
     @contextmanager
-    def writing_behind(self) -> Iterator[None]:
-        """Inside, the loop's frequent writes (images, iterations, brain and tool calls) are done by a
-        background thread in the order given, overlapping the brain waits that follow them. Every
-        other read or write of this history waits for them first, and so does a checkpoint
-        (`settle`); leaving the block waits for them and raises the first that failed."""
-        with self._writes.deferring_writes():
+    def writing_behind(self, run_id: str | None = None) -> Iterator[None]:
+        """Inside, this thread's frequent writes for `run_id` (images, iterations, brain and tool
+        calls) are done by a background thread in the order given, overlapping the brain waits that
+        follow them. Every other read or write of this history waits for them first, and so does a
+        checkpoint (`settle`); leaving the block waits for them and raises the first of the run's
+        that failed."""
+        with self._writes.deferring_writes(run_id):
             yield
 
-    def settle(self) -> None:
-        """Wait for the writes handed to the background writer; raise the first that failed."""
-        self._writes.settle()
+    def settle(self, run_id: str | None = None) -> None:
+        """Wait for the writes handed to the background writer; raise the first that failed for
+        `run_id` (by default the run this thread is writing behind), or for no run."""
+        self._writes.settle(run_id)
 
     def _transaction(self) -> AbstractContextManager[Session]:
         """A read-write transaction that comes after every write already handed over."""

@@ -16,60 +16,74 @@ from contextlib import contextmanager
 
 
 class WriteBehind:
-    """A queue of writes done by one daemon thread, started when the first write is handed over."""
+    """A queue of writes done by one daemon thread, started when the first write is handed over.
+
+    Deferring is per thread: only a thread inside `deferring_writes` queues its writes, each tagged
+    with the owner that block names (a run id). A failed write is kept for its owner and raised where
+    that owner settles, so among runs sharing one history (`arpo batch --parallel`) a failure fails
+    its own run, not whichever run happens to settle next.
+    """
 
     def __init__(self, name: str = "arpo-history-writer") -> None:
         self._name = name
         self._changed = threading.Condition()
-        self._queue: deque[Callable[[], None]] = deque()
+        self._queue: deque[tuple[str | None, Callable[[], None]]] = deque()
         self._running = False  # a write has been taken from the queue and is not done yet
-        self._failure: BaseException | None = None
+        self._failures: dict[str | None, BaseException] = {}
         self._thread: threading.Thread | None = None
-        self._deferring = 0
+        self._here = threading.local()  # this thread's owners, innermost last
 
     @property
     def deferring(self) -> bool:
-        """Whether writes handed to `write` are queued (inside `deferring_writes`) or done at once."""
-        return self._deferring > 0
+        """Whether this thread's writes are queued (inside `deferring_writes`) or done at once."""
+        return bool(self._owners())
 
     @contextmanager
-    def deferring_writes(self) -> Iterator[None]:
-        """Queue deferrable writes while inside; leaving waits for them (and raises the first that
-        failed, unless an error is already on its way out)."""
-        with self._changed:
-            self._deferring += 1
+    def deferring_writes(self, owner: str | None = None) -> Iterator[None]:
+        """Queue this thread's deferrable writes, as `owner`'s, while inside; leaving waits for them
+        (and raises the first of `owner`'s that failed, unless an error is already on its way out)."""
+        self._owners().append(owner)
         failed = True
         try:
             yield
             failed = False
         finally:
-            with self._changed:
-                self._deferring -= 1
+            self._owners().pop()
             if failed:
-                self._settle_quietly()
+                self._settle_quietly(owner)
             else:
-                self.settle()
+                self.settle(owner)
 
     def write(self, write: Callable[[], None]) -> None:
-        """Queue `write` while deferring; otherwise settle earlier writes and do it now."""
-        if not self.deferring:
+        """Queue `write` while this thread defers; otherwise settle earlier writes and do it now."""
+        owners = self._owners()
+        if not owners:
             self.settle()
             write()
             return
         with self._changed:
-            self._queue.append(write)
+            self._queue.append((owners[-1], write))
             self._start_thread()
             self._changed.notify_all()
 
-    def settle(self) -> None:
-        """Wait until every queued write is done; raise the first that failed since the last settle."""
+    def settle(self, owner: str | None = None) -> None:
+        """Wait until every queued write is done; raise the first failure since the last settle that
+        belongs to `owner` (by default this thread's innermost owner), or to no owner."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("a deferred write must not wait for the writes queued behind it")
+        owners = self._owners()
+        wanted = owner if owner is not None else (owners[-1] if owners else None)
         with self._changed:
             self._changed.wait_for(lambda: not self._queue and not self._running)
-            failure, self._failure = self._failure, None
+            failure = self._failures.pop(wanted, None) or self._failures.pop(None, None)
         if failure is not None:
             raise failure
+
+    def _owners(self) -> list[str | None]:
+        owners = getattr(self._here, "owners", None)
+        if owners is None:
+            owners = self._here.owners = []
+        return owners
 
     def close(self) -> None:
         """Settle, then let the thread end."""
@@ -82,9 +96,9 @@ class WriteBehind:
             if thread is not None:
                 thread.join(timeout=5)
 
-    def _settle_quietly(self) -> None:
+    def _settle_quietly(self, owner: str | None) -> None:
         try:
-            self.settle()
+            self.settle(owner)
         except Exception:  # noqa: BLE001 - the error already leaving the block is the one to report
             pass
 
@@ -100,13 +114,13 @@ class WriteBehind:
                 self._changed.wait_for(lambda: self._queue or self._thread is not me)
                 if not self._queue:
                     return
-                write = self._queue.popleft()
+                owner, write = self._queue.popleft()
                 self._running = True
             try:
                 write()
-            except BaseException as failure:  # noqa: BLE001 - kept, and raised where the writes settle
+            except BaseException as failure:  # noqa: BLE001 - kept, and raised where its owner settles
                 with self._changed:
-                    self._failure = self._failure or failure
+                    self._failures.setdefault(owner, failure)
             finally:
                 with self._changed:
                     self._running = False

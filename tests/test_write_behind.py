@@ -57,6 +57,45 @@ def test_a_failed_write_is_raised_where_the_writes_settle_and_only_once():
     writer.close()
 
 
+def test_only_the_thread_inside_the_block_defers_its_writes():
+    writer = WriteBehind()
+    elsewhere: list[str] = []
+    with writer.deferring_writes("run-a"):
+        other = threading.Thread(target=lambda: writer.write(lambda: elsewhere.append(threading.current_thread().name)),
+                                 name="another-thread")
+        other.start()
+        other.join()
+    assert elsewhere == ["another-thread"]  # done at once, on its own thread
+    writer.close()
+
+
+def test_a_failed_write_fails_its_own_run_not_the_run_that_settles_next():
+    writer = WriteBehind()
+    inside_a, a_may_leave = threading.Event(), threading.Event()
+    a_failure: list[BaseException] = []
+
+    def run_a() -> None:
+        try:
+            with writer.deferring_writes("run-a"):
+                writer.write(lambda: (_ for _ in ()).throw(ValueError("run-a's write failed")))
+                inside_a.set()
+                a_may_leave.wait(5)
+        except ValueError as failure:
+            a_failure.append(failure)
+
+    thread_a = threading.Thread(target=run_a)
+    thread_a.start()
+    inside_a.wait(5)
+    with writer.deferring_writes("run-b"):
+        writer.write(lambda: None)
+        writer.settle()  # run-b's checkpoint: run-a's failure is not run-b's
+    writer.settle("run-b")
+    a_may_leave.set()
+    thread_a.join(5)
+    assert [str(failure) for failure in a_failure] == ["run-a's write failed"]
+    writer.close()
+
+
 def test_a_deferred_write_cannot_wait_for_the_queue_it_is_in():
     writer = WriteBehind()
     with pytest.raises(RuntimeError, match="must not wait"):
