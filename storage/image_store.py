@@ -1,4 +1,12 @@
-"""Content-addressed image files: each image is a PNG named by the SHA-256 of its own bytes."""
+"""Content-addressed image files: each image is a PNG named by the SHA-256 of its RGB pixels.
+
+The name is the hash of the pixels (with the size), not of the PNG file: hashing 512x512 pixels takes
+about a millisecond, encoding them as PNG 30-70 ms, and the loop needs the name at once while the file
+can be written behind it (storage/write_behind.py). Stores written before this naming (late 2026)
+name their files by the hash of the PNG bytes; those names stay valid, since a file is only ever
+looked up by the name recorded for it, but the same pixels stored again get the new name and a second
+file.
+"""
 
 import hashlib
 import io
@@ -14,7 +22,7 @@ from PIL import Image
 
 from arpo.core.errors import InvalidInputError
 
-# A fixed level keeps the bytes (and so the name) of an image the same from one call to the next.
+# A fixed level keeps an image's file the same from one store to the next.
 PNG_COMPRESS_LEVEL = 6
 RECENT_IMAGES = 4
 """Decoded images a store keeps: the loop stores an image in one node and reads it in the next."""
@@ -33,10 +41,11 @@ class StoredImageRef:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """An image named and encoded, its file not necessarily written yet."""
+    """An image named, its file not necessarily written yet."""
 
     ref: StoredImageRef
-    png_bytes: bytes
+    pixels: Image.Image
+    """The RGB image the name was computed from (a copy of the caller's)."""
 
 
 class ImageStore:
@@ -58,19 +67,19 @@ class ImageStore:
         return prepared.ref
 
     def prepare(self, image: Image.Image) -> "PreparedImage":
-        """Encode and name an image, and keep it in memory so `open` serves it before its file is
-        written (`write` writes it)."""
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        png_bytes = encode_png(rgb)
-        sha256 = hashlib.sha256(png_bytes).hexdigest()
-        self._remember(sha256, rgb.copy())
+        """Name an image and keep it in memory, so `open` serves it before its file is written
+        (`write` encodes and writes it)."""
+        rgb = (image if image.mode == "RGB" else image.convert("RGB")).copy()  # the caller may change theirs
+        sha256 = pixel_name(rgb)
+        self._remember(sha256, rgb)
         ref = StoredImageRef(sha256=sha256, path=self.path_for(sha256), width=image.width, height=image.height)
-        return PreparedImage(ref=ref, png_bytes=png_bytes)
+        return PreparedImage(ref=ref, pixels=rgb)
 
     def write(self, prepared: "PreparedImage") -> None:
-        """Write a prepared image's file, unless it is there already."""
+        """Encode and write a prepared image's file, unless it is there already (PIL releases the
+        interpreter lock while it compresses, so a writer thread does not hold up the loop)."""
         if not prepared.ref.path.exists():
-            _write_atomically(prepared.ref.path, prepared.png_bytes)
+            _write_atomically(prepared.ref.path, encode_png(prepared.pixels))
 
     def path_for(self, sha256: str) -> Path:
         """The file path an image with this hash has (whether or not it is stored yet)."""
@@ -110,11 +119,20 @@ class ImageStore:
             return recent.copy()
 
     def _remember(self, sha256: str, image: Image.Image) -> None:
+        # Kept as given: every reader gets a copy (`open_recent`), so nobody changes this one.
         with self._recent_lock:
             self._recent[sha256] = image
             self._recent.move_to_end(sha256)
             while len(self._recent) > RECENT_IMAGES:
                 self._recent.popitem(last=False)
+
+
+def pixel_name(image: Image.Image) -> str:
+    """The store's name for an RGB image: the SHA-256 of its size and pixel bytes."""
+    width, height = image.size
+    digest = hashlib.sha256(f"rgb {width}x{height}\n".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
 
 
 def encode_png(image: Image.Image) -> bytes:

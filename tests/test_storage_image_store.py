@@ -19,12 +19,30 @@ def stored_files(store: ImageStore) -> list:
     return sorted(path for path in store.root.rglob("*") if path.is_file())
 
 
-def test_file_is_named_by_the_hash_of_its_own_bytes(tmp_path):
+def test_file_is_named_by_the_hash_of_its_size_and_pixels(tmp_path):
     store = ImageStore(tmp_path / "images")
-    stored = store.put(noise_image(1))
+    image = noise_image(1)
+    stored = store.put(image)
     assert stored.path == tmp_path / "images" / stored.sha256[:2] / f"{stored.sha256}.png"
-    assert hashlib.sha256(stored.path.read_bytes()).hexdigest() == stored.sha256
+    expected = hashlib.sha256(b"rgb 24x16\n" + image.convert("RGB").tobytes()).hexdigest()
+    assert stored.sha256 == expected
+    with Image.open(stored.path) as written:  # the file holds exactly those pixels
+        assert written.convert("RGB").tobytes() == image.convert("RGB").tobytes()
     assert (stored.width, stored.height) == (24, 16)
+    # The same bytes in another shape are another image.
+    assert store.put(Image.frombytes("RGB", (16, 24), image.convert("RGB").tobytes())).sha256 != stored.sha256
+
+
+def test_a_file_named_the_old_way_still_opens_by_its_name(tmp_path):
+    """Stores written before pixel naming name files by the hash of their PNG bytes."""
+    from arpo.storage.image_store import encode_png
+
+    store = ImageStore(tmp_path / "images")
+    png = encode_png(noise_image(2))
+    old_name = hashlib.sha256(png).hexdigest()
+    store.path_for(old_name).parent.mkdir(parents=True)
+    store.path_for(old_name).write_bytes(png)
+    assert store.open(old_name).tobytes() == noise_image(2).convert("RGB").tobytes()
 
 
 def test_same_pixels_twice_make_one_file(tmp_path):
