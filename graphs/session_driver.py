@@ -65,6 +65,9 @@ class SessionDriver:
         self.models = models
         self._handles: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
+        self._advancing: set[str] = set()
+        """Sessions this process is running now. Their last checkpoint may still show the pause they
+        just left: checkpoints are saved while the next node runs."""
 
     def start(
         self, reference: ReferenceImage, config: RunConfig, *, on_update: NodeUpdate | None = None
@@ -103,8 +106,12 @@ class SessionDriver:
     def view(self, run_id: str) -> SessionView:
         """The session as stored: its pending pause (if any), its run record and its transcript."""
         handle = self._handle(run_id)
-        with open_graph(handle, _session_graph(handle)) as (graph, thread):
-            pause = _pending_pause(graph.get_state(thread))
+        with self._lock:
+            advancing = handle.run_id in self._advancing
+        pause = None
+        if not advancing:
+            with open_graph(handle, _session_graph(handle)) as (graph, thread):
+                pause = _pending_pause(graph.get_state(thread))
         return SessionView(
             run_id=handle.run_id,
             pause=pause,
@@ -178,8 +185,14 @@ class SessionDriver:
     # Internals
 
     def _advance(self, handle: RunHandle, start: Any, on_update: NodeUpdate | None) -> SessionView:
-        with open_graph(handle, _session_graph(handle)) as (graph, _thread):
-            stream_updates(handle, graph, start, on_update)
+        with self._lock:
+            self._advancing.add(handle.run_id)
+        try:
+            with open_graph(handle, _session_graph(handle)) as (graph, _thread):
+                stream_updates(handle, graph, start, on_update)
+        finally:
+            with self._lock:
+                self._advancing.discard(handle.run_id)
         view = self.view(handle.run_id)
         if view.pause is not None:
             self.history.set_status(handle.run_id, "paused")
