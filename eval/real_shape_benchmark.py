@@ -266,7 +266,7 @@ def time_arpo_iteration(models, workload: Workload) -> dict[str, Any]:
     handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)
 
     started = time.perf_counter()
-    reference = context.reference(history.get_run(handle.run_id).reference_sha256)
+    reference = context.reference(handle.reference_sha256)
     reference_s = time.perf_counter() - started
     started = time.perf_counter()
     proposer.propose(ProposalRequest(current_prompt=START_PROMPT), reference.embedding)  # embeds the banks

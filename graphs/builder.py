@@ -75,7 +75,7 @@ def _add_agent(graph: StateGraph, after_agent: Callable, after_generate: Callabl
 
 def compile_arpo_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The ARPO loop ready to invoke; pass a checkpointer to make runs resumable."""
-    return _compiled("arpo", agent).copy(update={"checkpointer": checkpointer})
+    return _compiled(build_arpo_graph, "arpo", agent).copy(update={"checkpointer": checkpointer})
 
 
 def build_session_graph(*, agent: bool = False) -> StateGraph:
@@ -95,12 +95,11 @@ def build_session_graph(*, agent: bool = False) -> StateGraph:
 
 def compile_session_graph(checkpointer: Checkpointer = None, *, agent: bool = False):
     """The session graph ready to invoke; it needs a checkpointer to pause for the person."""
-    return _compiled("arpo-session", agent).copy(update={"checkpointer": checkpointer})
+    return _compiled(build_session_graph, "arpo-session", agent).copy(update={"checkpointer": checkpointer})
 
 
 @cache
-def _compiled(name: str, agent: bool):
+def _compiled(build: Callable[..., StateGraph], name: str, agent: bool):
     """Each graph is built and compiled once per process (a few milliseconds a run otherwise); runs
     get a copy carrying their own checkpointer."""
-    build = build_arpo_graph if name == "arpo" else build_session_graph
     return build(agent=agent).compile(name=name)

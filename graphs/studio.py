@@ -168,7 +168,7 @@ def build_studio_graph(models: ModelStack | None = None, *, session: bool = Fals
         reference = load_reference_image(state["image"])
         context = build_context(config, history, resources.models(config))
         handle = start_run(history, config, reference, context, kind=run_kind)
-        return {"run_id": handle.run_id, "reference_sha256": history.get_run(handle.run_id).reference_sha256}
+        return {"run_id": handle.run_id, "reference_sha256": handle.reference_sha256}
 
     def invert(state: StudioState, runtime: Runtime[StudioSettings]) -> dict:
         """Run the ARPO loop for the opened run, with live models and brains as its context."""
