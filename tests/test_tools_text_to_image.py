@@ -175,14 +175,16 @@ def _uncached_render(family: str, t2i: TextToImage, prompt: str, seed: int):
     ).images[0]
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd15", "sdxl", "pixart"])
 def test_a_prompt_and_the_negative_prompt_are_encoded_once_and_images_do_not_change(family):
     t2i = TextToImage.tiny(family=family)
     first = t2i.generate("a red cat", 0)
     again = t2i.generate("a red cat", 0)
     other = t2i.generate("a blue dog", 1)
     memory = t2i.remembered_encodings[0]
-    if family == "sd15":  # prompt and empty negative each render; SDXL guides with zeros for an empty negative
+    # SD 1.5 and PixArt (T5, called with its attention mask) encode the prompt and the empty negative
+    # every render; SDXL guides with zeros for an empty negative.
+    if family in ("sd15", "pixart"):
         assert (memory.hits, memory.misses) == (3, 3)
     else:
         assert (memory.hits, memory.misses) == (1, 2) and len(t2i.remembered_encodings) == 2
@@ -227,6 +229,20 @@ def test_channels_last_keeps_the_images_and_is_recorded():
     assert weight.is_contiguous(memory_format=torch.channels_last)
     assert np.abs(pixels(plain.generate("a red cat", 3)) - pixels(faster.generate("a red cat", 3))).max() <= 1
     assert faster.describe()["channels_last"] is True and plain.describe()["channels_last"] is False
+
+
+def test_channels_last_in_bfloat16_renders_nearly_the_same_image():
+    """Half precision is where users turn it on; bf16 stands in for fp16 on the CPU."""
+    import torch
+
+    from arpo.tools.text_to_image import Speedups
+
+    plain = TextToImage.tiny(dtype=torch.bfloat16)
+    faster = TextToImage.tiny(dtype=torch.bfloat16).speed_up(Speedups(channels_last=True))
+    weight = next(p for p in faster.denoiser.parameters() if p.dim() == 4)
+    assert weight.dtype == torch.bfloat16 and weight.is_contiguous(memory_format=torch.channels_last)
+    difference = np.abs(pixels(plain.generate("a red cat", 3)) - pixels(faster.generate("a red cat", 3)))
+    assert difference.mean() < 2 and difference.max() <= 16  # bf16 rounding, not another image
 
 
 def test_compile_compiles_the_denoiser_in_place_once(monkeypatch):
