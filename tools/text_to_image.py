@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ContextManager
 
@@ -70,9 +70,6 @@ class Speedups:
     """torch.compile the denoiser (UNet or transformer) in place; its first call compiles."""
     channels_last: bool = False
     """Store the denoiser's and VAE's 4-D weights in channels-last order."""
-
-    def describe(self) -> dict[str, bool]:
-        return {"compile": self.compile, "channels_last": self.channels_last}
 
 
 class TextToImage:
@@ -292,7 +289,7 @@ class TextToImage:
             "dtype": dtype_name(self.pipeline.dtype),
             "device": str(self.device),
             "low_vram": self.placement.low_vram,
-            **self.speedups.describe(),
+            **asdict(self.speedups),
             "diffusers_version": diffusers.__version__,
             "torch_version": torch.__version__,
         }
