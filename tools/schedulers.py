@@ -10,6 +10,8 @@ a new object built from the pipeline's scheduler configuration.
 
 from __future__ import annotations
 
+import copy
+import weakref
 from typing import TYPE_CHECKING
 
 from arpo.core.errors import InvalidInputError
@@ -48,9 +50,21 @@ def replace_scheduler(pipeline: DiffusionPipeline, name: str) -> None:
 
 
 def fresh_scheduler(pipeline: DiffusionPipeline) -> SchedulerMixin:
-    """A new scheduler of the pipeline's class and configuration, with no history of earlier steps."""
+    """A new scheduler of the pipeline's class and configuration, with no history of earlier steps.
+
+    A copy of one never-stepped scheduler made from that configuration: building from the
+    configuration validates it against the class signature on every call (~1 ms, once per render),
+    where copying the unused one is ~0.1 ms and gives the same object.
+    """
     template = pipeline.scheduler
-    return type(template).from_config(template.config)
+    unused = _UNUSED_SCHEDULERS.get(template)
+    if unused is None:
+        unused = _UNUSED_SCHEDULERS[template] = type(template).from_config(template.config)
+    return copy.deepcopy(unused)
+
+
+_UNUSED_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per pipeline scheduler in use, a scheduler built from its configuration and never stepped."""
 
 
 def scheduler_name(pipeline: DiffusionPipeline) -> str:
@@ -68,10 +82,8 @@ def pipeline_view(pipeline: DiffusionPipeline) -> DiffusionPipeline:
     A shallow copy: the models are shared, but the scheduler and the attributes a pipeline's call sets
     on itself (guidance scale, step count, interrupt flag) belong to the copy, so concurrent or
     interleaved calls never see each other's denoising state. Setting the scheduler on the copy gives
-    it its own configuration dict too; the original is left untouched. Costs a few milliseconds.
+    it its own configuration dict too; the original is left untouched.
     """
-    import copy
-
     view = copy.copy(pipeline)
     view.scheduler = fresh_scheduler(pipeline)
     return view

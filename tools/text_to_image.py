@@ -238,8 +238,9 @@ class TextToImage:
         so each image is the one `generate` makes for it (to float rounding in the batched forward)."""
         with self.placement.generation_turn(), self._generate_lock, encodings_remembered():
             generators = [torch.Generator(device="cpu").manual_seed(int(seed)) for _, seed in requests]
+            view = pipeline_view(self.pipeline)
             started = time.perf_counter()
-            output = pipeline_view(self.pipeline)(
+            output = view(
                 prompt=[prompt for prompt, _ in requests] if len(requests) > 1 else requests[0][0],
                 num_inference_steps=self.steps,
                 guidance_scale=self.guidance_scale,
