@@ -11,7 +11,9 @@ with the fixed loop's stop rules; agent mode's tools (graphs/agent_tools.py) cal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from langgraph.runtime import Runtime
 
@@ -36,24 +38,33 @@ def initialize(state: ArpoState, runtime: Ctx) -> dict:
     once per run (concurrently). An inversion's trajectory goes into the history under the run."""
     ctx = runtime.context
     reference = ctx.reference(state["reference_sha256"])
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        caption = None
-        if not state.get("initial_prompt"):
-            caption = pool.submit(_first_prompt, ctx, state, reference.image)
-        description = None
-        if ctx.framework == "enhanced" and ctx.uses_vlm:
-            description = pool.submit(ctx.describer.describe, reference.image)
-        prompt = (state.get("initial_prompt") or caption.result()).strip()
-        fitted = fit_to_budget(ctx, state["reference_sha256"], prompt)
-        if fitted is not None:  # no prompt the run stores is longer than what the model reads
-            ctx.history.record_tool_call(state["run_id"], fitted.tool_call(0, [], []))
-            prompt = fitted.after
-        update: dict = {"prompt": prompt, "iteration": 0, "tried": [], "best_clip_i": -2.0}
-        if description is not None:
-            described = description.result()
-            update |= {"reference_content": described.content, "reference_style": described.style}
+    jobs: dict[str, Callable] = {}
+    if not state.get("initial_prompt"):
+        jobs["caption"] = partial(_first_prompt, ctx, state, reference.image)
+    if ctx.framework == "enhanced" and ctx.uses_vlm:
+        jobs["description"] = partial(ctx.describer.describe, reference.image)
+    done = _run_together(jobs)
+    prompt = (state.get("initial_prompt") or done["caption"]).strip()
+    fitted = fit_to_budget(ctx, state["reference_sha256"], prompt)
+    if fitted is not None:  # no prompt the run stores is longer than what the model reads
+        ctx.history.record_tool_call(state["run_id"], fitted.tool_call(0, [], []))
+        prompt = fitted.after
+    update: dict = {"prompt": prompt, "iteration": 0, "tried": [], "best_clip_i": -2.0}
+    if "description" in done:
+        described = done["description"]
+        update |= {"reference_content": described.content, "reference_style": described.style}
     ctx.save_brain_calls(state["run_id"], 0)
     return update
+
+
+def _run_together(jobs: dict[str, Callable]) -> dict:
+    """Each job's result by name; two or more run at once (a caption on the models while a brain
+    describes), a lone one on this thread."""
+    if len(jobs) < 2:
+        return {name: job() for name, job in jobs.items()}
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {name: pool.submit(job) for name, job in jobs.items()}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def _first_prompt(ctx: ArpoContext, state: ArpoState, image) -> str:
