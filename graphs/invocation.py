@@ -143,10 +143,10 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     history = handle.context.history
     thread = thread_config(handle.run_id)
     with failures_recorded(history, handle.run_id), brain_calls_kept(handle, lambda: current_iteration(graph, thread)):
-        history.set_status(handle.run_id, "running")
         # "async": a node's checkpoint is saved while the next node runs (mostly waiting on a brain),
         # and the saver settles the node's history writes first (checkpoints.settle_before_saving).
         with history.writing_behind(handle.run_id):
+            history.set_status(handle.run_id, "running")
             for chunk in graph.stream(
                 start, thread, context=handle.context, stream_mode="updates", durability="async"
             ):

@@ -238,7 +238,7 @@ class History:
         # writer thread, where the ORM's bookkeeping cost ~4x the time and competed with the loop.
         iterations, candidates = Iteration.__table__, Candidate.__table__
         with self._engine.begin() as connection:
-            _touch_run(connection, run_id)
+            _change_run_row(connection, run_id)  # the run exists, and changed now
             if connection.scalar(select(StoredImage.sha256).where(StoredImage.sha256 == record.generated_sha256)) is None:
                 raise ValueError(
                     f"generated image {record.generated_sha256} is not stored; store it first"
@@ -283,28 +283,34 @@ class History:
         stopped_because: str | None,
     ) -> None:
         """Mark a run finished with its best and last prompts and why the loop stopped."""
-        with self._transaction() as session:
-            run = _exact_run(session, run_id)
-            run.status = "finished"
-            run.best_prompt = best_prompt
-            run.best_clip_i = float(best_clip_i) if best_clip_i is not None else None
-            run.last_prompt = last_prompt
-            run.stopped_because = stopped_because
-            run.error = None
+        self._change_run(
+            run_id,
+            status="finished",
+            best_prompt=best_prompt,
+            best_clip_i=float(best_clip_i) if best_clip_i is not None else None,
+            last_prompt=last_prompt,
+            stopped_because=stopped_because,
+            error=None,
+        )
 
     def fail_run(self, run_id: str, error: str, status: str = "failed") -> None:
         """Mark a run failed (or interrupted) with the one-line reason."""
         _require_choice(status, FAILURE_STATUSES, "failure status")
-        with self._transaction() as session:
-            run = _exact_run(session, run_id)
-            run.status = status
-            run.error = error
+        self._change_run(run_id, status=status, error=error)
 
     def set_status(self, run_id: str, status: RunStatus) -> None:
         """Change a run's status, e.g. back to "running" when it is resumed."""
         _require_choice(status, RUN_STATUSES, "run status")
-        with self._transaction() as session:
-            _exact_run(session, run_id).status = status
+        self._change_run(run_id, status=status)
+
+    def _change_run(self, run_id: str, **columns) -> None:
+        """Set columns of a run's row: behind the loop inside `writing_behind` (the run's start and
+        end are on its critical path), else at once."""
+        self._writes.write(partial(self._change_run_now, run_id, columns))
+
+    def _change_run_now(self, run_id: str, columns: dict) -> None:
+        with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
+            _change_run_row(connection, run_id, columns)
 
     # Reading runs
 
@@ -460,9 +466,9 @@ def _unused_run_id(session: Session) -> str:
             return candidate
 
 
-def _touch_run(connection: Connection, run_id: str) -> None:
-    """Mark a run as changed now; an unknown run id is refused."""
-    changed = connection.execute(update(Run.__table__).where(Run.id == run_id).values(updated_at=utc_now()))
+def _change_run_row(connection: Connection, run_id: str, columns: dict | None = None) -> None:
+    """Set columns of a run's row and mark it changed now; an unknown run id is refused."""
+    changed = connection.execute(update(Run.__table__).where(Run.id == run_id).values(**(columns or {}), updated_at=utc_now()))
     if changed.rowcount == 0:
         raise InvalidInputError(f"no run with id {run_id}")
 
