@@ -38,7 +38,14 @@ def _last(screens) -> Screen:
 def ui(tmp_path_factory):
     history = History.open(f"sqlite:///{tmp_path_factory.mktemp('ui')}/arpo.db")
     driver = SessionDriver(history)
-    handlers = SessionHandlers(driver, UiDefaults.of(models="tiny", brain="offline"))
+    # A module's fixture is made before each test's settings (conftest's arpo_home), so it reads them
+    # under the same values; with the default refine (auto) every round that kept nothing ran PH2P
+    # (~20 s a test).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ARPO_HOME", str(tmp_path_factory.mktemp("arpo-home")))
+        patch.setenv("ARPO_REFINE", "none")
+        defaults = UiDefaults.of(models="tiny", brain="offline")
+    handlers = SessionHandlers(driver, defaults)
     yield handlers, HistoryHandlers(driver), history
     history.close()
 
