@@ -221,7 +221,9 @@ def judged_selection(ctx: ArpoContext, state: ArpoState, candidates: list[str], 
     """Greedy selection of `candidates` on the state's prompt, making room by compression when the
     prompt is full (the compression is recorded as `caller`'s)."""
     reference = ctx.reference(state["reference_sha256"])
-    outcome = select_for_models(ctx.models, reference.embedding, state["prompt"], candidates)
+    # The render of this very prompt measured its CLIP-T (render_and_score): no second forward for it.
+    known = state.get("clip_t") if state.get("rendered_prompt") == state["prompt"] else None
+    outcome = select_for_models(ctx.models, reference.embedding, state["prompt"], candidates, start_score=known)
     return _with_room_made(ctx, state, outcome, caller)
 
 

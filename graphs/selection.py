@@ -87,15 +87,19 @@ def greedy_select(
     score_prompts: ScorePrompts,
     fits_budget: FitsBudget = lambda _prompt: True,
     scorer_window: ScorerWindow | None = None,
+    start_score: float | None = None,
 ) -> SelectionOutcome:
     """Choose the subset of ``candidates`` that raises the prompt's score, as in Algorithm 8.
 
     Candidates past the T2I budget (``fits_budget``) or past the scorer's window (``scorer_window``,
     None when the scorer reads at least as far as the T2I model) are left out, with their reason.
+    ``start_score``: the prompt's own score when it is already known, so it is not scored again.
     """
     verdicts, pool = _screen(prompt, candidates)
-    start_score = score_prompts([prompt])[0]
-    best_score, scoring_calls = start_score, 1
+    scoring_calls = 0
+    if start_score is None:
+        start_score, scoring_calls = score_prompts([prompt])[0], 1
+    best_score = start_score
     chosen: list[str] = []
     decided: list[CandidateRecord] = []
     while pool:
@@ -131,9 +135,12 @@ def greedy_select(
     )
 
 
-def select_for_models(models: ModelStack, reference_embedding: Any, prompt: str, candidates: list[str]) -> SelectionOutcome:
+def select_for_models(
+    models: ModelStack, reference_embedding: Any, prompt: str, candidates: list[str], start_score: float | None = None
+) -> SelectionOutcome:
     """Greedy selection with a run's models: CLIP text-image similarity of each prompt as the
-    text-to-image model will read it, inside its token budget and the scorer's window."""
+    text-to-image model will read it, inside its token budget and the scorer's window. `start_score`
+    is the prompt's CLIP-T when its render already measured it (the same forward on the same text)."""
     t2i, clip = models.text_to_image, models.clip
     budget = t2i.token_budget()
     return greedy_select(
@@ -143,6 +150,7 @@ def select_for_models(models: ModelStack, reference_embedding: Any, prompt: str,
         fits_budget=lambda candidate: t2i.count_tokens(candidate) <= budget,
         # CLIP reads 77 tokens where PixArt's T5 reads 120: never keep a phrase the scorer did not see.
         scorer_window=ScorerWindow(fits=lambda candidate: clip.sees_all(t2i.truncate(candidate)), tokens=clip.context_length),
+        start_score=start_score,
     )
 
 

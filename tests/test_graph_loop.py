@@ -69,9 +69,11 @@ def test_loop_keeps_what_helps_and_stops_when_nothing_does(stack):
     assert run.last_prompt == second.prompt
     assert nodes == ["initialize", "generate", "compare", "propose", "select",
                      "generate", "compare", "propose", "select", "finish"]
-    # Selection's CLIP text forwards: one for the start prompt plus one per round (k candidates -> k + 1).
+    # Selection's CLIP text forwards: one per round (k candidates -> k); the start prompt's score is the
+    # one its render was given, not measured again.
     selection = [t for t in context.telemetry.timings if t.node == "select"]
-    assert [t.clip_text_passes for t in selection] == [5, 4]
+    assert [t.clip_text_passes for t in selection] == [4, 3]
+    assert first.clip_t == pytest.approx(0.0) and second.clip_t == pytest.approx(2.0)
 
 
 def test_step_limit_scores_the_last_prompt_and_stops(stack):

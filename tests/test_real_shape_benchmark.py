@@ -124,7 +124,7 @@ def test_smoke_run_reports_every_figure(smoke_report):
     assert set(report["arpo_nodes_s"]) == {"generate", "compare", "propose", "select"}
     assert report["arpo_iteration_s"] == pytest.approx(sum(report["arpo_nodes_s"].values()), abs=0.01)
     assert 0 < report["generation_s"] <= report["arpo_iteration_s"]
-    assert report["candidates"] > 0 and report["selection_clip_text_passes"] >= 2
+    assert report["candidates"] > 0 and report["selection_clip_text_passes"] >= 1  # one per round of selection
     # The offline proposer embedded only the documented subset of the phrase banks.
     assert report["phrases_per_bank"] == 3 and report["phrase_bank_phrases_embedded"] == 12
     assert any("first 3 phrases of each phrase bank" in note for note in report["notes"])

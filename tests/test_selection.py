@@ -31,6 +31,21 @@ def test_takes_best_first_keeps_ties_and_rejects_losses():
     assert outcome.scoring_calls == 5
 
 
+def test_a_known_start_score_is_not_measured_again():
+    scored: list[list[str]] = []
+
+    def recording_score(prompts: list[str]) -> list[float]:
+        scored.append(list(prompts))
+        return additive_score(prompts)
+
+    outcome = greedy_select("a cat", ["soft light", "blurry"], recording_score, start_score=0.20)
+    assert "a cat" not in [prompt for batch in scored for prompt in batch]
+    assert outcome.selected == ["soft light"] and outcome.start_score == pytest.approx(0.20)
+    assert outcome.scoring_calls == len(scored) == 2  # one per round, none for the start prompt
+    # The start score given is the bar a candidate must reach: a higher one turns "soft light" down.
+    assert greedy_select("a cat", ["soft light"], additive_score, start_score=0.9).selected == []
+
+
 def test_empty_selection_when_nothing_helps():
     outcome = greedy_select("a cat, soft light", ["blurry"], additive_score)
     assert outcome.selected == []
