@@ -304,8 +304,9 @@ class History:
         self._change_run(run_id, status=status)
 
     def _change_run(self, run_id: str, **columns) -> None:
-        """Set columns of a run's row: behind the loop inside `writing_behind` (the run's start and
-        end are on its critical path), else at once."""
+        """Set columns of a run's row through the writer, like the run's other writes: behind the loop
+        inside `writing_behind` (the start's "running" then holds nothing up; the end's is waited for
+        by the last checkpoint either way), else at once."""
         self._writes.write(partial(self._change_run_now, run_id, columns))
 
     def _change_run_now(self, run_id: str, columns: dict) -> None:
