@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 from pydantic import BaseModel
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -29,6 +29,7 @@ from arpo.core.run_config import REFINE_TOOLS
 from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
+from arpo.storage import loop_writes
 from arpo.storage.image_store import ImageStore, PreparedImage, StoredImageRef
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root, postgres_conninfo_of
 from arpo.storage.models import (
@@ -144,19 +145,19 @@ class History:
 
     def _store_image_now(self, prepared: PreparedImage, role: str, metadata: dict[str, Any] | None) -> None:
         self._images.write(prepared)
-        stored, images = prepared.ref, StoredImage.__table__
+        stored = prepared.ref
         try:
-            with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
-                if connection.scalar(select(images.c.sha256).where(images.c.sha256 == stored.sha256)) is None:
-                    connection.execute(insert(images).values({
-                        images.c.sha256: stored.sha256,
-                        images.c.relative_path: self._images.relative_path_for(stored.sha256),
-                        images.c.width: stored.width,
-                        images.c.height: stored.height,
-                        images.c.format: "PNG",
-                        images.c.role: role,
-                        images.c.metadata: _plain_json(metadata) if metadata else None,
-                    }))
+            with self._engine.begin() as connection:
+                if not loop_writes.image_row_exists(connection, stored.sha256):
+                    loop_writes.add_image_row(connection, {
+                        "sha256": stored.sha256,
+                        "relative_path": self._images.relative_path_for(stored.sha256),
+                        "width": stored.width,
+                        "height": stored.height,
+                        "format": "PNG",
+                        "role": role,
+                        "metadata": _plain_json(metadata) if metadata else None,
+                    })
         except IntegrityError:
             # Another process stored the same image between our check and our insert: same content,
             # so its row serves us equally well.
@@ -234,26 +235,20 @@ class History:
         self._writes.write(partial(self._record_iteration_now, run_id, record))
 
     def _record_iteration_now(self, run_id: str, record: IterationRecord) -> None:
-        # Plain SQL statements rather than ORM objects: this runs for every node of every run, on the
-        # writer thread, where the ORM's bookkeeping cost ~4x the time and competed with the loop.
-        iterations, candidates = Iteration.__table__, Candidate.__table__
+        # Prepared statements rather than ORM objects: this runs for every node of every run, on the
+        # writer thread, where the ORM's bookkeeping (and building SQL afresh) competed with the loop.
         with self._engine.begin() as connection:
-            _change_run_row(connection, run_id)  # the run exists, and changed now
-            if connection.scalar(select(StoredImage.sha256).where(StoredImage.sha256 == record.generated_sha256)) is None:
+            loop_writes.change_run(connection, run_id)  # the run exists, and changed now
+            if not loop_writes.image_row_exists(connection, record.generated_sha256):
                 raise ValueError(
                     f"generated image {record.generated_sha256} is not stored; store it first"
                 )
-            # A resumed run may redo the node that wrote this iteration: the redo wins.
-            earlier = select(iterations.c.id).where(iterations.c.run_id == run_id, iterations.c.index == record.index)
-            connection.execute(delete(candidates).where(candidates.c.iteration_id.in_(earlier)))
-            connection.execute(delete(iterations).where(iterations.c.id.in_(earlier.scalar_subquery())))
-            fields = record.model_dump(exclude={"candidates", *_FROM_TOOL_CALLS})
-            iteration_id = connection.execute(insert(iterations).values(run_id=run_id, **fields)).inserted_primary_key[0]
-            if record.candidates:
-                connection.execute(insert(candidates), [
-                    {"iteration_id": iteration_id, "position": position, **candidate.model_dump()}
-                    for position, candidate in enumerate(record.candidates)
-                ])
+            loop_writes.replace_iteration(
+                connection,
+                run_id,
+                record.model_dump(exclude={"candidates", *_FROM_TOOL_CALLS}),
+                [candidate.model_dump() for candidate in record.candidates],
+            )
 
     def record_brain_calls(
         self, run_id: str, iteration_index: int | None, calls: Iterable[BrainCallRecord]
@@ -265,10 +260,9 @@ class History:
     def _record_brain_calls_now(self, run_id: str, iteration_index: int | None, calls: list[BrainCallRecord]) -> None:
         if not calls:
             return
-        with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
-            if connection.scalar(select(Run.id).where(Run.id == run_id)) is None:
-                raise InvalidInputError(f"no run with id {run_id}")
-            connection.execute(insert(BrainCall.__table__), [
+        with self._engine.begin() as connection:  # prepared statements, as in _record_iteration_now
+            loop_writes.require_run(connection, run_id)
+            loop_writes.add_brain_calls(connection, [
                 {"run_id": run_id, **call.model_dump(exclude={"iteration_index"}), "iteration_index": iteration_index}
                 for call in calls
             ])
@@ -310,8 +304,8 @@ class History:
         self._writes.write(partial(self._change_run_now, run_id, columns))
 
     def _change_run_now(self, run_id: str, columns: dict) -> None:
-        with self._engine.begin() as connection:  # plain SQL, as in _record_iteration_now
-            _change_run_row(connection, run_id, columns)
+        with self._engine.begin() as connection:  # prepared statements, as in _record_iteration_now
+            loop_writes.change_run(connection, run_id, columns)
 
     # Reading runs
 
@@ -465,13 +459,6 @@ def _unused_run_id(session: Session) -> str:
         candidate = secrets.token_hex(RUN_ID_LENGTH // 2)
         if session.get(Run, candidate) is None:
             return candidate
-
-
-def _change_run_row(connection: Connection, run_id: str, columns: dict | None = None) -> None:
-    """Set columns of a run's row and mark it changed now; an unknown run id is refused."""
-    changed = connection.execute(update(Run.__table__).where(Run.id == run_id).values(**(columns or {}), updated_at=utc_now()))
-    if changed.rowcount == 0:
-        raise InvalidInputError(f"no run with id {run_id}")
 
 
 def _exact_run(session: Session, run_id: str) -> Run:
