@@ -64,6 +64,7 @@ from tenacity import (
 from arpo.agents.brain import BrainReply, CallLog, FunctionCall
 from arpo.core.brain_calls import BrainCallRecord, ResponseFormat
 from arpo.core.errors import BrainError, InvalidInputError
+from arpo.core.loop_activity import LOOP_ACTIVITY
 from arpo.core.run_config import STRUCTURED_OUTPUT_MODES, StructuredOutput
 
 if TYPE_CHECKING:
@@ -593,10 +594,11 @@ class ChatBackend:
         threading.Thread(target=run, name="arpo-brain-request", daemon=True).start()
         deadline = time.monotonic() + self.config.timeout_s + _DEADLINE_GRACE_S
         try:
-            while not done.wait(_POLL_S):
-                self._check_interrupted(call)
-                if time.monotonic() > deadline:
-                    raise _TransientFailure(f"timed out after {self.config.timeout_s:g} s")
+            with LOOP_ACTIVITY.waiting():  # the run's background writes may go now
+                while not done.wait(_POLL_S):
+                    self._check_interrupted(call)
+                    if time.monotonic() > deadline:
+                        raise _TransientFailure(f"timed out after {self.config.timeout_s:g} s")
         except KeyboardInterrupt:
             _INTERRUPTS.bump()  # so calls waiting on other threads stop too
             raise

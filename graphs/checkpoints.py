@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from arpo.core.errors import InvalidInputError
+from arpo.core.loop_activity import LOOP_ACTIVITY
 
 if TYPE_CHECKING:
     from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -50,6 +51,7 @@ def _after_settling(save: Callable, history: History) -> Callable:
     def settled_save(*args, **kwargs):
         # LangGraph saves on a thread of its own: the run is named by the checkpoint's thread id.
         config = kwargs["config"] if "config" in kwargs else args[0]
+        LOOP_ACTIVITY.wait_until_quiet()  # keep off the loop's own Python, briefly (core/loop_activity.py)
         history.settle(config.get("configurable", {}).get("thread_id"))
         return save(*args, **kwargs)
 

@@ -12,6 +12,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from arpo.core.errors import InvalidInputError
+from arpo.core.loop_activity import LOOP_ACTIVITY
 from arpo.core.run_config import RunConfig
 from arpo.graphs.builder import compile_arpo_graph
 from arpo.graphs.checkpoints import close_soon, open_checkpointer, thread_config
@@ -145,7 +146,9 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
     with failures_recorded(history, handle.run_id), brain_calls_kept(handle, lambda: current_iteration(graph, thread)):
         # "async": a node's checkpoint is saved while the next node runs (mostly waiting on a brain),
         # and the saver settles the node's history writes first (checkpoints.settle_before_saving).
-        with history.writing_behind(handle.run_id):
+        with history.writing_behind(handle.run_id), LOOP_ACTIVITY.busy():
+            # Busy: the run's history writes and checkpoints wait for its brain waits, or a few ms,
+            # rather than run beside its Python (core/loop_activity.py).
             history.set_status(handle.run_id, "running")
             for chunk in graph.stream(
                 start, thread, context=handle.context, stream_mode="updates", durability="async"

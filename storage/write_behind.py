@@ -5,6 +5,10 @@ which mostly waits on a brain. Doing those writes on a thread of their own lets 
 wait. Ordering and durability stay as they were because of two rules: writes run one at a time in
 submission order, and anything that must see them (a read, a synchronous write, a checkpoint)
 settles first, waiting until every write handed over so far is done.
+
+Each write also waits for a quiet moment of the loop (arpo/core/loop_activity.py: typically a brain
+wait), at most a few tens of milliseconds into a busy stretch, so it does not take the interpreter lock from a node's own
+Python; a settle cuts that wait short, since someone is waiting for the write.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+from arpo.core.loop_activity import LOOP_ACTIVITY
 
 
 class WriteBehind:
@@ -28,6 +34,7 @@ class WriteBehind:
         self._name = name
         self._changed = threading.Condition()
         self._queue: deque[tuple[str | None, Callable[[], None]]] = deque()
+        self._settling = 0  # threads waiting in `settle`: the writes are wanted now
         self._running = False  # a write has been taken from the queue and is not done yet
         self._failures: dict[str | None, BaseException] = {}
         self._thread: threading.Thread | None = None
@@ -74,8 +81,15 @@ class WriteBehind:
         owners = self._owners()
         wanted = owner if owner is not None else (owners[-1] if owners else None)
         with self._changed:
-            self._changed.wait_for(lambda: not self._queue and not self._running)
-            failure = self._failures.pop(wanted, None) or self._failures.pop(None, None)
+            self._settling += 1
+        LOOP_ACTIVITY.nudge()
+        try:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._queue and not self._running)
+                failure = self._failures.pop(wanted, None) or self._failures.pop(None, None)
+        finally:
+            with self._changed:
+                self._settling -= 1
         if failure is not None:
             raise failure
 
@@ -107,6 +121,10 @@ class WriteBehind:
             self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
             self._thread.start()
 
+    def _wanted_now(self) -> bool:
+        """Whether someone waits for the writes (a settle, or the writer closing)."""
+        return self._settling > 0 or self._thread is None
+
     def _work(self) -> None:
         me = threading.current_thread()
         while True:
@@ -117,6 +135,7 @@ class WriteBehind:
                 owner, write = self._queue.popleft()
                 self._running = True
             try:
+                LOOP_ACTIVITY.wait_until_quiet(unless=self._wanted_now)
                 write()
             except BaseException as failure:  # noqa: BLE001 - kept, and raised where its owner settles
                 with self._changed:
