@@ -8,7 +8,7 @@ brain call says when it is `waiting`, and background work first waits for a quie
 (`wait_until_quiet`), though never longer than it is told: work that finds no quiet moment in time
 goes ahead, and work someone needs now (`WriteBehind.settle`) stops waiting at once.
 
-MEASURED
+What it buys is measured with the loop benchmark (README, Measuring).
 """
 
 from __future__ import annotations
