@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from arpo.graphs.state import ArpoState
+from arpo.graphs.state import ArpoRouting
 
 
-def after_generate(state: ArpoState) -> Literal["compare", "finish"]:
+def after_generate(state: ArpoRouting) -> Literal["compare", "finish"]:
     """The last generation only scores the final prompt; otherwise look for differences."""
     return "finish" if state.get("stopped_because") else "compare"
 
 
-def after_select(state: ArpoState) -> Literal["generate", "refine", "finish"]:
+def after_select(state: ArpoRouting) -> Literal["generate", "refine", "finish"]:
     """Render the new prompt; when selection kept nothing (Algorithm 8's empty ΔP), refine first if a
     refinement is due, else stop."""
     if state.get("refine_with"):
@@ -20,7 +20,7 @@ def after_select(state: ArpoState) -> Literal["generate", "refine", "finish"]:
     return "finish" if state.get("stopped_because") else "generate"
 
 
-def after_refine(state: ArpoState) -> Literal["generate", "finish"]:
+def after_refine(state: ArpoRouting) -> Literal["generate", "finish"]:
     """Render what the refinement kept; stop when it kept nothing either."""
     return "finish" if state.get("stopped_because") else "generate"
 
@@ -28,12 +28,12 @@ def after_refine(state: ArpoState) -> Literal["generate", "finish"]:
 # The session graph (a person reviews every regenerated image)
 
 
-def after_review(state: ArpoState) -> Literal["compare", "generate", "review", "refine", "finish"]:
+def after_review(state: ArpoRouting) -> Literal["compare", "generate", "review", "refine", "finish"]:
     """Follow the person's reply: carry on, render their prompt, refine, ask again, or finish."""
     return state.get("next_step") or "compare"  # type: ignore[return-value]
 
 
-def after_session_select(state: ArpoState) -> Literal["generate", "refine", "review"]:
+def after_session_select(state: ArpoRouting) -> Literal["generate", "refine", "review"]:
     """A round that kept nothing is refined when a refinement is due, then goes back to the person,
     who may steer it, instead of ending."""
     if state.get("refine_with"):
@@ -41,7 +41,7 @@ def after_session_select(state: ArpoState) -> Literal["generate", "refine", "rev
     return "review" if state.get("stopped_because") else "generate"
 
 
-def after_session_refine(state: ArpoState) -> Literal["generate", "review"]:
+def after_session_refine(state: ArpoRouting) -> Literal["generate", "review"]:
     """Render what the refinement kept; with nothing kept, ask the person."""
     return "review" if state.get("stopped_because") else "generate"
 
@@ -51,7 +51,7 @@ def after_session_refine(state: ArpoState) -> Literal["generate", "review"]:
 # is asked.
 
 
-def after_agent(state: ArpoState) -> Literal["agent", "generate", "compare", "finish"]:
+def after_agent(state: ArpoRouting) -> Literal["agent", "generate", "compare", "finish"]:
     """Another turn while the agent drives; once it has ended, render its last prompt if needed, then
     finish, or go on as the fixed loop when it gave up."""
     if not state.get("agent_ended"):
@@ -61,14 +61,14 @@ def after_agent(state: ArpoState) -> Literal["agent", "generate", "compare", "fi
     return "finish" if state.get("stopped_because") else "compare"
 
 
-def after_agent_generate(state: ArpoState) -> Literal["agent", "compare", "finish"]:
+def after_agent_generate(state: ArpoRouting) -> Literal["agent", "compare", "finish"]:
     """The first render goes to the agent; after the agent, a render ends the run or feeds the fixed loop."""
     if state.get("stopped_because"):
         return "finish"
     return "compare" if state.get("agent_ended") else "agent"
 
 
-def after_session_agent(state: ArpoState) -> Literal["agent", "generate", "review"]:
+def after_session_agent(state: ArpoRouting) -> Literal["agent", "generate", "review"]:
     """Another turn while the agent drives; once it has ended, the person takes over (after the render
     of its last prompt, when it changed one)."""
     if not state.get("agent_ended"):
@@ -76,6 +76,6 @@ def after_session_agent(state: ArpoState) -> Literal["agent", "generate", "revie
     return "generate" if state["prompt"] != state.get("rendered_prompt") else "review"
 
 
-def after_session_agent_generate(state: ArpoState) -> Literal["agent", "review"]:
+def after_session_agent_generate(state: ArpoRouting) -> Literal["agent", "review"]:
     """The first render goes to the agent; every render after it has ended goes to the person."""
     return "review" if state.get("agent_ended") or state.get("stopped_because") else "agent"

@@ -102,6 +102,19 @@ class ArpoState(ArpoInput, total=False):
     """Where the person's last reply sends the session: compare, generate, review or finish."""
 
 
+class ArpoRouting(TypedDict, total=False):
+    """The part of the state the routers between nodes read (graphs/routing.py). LangGraph hands a
+    router only the keys of the type it declares, so each routing reads six values instead of copying
+    the whole state."""
+
+    prompt: str
+    rendered_prompt: str
+    stopped_because: str
+    refine_with: str
+    next_step: str
+    agent_ended: str
+
+
 class ArpoOutput(TypedDict, total=False):
     """What a finished run returns."""
 
