@@ -40,9 +40,10 @@ class Describer:
     def __init__(self, brain: Brain) -> None:
         self.brain = brain
 
-    def describe(self, image: Image.Image) -> ImageDescription:
-        """Content and style descriptions of `image`; raises BrainError if either call fails."""
-        picture = image_part(image)
+    def describe(self, image: Image.Image, *, name: str | None = None) -> ImageDescription:
+        """Content and style descriptions of `image` (`name`: its content hash, when known); raises
+        BrainError if either call fails."""
+        picture = image_part(image, content_name=name)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="arpo-describe") as pool:
             content = pool.submit(self._ask, templates.CONTENT_DESCRIPTION_PROMPT, picture)
             style = pool.submit(self._ask, templates.STYLE_DESCRIPTION_PROMPT, picture)
@@ -61,8 +62,15 @@ class Comparer:
     def __init__(self, brain: Brain) -> None:
         self.brain = brain
 
-    def compare(self, reference: Image.Image, generated: Image.Image) -> str:
-        """Differences, one per line, of `generated` (Image 2) from `reference` (Image 1)."""
+    def compare(
+        self,
+        reference: Image.Image,
+        generated: Image.Image,
+        *,
+        names: tuple[str | None, str | None] = (None, None),
+    ) -> str:
+        """Differences, one per line, of `generated` (Image 2) from `reference` (Image 1); `names`:
+        the two images' content hashes, when known."""
         if not self.brain.multi_image:
             raise BrainError(
                 f"{self.role} brain {self.brain.model} takes one image per message; "
@@ -71,9 +79,9 @@ class Comparer:
         message = user_message(
             templates.COMPARISON_PROMPT,
             "Image 1:",
-            image_part(reference),
+            image_part(reference, content_name=names[0]),
             "Image 2:",
-            image_part(generated),
+            image_part(generated, content_name=names[1]),
         )
         return self.brain.complete([message], role=self.role).text.strip()
 

@@ -42,7 +42,7 @@ def initialize(state: ArpoState, runtime: Ctx) -> dict:
     if not state.get("initial_prompt"):
         jobs["caption"] = partial(_first_prompt, ctx, state, reference.image)
     if ctx.framework == "enhanced" and ctx.uses_vlm:
-        jobs["description"] = partial(ctx.describer.describe, reference.image)
+        jobs["description"] = partial(ctx.describer.describe, reference.image, name=reference.sha256)
     done = _run_together(jobs)
     prompt = (state.get("initial_prompt") or done["caption"]).strip()
     fitted = fit_to_budget(ctx, state["reference_sha256"], prompt)
@@ -123,11 +123,13 @@ def differences_now(ctx: ArpoContext, state: ArpoState) -> str:
     reference = ctx.reference(state["reference_sha256"])
     generated = ctx.history.open_image(state["generated_sha256"])
     if ctx.framework == "vanilla":
-        differences = ctx.comparer.compare(reference.image, generated)
+        # The store names images by their pixels, so the brain's image parts need not hash them again.
+        names = (reference.sha256, state["generated_sha256"])
+        differences = ctx.comparer.compare(reference.image, generated, names=names)
     else:
         from arpo.agents.roles import ImageDescription
 
-        described = ctx.describer.describe(generated)
+        described = ctx.describer.describe(generated, name=state["generated_sha256"])
         reference_description = ImageDescription(
             content=state.get("reference_content", ""), style=state.get("reference_style", "")
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 from pydantic import BaseModel
 
@@ -54,6 +55,9 @@ def clean_phrase(raw: str) -> str:
     return phrase
 
 
+# The keys below are pure functions of a string that hygiene, selection and the offline proposer ask
+# for again and again (the prompt's phrases, every round); remembering the recent ones is cheaper.
+@lru_cache(maxsize=8192)
 def phrase_key(phrase: str) -> str:
     """Comparison key under which two phrases count as the same suggestion: case folded, punctuation
     gone. Letters of every script count ("Pénot", "кошка", "水墨画"), so a phrase in another language
@@ -100,6 +104,7 @@ def _whole_words(phrase: str, flags: int = 0) -> re.Pattern[str]:
     return re.compile(rf"(?<!\w){re.escape(phrase)}(?!\w)", flags)
 
 
+@lru_cache(maxsize=8192)
 def phrase_family_key(phrase: str) -> str:
     """A looser key under which near-duplicates meet: `phrase_key` with plurals folded to singular, a
     few derivational endings and British spellings folded, and word order ignored, so "Color palette
