@@ -147,7 +147,7 @@ def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpd
         # "async": a node's checkpoint is saved while the next node runs (mostly waiting on a brain),
         # and the saver settles the node's history writes first (checkpoints.settle_before_saving).
         with history.writing_behind(handle.run_id), LOOP_ACTIVITY.busy():
-            # Busy: the run's history writes and checkpoints wait for its brain waits, or a few ms,
+            # Busy: the run's history writes and checkpoints wait for its brain waits (50 ms at most)
             # rather than run beside its Python (core/loop_activity.py).
             history.set_status(handle.run_id, "running")
             for chunk in graph.stream(

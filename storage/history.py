@@ -26,10 +26,10 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from arpo.core.brain_calls import BrainCallRecord
 from arpo.core.errors import InvalidInputError
 from arpo.core.run_config import REFINE_TOOLS
+from arpo.storage import loop_writes
 from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
-from arpo.storage import loop_writes
 from arpo.storage.image_store import ImageStore, PreparedImage, StoredImageRef
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root, postgres_conninfo_of
 from arpo.storage.models import (

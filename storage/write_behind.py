@@ -7,8 +7,8 @@ submission order, and anything that must see them (a read, a synchronous write, 
 settles first, waiting until every write handed over so far is done.
 
 Each write also waits for a quiet moment of the loop (arpo/core/loop_activity.py: typically a brain
-wait), at most a few tens of milliseconds into a busy stretch, so it does not take the interpreter lock from a node's own
-Python; a settle cuts that wait short, since someone is waiting for the write.
+wait), at most 50 ms into a busy stretch, so it does not take the interpreter lock from the loop's
+own Python; a settle cuts that wait short, since someone is waiting for the write.
 """
 
 from __future__ import annotations

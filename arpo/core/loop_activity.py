@@ -91,4 +91,5 @@ class LoopActivity:
 
 
 LOOP_ACTIVITY = LoopActivity()
-"""The process's one account of the loop's activity: nodes, brain waits and the history writer share it."""
+"""The process's one account of the loop's activity, shared by run streams, brain waits, the history
+writer and the checkpoint saver."""
