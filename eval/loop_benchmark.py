@@ -86,15 +86,22 @@ class MeasuredRun:
 
 def measure(framework: str, latency_s: float, steps: int, models, repeats: int) -> tuple[MeasuredRun, list[float]]:
     """A warm-up run, then `repeats` runs; the run with the median overhead fraction, and every run's
-    fraction in the order they ran."""
-    run_once(framework, latency_s, 1, models)
-    runs = [MeasuredRun(*run_once(framework, latency_s, steps, models)) for _ in range(max(1, repeats))]
+    fraction in the order they ran.
+
+    The runs share one history, as the runs of a batch or an evaluation do (and with it one checkpoint
+    saver)."""
+    with History.open() as history:
+        run_once(framework, latency_s, 1, models, history)
+        runs = [MeasuredRun(*run_once(framework, latency_s, steps, models, history)) for _ in range(max(1, repeats))]
     in_order = [run.overhead_fraction for run in runs]
     return sorted(runs, key=lambda run: run.overhead_fraction)[(len(runs) - 1) // 2], in_order
 
 
-def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list[NodeTiming], float, int]:
-    """One run; returns node timings, the run's total wall time and candidates per selection.
+def run_once(
+    framework: str, latency_s: float, steps: int, models, history: History | None = None
+) -> tuple[list[NodeTiming], float, int]:
+    """One run (in `history`, by default one opened for it); returns node timings, the run's total wall
+    time and candidates per selection.
 
     One backend plays both brains, as one vLLM server serving both roles would.
     """
@@ -102,7 +109,7 @@ def run_once(framework: str, latency_s: float, steps: int, models) -> tuple[list
     try:
         brain = BrainChoice(provider="vllm", model=backend.model, base_url=backend.config.base_url)
         config = RunConfig(models="tiny", vlm=brain, llm=brain, framework=framework, steps=steps, refine="none")
-        history = History.open()
+        history = History.open() if history is None else history
         context = build_context(config, history, models, brains=Brains(vlm=backend, llm=backend))
         handle = start_run(history, config, load_reference_image(SAMPLE_IMAGE), context)
         started = time.perf_counter()

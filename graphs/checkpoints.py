@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from functools import wraps
+from functools import partial, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,16 @@ if TYPE_CHECKING:
 _SET_UP: set[str] = set()
 """PostgreSQL databases whose checkpoint tables this process has made sure of."""
 _SET_UP_LOCK = threading.Lock()
+
+
+def history_checkpointer(history: History) -> BaseCheckpointSaver:
+    """The saver of `history`'s runs, opened on first use and closed when the history closes.
+
+    Every run and session turn on one History shares it (each save takes the saver's own lock), so a
+    batch or a session does not open a connection, make sure of the tables and close the connection
+    again for every run or reply (about 1.5 ms each, measured in the loop benchmark).
+    """
+    return history.kept_open("checkpointer", partial(open_checkpointer, history), close_soon)
 
 
 def open_checkpointer(history: History) -> BaseCheckpointSaver:

@@ -15,7 +15,7 @@ from arpo.core.errors import InvalidInputError
 from arpo.core.loop_activity import LOOP_ACTIVITY
 from arpo.core.run_config import RunConfig
 from arpo.graphs.builder import compile_arpo_graph
-from arpo.graphs.checkpoints import close_soon, open_checkpointer, thread_config
+from arpo.graphs.checkpoints import history_checkpointer, thread_config
 from arpo.graphs.context import ArpoContext
 from arpo.graphs.failures import failures_recorded
 from arpo.graphs.state import ArpoInput
@@ -39,6 +39,9 @@ class RunHandle:
     config: RunConfig
     context: ArpoContext
     reference_sha256: str
+    fresh: bool = False
+    """Just started (`start_run`): no checkpoint can exist yet, so the first `execute_run` need not
+    look for one."""
 
 
 def build_context(
@@ -102,7 +105,7 @@ def start_run(
         "brain_details": context.brains.describe_backends(),
     }
     run_id = history.create_run(stored.sha256, reference.name, recorded_config, kind=kind)
-    return RunHandle(run_id=run_id, config=config, context=context, reference_sha256=stored.sha256)
+    return RunHandle(run_id=run_id, config=config, context=context, reference_sha256=stored.sha256, fresh=True)
 
 
 def load_run(
@@ -119,23 +122,31 @@ def execute_run(handle: RunHandle, *, on_update: NodeUpdate | None = None) -> No
     """Run (or continue) the loop to its end, checkpointing after every node; in agent mode
     (`config.agent`) the LLM drives it."""
     with open_graph(handle, partial(compile_arpo_graph, agent=handle.config.agent)) as (graph, thread):
-        snapshot = graph.get_state(thread)
-        # A kill between a node saving its writes and the step's checkpoint leaves `next` empty while
-        # that task is still pending; only a thread with neither is finished.
-        if snapshot.values and not snapshot.next and not snapshot.tasks:
-            return
-        start = None if snapshot.values else initial_input(handle)
-        stream_updates(handle, graph, start, on_update)
+        start = initial_input(handle) if handle.fresh else _continuation(handle, graph, thread)
+        handle.fresh = False  # from here on the run has checkpoints to continue from
+        if start is not _FINISHED:
+            stream_updates(handle, graph, start, on_update)
+
+
+_FINISHED = object()
+"""`_continuation`'s answer for a run whose checkpoints say it is over."""
+
+
+def _continuation(handle: RunHandle, graph: Any, thread: dict) -> Any:
+    """Where a stored run goes on: None to continue from its last checkpoint, its initial input when
+    it has none, `_FINISHED` when it is over."""
+    snapshot = graph.get_state(thread)
+    # A kill between a node saving its writes and the step's checkpoint leaves `next` empty while
+    # that task is still pending; only a thread with neither is finished.
+    if snapshot.values and not snapshot.next and not snapshot.tasks:
+        return _FINISHED
+    return None if snapshot.values else initial_input(handle)
 
 
 @contextmanager
 def open_graph(handle: RunHandle, compile_graph: Callable[[Any], Any]) -> Iterator[tuple[Any, dict]]:
     """A graph compiled with the history's checkpointer, and the run's thread, for one stretch of work."""
-    checkpointer = open_checkpointer(handle.context.history)
-    try:
-        yield compile_graph(checkpointer), thread_config(handle.run_id)
-    finally:
-        close_soon(checkpointer)
+    yield compile_graph(history_checkpointer(handle.context.history)), thread_config(handle.run_id)
 
 
 def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpdate | None = None) -> None:

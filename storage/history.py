@@ -10,12 +10,13 @@ killed run still resumes from a checkpoint whose writes are all stored.
 import enum
 import json
 import secrets
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime
 from functools import cached_property, partial
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel
@@ -63,6 +64,8 @@ from arpo.storage.write_behind import WriteBehind
 
 FAILURE_STATUSES = ("failed", "interrupted")
 
+Kept = TypeVar("Kept")
+
 
 class History:
     """Runs, iterations, candidates, images and brain calls, stored for browsing and resuming."""
@@ -74,6 +77,16 @@ class History:
         self._images = image_store
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._writes = WriteBehind()
+        self._kept: dict[str, tuple[Any, Callable[[Any], None]]] = {}
+        self._kept_lock = threading.Lock()
+
+    def kept_open(self, name: str, open_it: Callable[[], Kept], close_it: Callable[[Kept], None]) -> Kept:
+        """A resource another layer keeps for as long as this history is open (the checkpoint saver):
+        opened on the first ask, the same one on every later ask, and closed by `close`."""
+        with self._kept_lock:
+            if name not in self._kept:
+                self._kept[name] = (open_it(), close_it)
+            return self._kept[name][0]
 
     @contextmanager
     def writing_behind(self, run_id: str | None = None) -> Iterator[None]:
@@ -120,11 +133,21 @@ class History:
         return checkpoint_path_for(self._engine.url)
 
     def close(self) -> None:
-        """Finish the writes handed over, then release the database connections."""
+        """Finish the writes handed over, then release the database connections (with them whatever
+        was `kept_open` beside this history, such as the checkpoint saver)."""
         try:
             self._writes.close()
         finally:
-            self._engine.dispose()
+            try:
+                self._close_kept()
+            finally:
+                self._engine.dispose()
+
+    def _close_kept(self) -> None:
+        with self._kept_lock:
+            kept, self._kept = list(self._kept.values()), {}
+        for resource, close_it in kept:
+            close_it(resource)
 
     def __enter__(self) -> "History":
         return self
