@@ -103,9 +103,8 @@ class ArpoState(ArpoInput, total=False):
 
 
 class ArpoRouting(TypedDict, total=False):
-    """The part of the state the routers between nodes read (graphs/routing.py). LangGraph hands a
-    router only the keys of the type it declares, so each routing reads six values instead of copying
-    the whole state."""
+    """The part of the state the routers between nodes read (graphs/routing.py): each routed node hands
+    its router the state as the node leaves it (graphs/builder.py)."""
 
     prompt: str
     rendered_prompt: str

@@ -22,8 +22,11 @@ from PIL import Image
 
 from arpo.core.errors import InvalidInputError
 
-# A fixed level keeps an image's file the same from one store to the next.
-PNG_COMPRESS_LEVEL = 6
+PNG_COMPRESS_LEVEL = 3
+"""zlib effort for stored PNGs, fixed so an image's file is the same from one store to the next. Level
+3 writes a 512 px photo in about 26 ms where zlib's default of 6 takes 85 ms, for a file about 4 %
+larger (measured on the sample image); the writer does this for every render, and at the end of a run
+the run waits for it."""
 RECENT_IMAGES = 4
 """Decoded images a store keeps: the loop stores an image in one node and reads it in the next."""
 _SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
