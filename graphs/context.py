@@ -68,7 +68,7 @@ class ArpoContext:
         with self._reference_lock:
             if sha256 not in self._references:
                 image = self.history.open_image(sha256)
-                embedding = self.models.clip.encode_images([image])[0]
+                embedding = self.models.clip.named_image_embedding(image, sha256)
                 self._references[sha256] = ReferenceView(sha256, image, embedding)
             return self._references[sha256]
 

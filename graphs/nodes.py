@@ -68,10 +68,12 @@ def _run_together(jobs: dict[str, Callable]) -> dict:
 
 
 def _first_prompt(ctx: ArpoContext, state: ArpoState, image) -> str:
+    # The store names the reference by its pixels, so the captioner need not hash them again.
+    name = state["reference_sha256"]
     if ctx.initial_inverter is None:
-        return ctx.models.captioner.caption(image)
+        return ctx.models.captioner.caption(image, name=name)
     result = invert_with(ctx.initial_inverter, ctx, state["run_id"], state["reference_sha256"], state["seed"])
-    return result.prompt or ctx.models.captioner.caption(image)
+    return result.prompt or ctx.models.captioner.caption(image, name=name)
 
 
 def generate(state: ArpoState, runtime: Ctx) -> dict:

@@ -234,3 +234,13 @@ def test_uncached_weights_fail_fast_offline():
     with pytest.raises(ModelUnavailableError, match="blip-image-captioning-large"):
         Captioner.from_pretrained("Salesforce/blip-image-captioning-large")
     assert time.perf_counter() - started < 5.0
+
+
+def test_a_named_image_is_captioned_once_and_as_its_pixels_would_be():
+    fresh = Captioner.tiny()  # nothing remembered yet
+    image = noise_image(6)
+    named = fresh.caption(image, name="pixels-of-noise-6")
+    assert fresh.calls == 1
+    assert fresh.caption(image, name="pixels-of-noise-6") == named
+    assert fresh.calls == 1 and fresh.reused_captions == 1  # remembered by its name, no model run
+    assert Captioner.tiny().caption(image) == named  # the same caption as the pixels get unnamed

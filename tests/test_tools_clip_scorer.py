@@ -166,3 +166,13 @@ def test_parse_clip_spec():
     assert parse_clip_spec("ViT-H-14/laion2b_s32b_b79k") == ("ViT-H-14", "laion2b_s32b_b79k")
     assert parse_clip_spec("ViT-B-32") == ("ViT-B-32", None)
     assert parse_clip_spec("hf-hub:laion/CLIP-ViT-g-14") == ("hf-hub:laion/CLIP-ViT-g-14", None)
+
+
+def test_a_named_image_is_encoded_once_per_process():
+    scorer = ClipScorer.tiny()
+    image = noise_image(4)
+    first = scorer.named_image_embedding(image, "pixels-of-image-4")
+    assert scorer.image_forward_passes == 1
+    assert torch.equal(scorer.named_image_embedding(image, "pixels-of-image-4"), first)
+    assert scorer.image_forward_passes == 1  # remembered: no second preprocessing or forward
+    assert torch.allclose(first, scorer.encode_images([image])[0])

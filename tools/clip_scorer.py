@@ -35,6 +35,9 @@ DEFAULT_CLIP_WEIGHTS = "openai"
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 _SCHEMAS = ("hf-hub:", "local-dir:")
 _REMEMBERED_TEXTS = 4096
+_REMEMBERED_IMAGES = 64
+"""Named image embeddings kept (`named_image_embedding`): references, which a batch, an evaluation or
+a session's runs score again and again."""
 """Texts whose token counts and ids a scorer keeps (77 ids are a few hundred bytes; a tokenizer call
 is not free)."""
 
@@ -84,6 +87,8 @@ class ClipScorer:
         # Token counts by text: selection asks about the same prompts and phrases round after round.
         self._token_counts: OrderedDict[str, int] = OrderedDict()
         self._token_ids: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._named_images: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._named_images_lock = threading.Lock()
         self._embed_dim = _embed_dim(model)
         self._text_batcher: MicroBatcher | None = None
         self._image_batcher: MicroBatcher | None = None
@@ -99,6 +104,22 @@ class ClipScorer:
         if self._image_batcher is not None:
             return self._image_batcher(list(images))
         return self._encode_images_now(images)
+
+    def named_image_embedding(self, image: Image.Image, name: str) -> torch.Tensor:
+        """`image`'s unit embedding, remembered under `name`: a name the caller has for exactly these
+        pixels (the image store's hash). Each run of a reference needs its embedding; this way it is
+        preprocessed and encoded once per process (a photo's preprocessing alone is about 1 ms)."""
+        with self._named_images_lock:
+            known = self._named_images.get(name)
+            if known is not None:
+                self._named_images.move_to_end(name)
+                return known
+        embedding = self.encode_images([image])[0]
+        with self._named_images_lock:
+            self._named_images[name] = embedding
+            while len(self._named_images) > _REMEMBERED_IMAGES:
+                self._named_images.popitem(last=False)
+        return embedding
 
     def _encode_images_now(self, images: Sequence[Image.Image]) -> torch.Tensor:
         pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images])
@@ -171,7 +192,7 @@ class ClipScorer:
         if not len(text_embeddings):
             return []
         reference = _unit_vector(image_embedding)
-        return [float(score) for score in text_embeddings @ reference]
+        return (text_embeddings @ reference).tolist()  # one conversion, not a tensor per score
 
     @staticmethod
     def image_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
