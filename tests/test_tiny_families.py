@@ -2,6 +2,7 @@
 and scheduler class; --scheduler and --dtype reach the models; generation never steps a shared
 scheduler."""
 
+import copy
 import json
 
 import numpy as np
@@ -150,6 +151,27 @@ def test_a_pipeline_view_shares_models_but_not_scheduler_or_config(tiny_models):
     assert dict(view.scheduler.config) == dict(fresh_scheduler(pipeline).config)
     view.scheduler = fresh_scheduler(pipeline)
     assert pipeline.scheduler is not view.scheduler and pipeline.config is not view.config
+
+
+def test_a_spare_scheduler_made_ahead_is_as_fresh_as_a_copy_made_on_the_spot(tiny_models):
+    import time
+
+    from arpo.tools import schedulers
+
+    pipeline = tiny_models["tiny"].pipeline  # PNDM: counter and `ets` history between steps
+    used = fresh_scheduler(pipeline)
+    used.set_timesteps(7)
+    latents = torch.zeros(1, 4, 32, 32)
+    for timestep in used.timesteps[:3]:
+        latents = used.step(torch.randn_like(latents), timestep, latents).prev_sample
+    deadline = time.monotonic() + 5
+    while pipeline.scheduler not in schedulers._SPARES and time.monotonic() < deadline:
+        time.sleep(0.01)  # the loop is not busy here, so the spare is made at once
+    assert pipeline.scheduler in schedulers._SPARES
+    spare = fresh_scheduler(pipeline)
+    on_the_spot = copy.deepcopy(schedulers._UNUSED_SCHEDULERS[pipeline.scheduler])
+    assert spare is not used and spare is not pipeline.scheduler
+    assert scheduler_state(spare) == scheduler_state(on_the_spot) != scheduler_state(used)
 
 
 def test_interleaved_generations_from_threads_match_serial_ones(tiny_models):

@@ -11,10 +11,13 @@ a new object built from the pipeline's scheduler configuration.
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from arpo.core.errors import InvalidInputError
+from arpo.core.loop_activity import LOOP_ACTIVITY
 
 if TYPE_CHECKING:  # diffusers is heavy; importing this module must stay cheap for light commands
     from diffusers import DiffusionPipeline
@@ -54,17 +57,56 @@ def fresh_scheduler(pipeline: DiffusionPipeline) -> SchedulerMixin:
 
     A copy of one never-stepped scheduler made from that configuration: building from the
     configuration validates it against the class signature on every call (~1 ms, once per render),
-    where copying the unused one is ~0.1 ms and gives the same object.
+    where copying the unused one is ~0.1 ms and gives the same object. The copy for the next call is
+    made ahead, on a thread of its own while the loop waits on a brain (core/loop_activity.py), so a
+    render usually finds one ready.
     """
     template = pipeline.scheduler
-    unused = _UNUSED_SCHEDULERS.get(template)
-    if unused is None:
-        unused = _UNUSED_SCHEDULERS[template] = type(template).from_config(template.config)
-    return copy.deepcopy(unused)
+    with _SPARES_LOCK:
+        unused = _UNUSED_SCHEDULERS.get(template)
+        if unused is None:
+            unused = _UNUSED_SCHEDULERS[template] = type(template).from_config(template.config)
+        spare = _SPARES.pop(template, None)
+        wanted = template not in _SPARES_COMING
+        if wanted:
+            _SPARES_COMING.add(template)
+    if wanted:
+        _spare_maker().submit(_make_spare, weakref.ref(template), unused)
+    return spare if spare is not None else copy.deepcopy(unused)
+
+
+def _make_spare(template_ref: weakref.ref, unused: SchedulerMixin) -> None:
+    """Copy `unused` for the next `fresh_scheduler` call on its template, at a quiet moment of the loop.
+    Nothing ever steps `unused`, so copying it beside a render is safe."""
+    spare = None
+    try:
+        LOOP_ACTIVITY.wait_until_quiet()
+        spare = copy.deepcopy(unused)
+    finally:  # a failed copy leaves the next call to copy for itself, and to ask for a spare again
+        template = template_ref()
+        if template is not None:
+            with _SPARES_LOCK:
+                if spare is not None:
+                    _SPARES.setdefault(template, spare)
+                _SPARES_COMING.discard(template)
+
+
+def _spare_maker() -> ThreadPoolExecutor:
+    global _SPARE_MAKER
+    with _SPARES_LOCK:
+        if _SPARE_MAKER is None:
+            _SPARE_MAKER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arpo-spare-scheduler")
+        return _SPARE_MAKER
 
 
 _UNUSED_SCHEDULERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Per pipeline scheduler in use, a scheduler built from its configuration and never stepped."""
+_SPARES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per pipeline scheduler in use, one copy of its unused scheduler made ahead for the next call."""
+_SPARES_COMING: weakref.WeakSet = weakref.WeakSet()
+"""Pipeline schedulers whose next spare is being made."""
+_SPARES_LOCK = threading.Lock()
+_SPARE_MAKER: ThreadPoolExecutor | None = None
 
 
 def scheduler_name(pipeline: DiffusionPipeline) -> str:
