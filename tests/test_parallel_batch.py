@@ -13,6 +13,8 @@ from test_batch_runs import make_images
 
 from arpo.core.run_config import RunConfig
 from arpo.graphs.batch import run_batch
+from arpo.graphs.checkpoints import history_checkpointer
+from arpo.storage.history import History
 from arpo.tools.micro_batching import MicroBatcher
 from arpo.tools.model_stack import build_model_stack
 
@@ -95,6 +97,26 @@ def test_parallel_items_match_the_same_items_run_one_after_another(tiny_models, 
     assert [i.best_clip_i for i in one.items] == pytest.approx([i.best_clip_i for i in three.items], abs=1e-4)
     assert max(sizes) > 1, "renders of different items were batched"
     assert tiny_models.text_to_image._batcher is None and tiny_models.clip._text_batcher is None  # switched off after
+
+
+def test_parallel_items_on_a_postgres_history_share_its_checkpoint_connection(tiny_models, tmp_path, postgres_url):
+    """The K item threads share one History, and with it one PostgreSQL checkpoint connection
+    (graphs/checkpoints.history_checkpointer): every item still finishes as it does alone, and every
+    run's checkpoints are its own, ending where the run ended."""
+    make_images(tmp_path / "images", 3)
+    config = RunConfig(models="tiny", refine="none", steps=2)
+    alone = run_batch(tmp_path / "images", config, models=tiny_models, database_url=f"sqlite:///{tmp_path}/one.db")
+    together = run_batch(tmp_path / "images", config, models=tiny_models, parallel=3, database_url=postgres_url,
+                         image_root=tmp_path / "shared-images")
+    assert [(i.image, i.status, i.best_prompt, i.iterations) for i in together.items] == \
+        [(i.image, i.status, i.best_prompt, i.iterations) for i in alone.items]
+    with History.open(postgres_url, tmp_path / "shared-images") as history:
+        saver = history_checkpointer(history)
+        for item in together.items:
+            last = saver.get_tuple({"configurable": {"thread_id": item.run_id, "checkpoint_ns": ""}})
+            assert last is not None, f"no checkpoint for {item.image}"
+            assert last.checkpoint["channel_values"]["run_id"] == item.run_id
+            assert last.checkpoint["channel_values"]["stopped_because"] == item.stopped_because
 
 
 def test_parallel_is_checked_before_anything_runs(capsys, tmp_path):
