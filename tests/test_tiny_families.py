@@ -174,6 +174,23 @@ def test_a_spare_scheduler_made_ahead_is_as_fresh_as_a_copy_made_on_the_spot(tin
     assert scheduler_state(spare) == scheduler_state(on_the_spot) != scheduler_state(used)
 
 
+def test_a_render_after_the_spare_maker_shut_down_copies_for_itself(tiny_models, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from arpo.tools import schedulers
+
+    stopped = ThreadPoolExecutor(max_workers=1)
+    stopped.shutdown()  # as concurrent.futures' exit hook leaves it while other threads still render
+    monkeypatch.setattr(schedulers, "_SPARE_MAKER", stopped)
+    pipeline = tiny_models["tiny"].pipeline
+    with schedulers._SPARES_LOCK:
+        schedulers._SPARES.pop(pipeline.scheduler, None)
+    fresh = fresh_scheduler(pipeline)
+    assert fresh is not pipeline.scheduler
+    assert scheduler_state(fresh) == scheduler_state(copy.deepcopy(schedulers._UNUSED_SCHEDULERS[pipeline.scheduler]))
+    assert pipeline.scheduler not in schedulers._SPARES_COMING, "the next render asks again"
+
+
 def test_interleaved_generations_from_threads_match_serial_ones(tiny_models):
     import threading
 

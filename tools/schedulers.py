@@ -71,8 +71,19 @@ def fresh_scheduler(pipeline: DiffusionPipeline) -> SchedulerMixin:
         if wanted:
             _SPARES_COMING.add(template)
     if wanted:
-        _spare_maker().submit(_make_spare, weakref.ref(template), unused)
+        _ask_for_spare(template, unused)
     return spare if spare is not None else copy.deepcopy(unused)
+
+
+def _ask_for_spare(template: SchedulerMixin, unused: SchedulerMixin) -> None:
+    """Have the next spare for `template` made ahead; once the interpreter is shutting down (a render
+    still running on another thread after the main one ended) the executor takes nothing more, and
+    every render copies for itself."""
+    try:
+        _spare_maker().submit(_make_spare, weakref.ref(template), unused)
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        with _SPARES_LOCK:
+            _SPARES_COMING.discard(template)
 
 
 def _make_spare(template_ref: weakref.ref, unused: SchedulerMixin) -> None:
