@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from functools import partial, wraps
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,14 +27,16 @@ _SET_UP: set[str] = set()
 _SET_UP_LOCK = threading.Lock()
 
 
-def history_checkpointer(history: History) -> BaseCheckpointSaver:
-    """The saver of `history`'s runs, opened on first use and closed when the history closes.
+def history_checkpointer(history: History) -> AbstractContextManager[BaseCheckpointSaver]:
+    """The saver of `history`'s runs, for one stretch of work (a stream, a look at a run's state).
 
     Every run and session turn on one History shares it (each save takes the saver's own lock), so a
     batch or a session does not open a connection, make sure of the tables and close the connection
-    again for every run or reply (about 1.5 ms each, measured in the loop benchmark).
+    again for every run or reply (about 1.5 ms each, measured in the loop benchmark). It is closed when
+    the history closes and the last run using it is done. A PostgreSQL connection that dropped is
+    replaced for the runs that come after (`still_connected`).
     """
-    return history.kept_open("checkpointer", partial(open_checkpointer, history), close_soon)
+    return history.kept("checkpointer", partial(open_checkpointer, history), close_soon, usable=still_connected)
 
 
 def open_checkpointer(history: History) -> BaseCheckpointSaver:
@@ -128,12 +131,39 @@ def _set_up_alone(saver: BaseCheckpointSaver, connection, wait_s: float = 120.0)
         connection.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK_KEY,))
 
 
+def still_connected(saver: BaseCheckpointSaver) -> bool:
+    """Whether a kept saver's connection can still serve. A SQLite file cannot drop. A PostgreSQL
+    connection can: a server restart, a terminated backend, an idle timeout. psycopg notices only
+    when the connection is next used, so this asks the server (one round trip a run) rather than
+    letting every later run of a long-lived history (`arpo ui`, a long batch) fail on it."""
+    if isinstance(saver, SqliteSaver):
+        return True
+    import psycopg
+
+    connection = saver.conn
+    if connection.closed or connection.broken:
+        return False
+    try:
+        with saver.lock:
+            connection.execute("SELECT 1")
+    except psycopg.Error:
+        return False
+    return True
+
+
 def close_soon(saver: BaseCheckpointSaver) -> None:
     """Close a saver's connection on a thread of its own. Closing the last connection to a SQLite file
     in WAL mode copies the log into the database first (milliseconds a run); every checkpoint is
     already committed, so nobody needs to wait for that, and a process that exits meanwhile leaves a
     log SQLite replays on the next open."""
-    threading.Thread(target=saver.conn.close, name="arpo-checkpoint-close", daemon=True).start()
+    threading.Thread(target=_close_alone, args=(saver,), name="arpo-checkpoint-close", daemon=True).start()
+
+
+def _close_alone(saver: BaseCheckpointSaver) -> None:
+    # Under the saver's own lock: closing a sqlite3 connection while another thread executes on it
+    # can crash the process, where a save that comes after the close fails with a plain error.
+    with saver.lock:
+        saver.conn.close()
 
 
 def thread_config(run_id: str) -> dict:

@@ -146,7 +146,8 @@ def _continuation(handle: RunHandle, graph: Any, thread: dict) -> Any:
 @contextmanager
 def open_graph(handle: RunHandle, compile_graph: Callable[[Any], Any]) -> Iterator[tuple[Any, dict]]:
     """A graph compiled with the history's checkpointer, and the run's thread, for one stretch of work."""
-    yield compile_graph(history_checkpointer(handle.context.history)), thread_config(handle.run_id)
+    with history_checkpointer(handle.context.history) as checkpointer:
+        yield compile_graph(checkpointer), thread_config(handle.run_id)
 
 
 def stream_updates(handle: RunHandle, graph: Any, start: Any, on_update: NodeUpdate | None = None) -> None:

@@ -10,7 +10,6 @@ killed run still resumes from a checkpoint whose writes are all stored.
 import enum
 import json
 import secrets
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from datetime import date, datetime
@@ -32,6 +31,7 @@ from arpo.storage.batches import BatchStore
 from arpo.storage.database import create_database_engine
 from arpo.storage.evaluations import EvaluationStore
 from arpo.storage.image_store import ImageStore, PreparedImage, StoredImageRef
+from arpo.storage.kept_resources import KeptResources
 from arpo.storage.locations import checkpoint_path_for, default_database_url, default_image_root, postgres_conninfo_of
 from arpo.storage.models import (
     IMAGE_ROLES,
@@ -77,16 +77,19 @@ class History:
         self._images = image_store
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._writes = WriteBehind()
-        self._kept: dict[str, tuple[Any, Callable[[Any], None]]] = {}
-        self._kept_lock = threading.Lock()
+        self._kept = KeptResources()
 
-    def kept_open(self, name: str, open_it: Callable[[], Kept], close_it: Callable[[Kept], None]) -> Kept:
-        """A resource another layer keeps for as long as this history is open (the checkpoint saver):
-        opened on the first ask, the same one on every later ask, and closed by `close`."""
-        with self._kept_lock:
-            if name not in self._kept:
-                self._kept[name] = (open_it(), close_it)
-            return self._kept[name][0]
+    def kept(
+        self,
+        name: str,
+        open_it: Callable[[], Kept],
+        close_it: Callable[[Kept], None],
+        usable: Callable[[Kept], bool] | None = None,
+    ) -> AbstractContextManager[Kept]:
+        """A resource another layer keeps beside this history (the checkpoint saver), for one stretch
+        of work (storage/kept_resources.py). It is opened on first use and shared by every later use.
+        It is replaced when `usable` says it went bad, and closed by `close` once nobody is using it."""
+        return self._kept.use(name, open_it, close_it, usable)
 
     @contextmanager
     def writing_behind(self, run_id: str | None = None) -> Iterator[None]:
@@ -133,21 +136,16 @@ class History:
         return checkpoint_path_for(self._engine.url)
 
     def close(self) -> None:
-        """Finish the writes handed over, then release the database connections (with them whatever
-        was `kept_open` beside this history, such as the checkpoint saver)."""
+        """Finish the writes handed over, then release the database connections. This includes
+        whatever is `kept` beside this history, such as the checkpoint saver: a run still streaming
+        on another thread keeps that until it is done."""
         try:
             self._writes.close()
         finally:
             try:
-                self._close_kept()
+                self._kept.close()
             finally:
                 self._engine.dispose()
-
-    def _close_kept(self) -> None:
-        with self._kept_lock:
-            kept, self._kept = list(self._kept.values()), {}
-        for resource, close_it in kept:
-            close_it(resource)
 
     def __enter__(self) -> "History":
         return self

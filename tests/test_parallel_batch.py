@@ -111,12 +111,12 @@ def test_parallel_items_on_a_postgres_history_share_its_checkpoint_connection(ti
     assert [(i.image, i.status, i.best_prompt, i.iterations) for i in together.items] == \
         [(i.image, i.status, i.best_prompt, i.iterations) for i in alone.items]
     with History.open(postgres_url, tmp_path / "shared-images") as history:
-        saver = history_checkpointer(history)
-        for item in together.items:
-            last = saver.get_tuple({"configurable": {"thread_id": item.run_id, "checkpoint_ns": ""}})
-            assert last is not None, f"no checkpoint for {item.image}"
-            assert last.checkpoint["channel_values"]["run_id"] == item.run_id
-            assert last.checkpoint["channel_values"]["stopped_because"] == item.stopped_because
+        with history_checkpointer(history) as saver:
+            for item in together.items:
+                last = saver.get_tuple({"configurable": {"thread_id": item.run_id, "checkpoint_ns": ""}})
+                assert last is not None, f"no checkpoint for {item.image}"
+                assert last.checkpoint["channel_values"]["run_id"] == item.run_id
+                assert last.checkpoint["channel_values"]["stopped_because"] == item.stopped_because
 
 
 def test_parallel_is_checked_before_anything_runs(capsys, tmp_path):

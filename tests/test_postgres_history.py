@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import psycopg
 import pytest
@@ -146,3 +147,26 @@ def test_a_database_made_before_migrations_is_upgraded_in_place(postgres_url, tm
 def test_an_unknown_postgres_driver_is_one_line(capsys, url):
     outcome = run_arpo(capsys, "history", "--db", url)
     assert outcome.exit_code == 2 and outcome.stderr.count("\n") == 1, outcome.stderr
+
+
+def test_a_dropped_checkpoint_connection_is_replaced_for_the_runs_after(postgres_url, tmp_path):
+    """A long-lived history (`arpo ui`, a long batch) keeps one checkpoint connection; when the server
+    drops it (a restart, an idle timeout, a terminated backend), the next run gets a new one instead of
+    failing on the dead one like every run after it would."""
+    from arpo.graphs.checkpoints import history_checkpointer
+
+    thread = {"configurable": {"thread_id": "no-such-run", "checkpoint_ns": ""}}
+    with History.open(postgres_url, tmp_path / "images") as history:
+        with history_checkpointer(history) as first:
+            assert first.get_tuple(thread) is None
+        _rows(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        with history_checkpointer(history) as second:
+            assert second is not first
+            assert second.get_tuple(thread) is None
+        with history_checkpointer(history) as third:
+            assert third is second, "a live connection is kept"
+        deadline = time.monotonic() + 10
+        while not first.conn.closed and time.monotonic() < deadline:
+            time.sleep(0.01)  # closed on a thread of its own
+        assert first.conn.closed

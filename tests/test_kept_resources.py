@@ -1,0 +1,113 @@
+"""Resources kept beside a History (storage/kept_resources.py), such as the checkpoint saver that every
+run of the history shares: closing the history waits for the runs still using it, and one that went
+bad is replaced for the runs after."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from arpo.eval.loop_benchmark import run_once
+from arpo.graphs import checkpoints
+from arpo.storage.history import History
+from arpo.storage.kept_resources import KeptResources
+from arpo.tools.model_stack import build_model_stack
+
+
+class Connection:
+    opened = 0
+
+    def __init__(self) -> None:
+        Connection.opened += 1
+        self.number = Connection.opened
+        self.closes = 0
+        self.good = True
+
+
+def close(connection: Connection) -> None:
+    connection.closes += 1
+
+
+def use(kept: KeptResources):
+    return kept.use("connection", Connection, close, usable=lambda connection: connection.good)
+
+
+def test_every_use_shares_one_resource_until_the_close():
+    kept = KeptResources()
+    with use(kept) as first, use(kept) as second:
+        assert first is second
+    with use(kept) as later:
+        assert later is first and first.closes == 0
+    kept.close()
+    assert first.closes == 1
+
+
+def test_closing_waits_for_the_last_user_and_a_later_use_opens_a_new_one():
+    kept = KeptResources()
+    with use(kept) as held:
+        kept.close()
+        assert held.closes == 0, "still in use"
+        with use(kept) as after_close:
+            assert after_close is not held
+    assert held.closes == 1 and after_close.closes == 0
+    kept.close()
+    kept.close()
+    assert held.closes == 1 and after_close.closes == 1, "each closed once"
+
+
+def test_a_resource_gone_bad_is_replaced_and_closed_after_its_users():
+    kept = KeptResources()
+    with use(kept) as old:
+        old.good = False
+        with use(kept) as new:
+            assert new is not old and new.closes == 0
+        assert old.closes == 0, "its user still has it"
+    assert old.closes == 1
+    with use(kept) as again:
+        assert again is new
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    return build_model_stack("tiny")
+
+
+def _checkpoints_of_the_run(path) -> int:
+    with sqlite3.connect(path) as connection:
+        try:
+            return connection.execute("SELECT count(*) FROM checkpoints").fetchone()[0]
+        except sqlite3.OperationalError:  # the saver has not made its tables yet
+            return 0
+
+
+def test_a_history_closed_while_a_run_streams_lets_the_run_finish(tmp_path, arpo_home, tiny_models, monkeypatch):
+    history = History.open(f"sqlite:///{tmp_path}/history.db", tmp_path / "images")
+    checkpoint_file = history.checkpoint_path
+    counted_at_close: list[int] = []
+    real_close = checkpoints.close_soon
+    monkeypatch.setattr(checkpoints, "close_soon", lambda saver: (
+        counted_at_close.append(_checkpoints_of_the_run(checkpoint_file)), real_close(saver)))
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["timings"] = run_once("vanilla", 0.2, 2, tiny_models, history)
+        except BaseException as failure:  # noqa: BLE001 - reported by the assertion below
+            outcome["failure"] = failure
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    deadline = time.monotonic() + 60
+    while _checkpoints_of_the_run(checkpoint_file) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runner.is_alive(), "the run is still streaming when the history closes"
+    history.close()
+    runner.join(timeout=120)
+    assert "failure" not in outcome, outcome.get("failure")
+    with History.open(f"sqlite:///{tmp_path}/history.db", tmp_path / "images") as again:
+        (finished,) = again.list_runs()
+        assert finished.status == "finished"
+    assert counted_at_close == [_checkpoints_of_the_run(checkpoint_file)], "closed once, after the run's last save"
