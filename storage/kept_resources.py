@@ -2,21 +2,26 @@
 
 One such resource serves every run of the history, including runs on other threads
 (`arpo batch --parallel`, sessions in the web UI). Each run holds it only for one stretch of work
-(`use`). This makes two things safe:
+(`use`). This makes three things safe:
 - Closing the history never pulls a resource from under a run that is still using it. The resource
   is closed when its last user is done.
 - A resource that has gone bad is replaced for later users. A dropped database connection is one
   example: a server restart, a terminated backend, an idle timeout. Users that still hold the old one
   finish with it (or fail with it), and it is closed after them.
+- A use after the history closed gets a resource of its own, closed when that use ends, so nothing
+  opened then is left open.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
 
 Resource = TypeVar("Resource")
 
@@ -36,6 +41,7 @@ class KeptResources:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._current: dict[str, _Kept[Any]] = {}
+        self._closed = False
 
     @contextmanager
     def use(
@@ -47,8 +53,7 @@ class KeptResources:
     ) -> Iterator[Resource]:
         """The resource kept under `name`, for the length of the block. It is opened now if there is
         none yet, or if `usable` says the kept one can no longer serve."""
-        kept, unusable = self._take(name, open_it, close_it, usable)
-        self._close_if_idle(unusable)
+        kept = self._usable_lease(name, open_it, close_it, usable)
         try:
             yield kept.resource
         finally:
@@ -56,45 +61,78 @@ class KeptResources:
 
     def close(self) -> None:
         """Close every resource nobody is using now; the others close when their last user is done.
-        A later `use` opens a new one."""
+        A later `use` gets a resource of its own, closed when it ends."""
         with self._lock:
+            self._closed = True
             kept, self._current = list(self._current.values()), {}
             for each in kept:
                 each.retired = True
         for each in kept:
             self._close_if_idle(each)
 
-    def _take(
+    def _usable_lease(
         self, name: str, open_it: Callable[[], Resource], close_it: Callable[[Resource], None],
         usable: Callable[[Resource], bool] | None,
-    ) -> tuple[_Kept[Resource], _Kept[Resource] | None]:
-        # Opening happens under the lock, so threads starting together open one resource, not several.
-        unusable = None
+    ) -> _Kept[Resource]:
+        """A lease on the kept resource, or on a new one if `usable` turns the kept one down.
+
+        `usable` runs outside the lock, because it may have to ask a server: a slow answer holds up
+        this use only. The lease is already held while it runs, so the resource cannot be closed under
+        it.
+        """
+        kept, opened = self._take(name, open_it, close_it)
+        if opened or usable is None:
+            return kept
+        try:
+            good = usable(kept.resource)
+        except BaseException:
+            self._leave(kept)
+            raise
+        if good:
+            return kept
+        self._retire(name, kept)
+        self._leave(kept)
+        return self._take(name, open_it, close_it)[0]
+
+    def _take(
+        self, name: str, open_it: Callable[[], Resource], close_it: Callable[[Resource], None]
+    ) -> tuple[_Kept[Resource], bool]:
+        """A lease on the current resource, opening one if there is none. It also says whether the
+        resource was opened by this call. Opening happens under the lock, so threads that start
+        together open one resource, not several."""
         with self._lock:
             kept = self._current.get(name)
-            if kept is not None and usable is not None and not usable(kept.resource):
-                unusable, kept = kept, None
-                unusable.retired = True
+            opened = kept is None
             if kept is None:
-                kept = self._current[name] = _Kept(open_it(), close_it)
+                kept = _Kept(open_it(), close_it, retired=self._closed)
+                if not self._closed:
+                    self._current[name] = kept
             kept.users += 1
-        return kept, unusable
+        return kept, opened
+
+    def _retire(self, name: str, kept: _Kept[Any]) -> None:
+        with self._lock:
+            kept.retired = True
+            if self._current.get(name) is kept:
+                del self._current[name]
 
     def _leave(self, kept: _Kept[Any]) -> None:
         with self._lock:
             kept.users -= 1
         self._close_if_idle(kept)
 
-    def _close_if_idle(self, kept: _Kept[Any] | None) -> None:
+    def _close_if_idle(self, kept: _Kept[Any]) -> None:
         """Close a retired resource that nobody uses any more. This happens once: `close_it` is taken
-        under the lock."""
-        if kept is None:
-            return
+        under the lock. A failure to close is logged, not raised. Nobody can act on it, and raising
+        it would hide the error of the run leaving, or fail a run that succeeded."""
         with self._lock:
             if not kept.retired or kept.users:
                 return
             close_it, kept.close_it = kept.close_it, _closed_already
-        close_it(kept.resource)
+        try:
+            close_it(kept.resource)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.warning("could not close a resource kept beside the history", exc_info=True)
 
 
 def _closed_already(_resource: Any) -> None:

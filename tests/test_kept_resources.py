@@ -45,17 +45,14 @@ def test_every_use_shares_one_resource_until_the_close():
     assert first.closes == 1
 
 
-def test_closing_waits_for_the_last_user_and_a_later_use_opens_a_new_one():
+def test_closing_waits_for_the_last_user():
     kept = KeptResources()
     with use(kept) as held:
         kept.close()
         assert held.closes == 0, "still in use"
-        with use(kept) as after_close:
-            assert after_close is not held
-    assert held.closes == 1 and after_close.closes == 0
+    assert held.closes == 1
     kept.close()
-    kept.close()
-    assert held.closes == 1 and after_close.closes == 1, "each closed once"
+    assert held.closes == 1, "closed once"
 
 
 def test_a_resource_gone_bad_is_replaced_and_closed_after_its_users():
@@ -68,6 +65,88 @@ def test_a_resource_gone_bad_is_replaced_and_closed_after_its_users():
     assert old.closes == 1
     with use(kept) as again:
         assert again is new
+
+
+def test_a_use_after_the_close_gets_a_resource_of_its_own_closed_when_it_ends():
+    kept = KeptResources()
+    kept.close()
+    with use(kept) as late:
+        assert late.closes == 0
+    assert late.closes == 1
+    with use(kept) as later:
+        assert later is not late
+
+
+def test_a_replacement_that_cannot_be_opened_leaves_no_bad_resource_behind():
+    kept = KeptResources()
+    with use(kept) as old:
+        old.good = False
+        with pytest.raises(ConnectionError):
+            with kept.use("connection", _refused, close, usable=lambda connection: connection.good):
+                pass
+        assert old.closes == 0, "its user still has it"
+    assert old.closes == 1
+    old.good = True  # a check can still pass on a connection that is about to close
+    with use(kept) as next_one:
+        assert next_one is not old, "the retired one is never handed out again"
+
+
+def _refused() -> Connection:
+    raise ConnectionError("the server refuses connections")
+
+
+def test_a_failure_to_close_reaches_neither_the_user_nor_the_counts(caplog):
+    def fails(_connection: Connection) -> None:
+        raise RuntimeError("cannot start new thread")
+
+    kept = KeptResources()
+    with kept.use("connection", Connection, fails) as first:
+        kept.close()
+    with pytest.raises(ValueError, match="the run's own"):
+        with kept.use("connection", Connection, fails):
+            raise ValueError("the run's own error")
+    assert "could not close" in caplog.text
+    with use(kept) as fresh:
+        assert fresh is not first
+
+
+def test_a_slow_check_holds_up_only_the_use_that_makes_it():
+    kept = KeptResources()
+    checking, answer = threading.Event(), threading.Event()
+
+    def slow_check(connection: Connection) -> bool:
+        checking.set()
+        answer.wait(10)
+        return True
+
+    with use(kept) as held:
+        checker = threading.Thread(target=lambda: kept.use("connection", Connection, close, usable=slow_check).__enter__())
+        checker.start()
+        assert checking.wait(10)
+        leaving = time.monotonic()
+    left_after = time.monotonic() - leaving
+    answer.set()
+    checker.join(10)
+    assert left_after < 2, "leaving waited for another use's check of its server"
+    assert held.closes == 0
+
+
+def test_a_saver_is_closed_only_once_no_save_holds_its_lock(tmp_path):
+    saver = checkpoints.sqlite_saver(tmp_path / "checkpoints.sqlite")
+    with saver.lock:  # as a save in flight on another thread holds it
+        checkpoints.close_soon(saver)
+        time.sleep(0.2)
+        saver.conn.execute("SELECT 1")  # still open under the save
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with saver.lock:  # as every save does: a close never runs beside it
+                saver.conn.execute("SELECT 1")
+        except sqlite3.ProgrammingError:
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the saver was not closed once its lock was free")
 
 
 @pytest.fixture(scope="module")
