@@ -1,6 +1,6 @@
 """Resources kept beside a History (storage/kept_resources.py), such as the checkpoint saver that every
-run of the history shares: closing the history waits for the runs still using it, and one that went
-bad is replaced for the runs after."""
+run of the history shares: closing the history leaves it to the runs still using it and closes it
+after them, and one that went bad is replaced for the runs after."""
 
 from __future__ import annotations
 
@@ -18,11 +18,7 @@ from arpo.tools.model_stack import build_model_stack
 
 
 class Connection:
-    opened = 0
-
     def __init__(self) -> None:
-        Connection.opened += 1
-        self.number = Connection.opened
         self.closes = 0
         self.good = True
 
@@ -119,8 +115,12 @@ def test_a_slow_check_holds_up_only_the_use_that_makes_it():
         answer.wait(10)
         return True
 
+    def use_with_slow_check() -> None:
+        with kept.use("connection", Connection, close, usable=slow_check):
+            pass
+
     with use(kept) as held:
-        checker = threading.Thread(target=lambda: kept.use("connection", Connection, close, usable=slow_check).__enter__())
+        checker = threading.Thread(target=use_with_slow_check)
         checker.start()
         assert checking.wait(10)
         leaving = time.monotonic()
